@@ -1,0 +1,1 @@
+"""Bundled models (installed as ``cellflow_rt.bundled``): ONNX networks with their JSON manifests."""
