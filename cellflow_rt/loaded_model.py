@@ -1,0 +1,55 @@
+"""A model ready to run: its registry entry (metadata) and its ONNX Runtime session."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .network import Network
+from .registry import ModelInfo, resolve_model
+
+#: Cellpose's diam_mean for its built-in models, used by name instead of the checkpoint's value.
+_BUILTIN_DIAM_MEAN = {"nuclei": 17.0}
+
+
+@dataclass
+class LoadedModel:
+    """Registry metadata plus a network session.
+
+    ``diam_mean`` follows the reference's types: a Python float for Cellpose's built-in models
+    (30, or 17 for nuclei) and the checkpoint's float32 otherwise, so that ``rescale``, the resized
+    sizes and ``niter`` come out in the same precision as Cellpose's (CELLPOSE_NOTES errata A4).
+    """
+
+    info: ModelInfo
+    net: Network
+
+    @classmethod
+    def load(cls, name_or_path, providers=None, strict_provider: bool = False,
+             num_threads: Optional[int] = None) -> "LoadedModel":
+        info = resolve_model(name_or_path)
+        return cls(info, Network(info.onnx_path, providers=providers, strict_provider=strict_provider,
+                                 num_threads=num_threads))
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def nchan(self) -> int:
+        return int(self.info.nchan)
+
+    @property
+    def diam_mean(self):
+        if self.info.builtin_name:
+            return _BUILTIN_DIAM_MEAN.get(self.info.builtin_name, 30.0)
+        return np.float32(self.info.diam_mean)
+
+    @property
+    def diam_labels(self):
+        return np.float32(self.info.diam_labels)
+
+    @property
+    def size_model(self):
+        return self.info.size_model

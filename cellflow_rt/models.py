@@ -1,0 +1,200 @@
+"""Drop-in replacements for Cellpose 3.1.1.1's inference classes (``from cellflow_rt import models``).
+
+``CellposeModel(pretrained_model=NAME_OR_PATH).eval(x, ...)`` returns ``masks, flows, styles`` and
+``Cellpose(model_type=NAME).eval(x, ...)`` returns ``masks, flows, styles, diams``, with Cellpose's
+argument names and defaults; ``flows = [rgb_flow, dP, cellprob]``. These classes only translate
+arguments; the work is done by :func:`cellflow_rt.pipeline.segment`.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .loaded_model import LoadedModel
+from .pipeline import Segmentation, segment
+from .settings import EvalSettings
+
+#: Bundled model used when none is named.
+DEFAULT_MODEL = "cyto_demo"
+
+#: Constructor arguments Cellpose accepts that have no meaning here (torch devices, backbones).
+_IGNORED_INIT_ARGS = {"device", "mkldnn", "backbone", "pretrained_model_ortho", "diam_mean", "nchan"}
+#: eval arguments Cellpose accepts that we accept and ignore.
+_IGNORED_EVAL_ARGS = {"progress"}
+
+
+def _warn_ignored(kind: str, names: Sequence[str]) -> None:
+    if names:
+        warnings.warn(f"{kind} argument(s) {sorted(names)} are accepted for compatibility with Cellpose "
+                      "and ignored by cellflow-rt", stacklevel=3)
+
+
+def _settings_from_eval_kwargs(kwargs: dict) -> EvalSettings:
+    """Map Cellpose eval keyword arguments onto :class:`EvalSettings` (with validation)."""
+    kwargs = dict(kwargs)
+    ignored = [k for k in kwargs if k in _IGNORED_EVAL_ARGS]
+    for k in ignored:
+        kwargs.pop(k)
+    _warn_ignored("eval", ignored)
+    normalize = kwargs.pop("normalize", True)
+    if isinstance(normalize, dict):
+        # Cellpose's dict form: invert then comes from the dict (errata A8)
+        kwargs["invert"] = bool(normalize.get("invert", False))
+        if normalize.get("percentile") is not None:
+            kwargs["percentile"] = tuple(normalize["percentile"])
+        unsupported = {k for k, v in normalize.items()
+                       if k in ("lowhigh", "sharpen_radius", "smooth_radius", "tile_norm_blocksize") and v}
+        if unsupported:
+            raise ValueError(f"normalize options {sorted(unsupported)} are not supported by cellflow-rt")
+        normalize = bool(normalize.get("normalize", True))
+    elif not isinstance(normalize, (bool, np.bool_)):
+        raise ValueError("normalize must be a bool or a dict")
+    kwargs["normalize"] = bool(normalize)
+    if kwargs.get("channels") is not None:
+        kwargs["channels"] = tuple(int(c) for c in kwargs["channels"])
+    unknown = set(kwargs) - set(EvalSettings.names())
+    if unknown:
+        raise TypeError(f"unexpected eval argument(s): {sorted(unknown)}")
+    return EvalSettings(**kwargs)
+
+
+def _flows_for_user(seg: Segmentation):
+    from .outputs import flow_to_rgb
+    return [flow_to_rgb(seg.dP), seg.dP, seg.cellprob]
+
+
+def _per_image(value, i: int):
+    """Cellpose's rule for diameter and rescale with a list of images: a list/array gives item i."""
+    return value[i] if isinstance(value, (list, np.ndarray)) else value
+
+
+class CellposeModel:
+    """Cellpose's ``CellposeModel`` over an ONNX network (no PyTorch).
+
+    Parameters
+    ----------
+    gpu : bool
+        Prefer GPU execution providers (TensorRT, CUDA) when onnxruntime offers them; falls back to
+        CPU with a warning otherwise.
+    pretrained_model : str or path
+        A bundled or user model name (``cellflow-rt info`` lists them), or a path to an exported
+        ``.onnx`` (with its ``.json`` manifest).
+    model_type : str, optional
+        Alternative to ``pretrained_model`` (Cellpose's name for the same thing).
+    providers : str or list, optional
+        onnxruntime execution providers by preference (overrides ``gpu``).
+    num_threads : int, optional
+        CPU threads for the network.
+    **kwargs
+        Cellpose-only arguments (``device``, ``mkldnn``, ...): accepted and ignored with a warning.
+    """
+
+    def __init__(self, gpu: bool = False, pretrained_model=None, model_type: Optional[str] = None,
+                 providers=None, num_threads: Optional[int] = None, **kwargs):
+        unknown = set(kwargs) - _IGNORED_INIT_ARGS
+        if unknown:
+            raise TypeError(f"unexpected argument(s): {sorted(unknown)}")
+        _warn_ignored("CellposeModel", list(kwargs))
+        name = pretrained_model or model_type or DEFAULT_MODEL
+        if providers is None and gpu:
+            providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+        self.model = LoadedModel.load(name, providers=providers or "cpu", num_threads=num_threads)
+        self.pretrained_model = str(self.model.info.onnx_path)
+        self.diam_mean = self.model.diam_mean
+        self.diam_labels = self.model.diam_labels
+        self.nchan = self.model.nchan
+        self.gpu = any(p != "CPUExecutionProvider" for p in self.model.net.providers)
+
+    def eval(self, x, batch_size: int = 8, resample: bool = True, channels=None, channel_axis=None, z_axis=None,
+             normalize=True, invert: bool = False, rescale=None, diameter=None, flow_threshold: float = 0.4,
+             cellprob_threshold: float = 0.0, do_3D: bool = False, anisotropy=None, flow3D_smooth=0,
+             stitch_threshold: float = 0.0, min_size: int = 15, max_size_fraction: float = 0.4, niter=None,
+             augment: bool = False, tile_overlap: float = 0.1, bsize: int = 224, interp: bool = True,
+             compute_masks: bool = True, progress=None):
+        """Segment an image or a list of images; returns ``masks, flows, styles`` as Cellpose."""
+        args = dict(batch_size=batch_size, resample=resample, channel_axis=channel_axis, z_axis=z_axis,
+                    normalize=normalize, invert=invert, flow_threshold=flow_threshold,
+                    cellprob_threshold=cellprob_threshold, do_3D=do_3D, anisotropy=anisotropy,
+                    flow3D_smooth=flow3D_smooth, stitch_threshold=stitch_threshold, min_size=min_size,
+                    max_size_fraction=max_size_fraction, niter=niter, augment=augment, tile_overlap=tile_overlap,
+                    bsize=bsize, interp=interp, compute_masks=compute_masks)
+        if isinstance(x, list):
+            out = [self.eval(xi, channels=_channels_for(channels, i, len(x)),
+                             rescale=_per_image(rescale, i), diameter=_per_image(diameter, i),
+                             **args) for i, xi in enumerate(x)]
+            return tuple(list(items) for items in zip(*out))
+        settings = _settings_from_eval_kwargs(dict(args, channels=channels, rescale=rescale,
+                                                   diameter=None if diameter is None else float(diameter)))
+        seg = segment(x, self.model, settings)
+        return seg.masks, _flows_for_user(seg), seg.styles
+
+
+def _channels_for(channels, i: int, n: int):
+    """Cellpose accepts one [chan, chan2] for all images or one pair per image."""
+    if channels is not None and len(channels) == n and isinstance(channels[i], (list, tuple, np.ndarray)) \
+            and len(channels[i]) == 2:
+        return channels[i]
+    return channels
+
+
+class SizeModel:
+    """Cellpose's ``SizeModel``: the diameter estimate of a :class:`CellposeModel` with a size model."""
+
+    def __init__(self, cp_model: CellposeModel, **kwargs):
+        _warn_ignored("SizeModel", [k for k in kwargs if k != "pretrained_size"])
+        if kwargs.get("pretrained_size"):
+            raise ValueError("cellflow-rt reads the size model from the exported model's manifest; "
+                             "export it with `cellflow-rt export CHECKPOINT --size-model SIZE.npy`")
+        if cp_model.model.size_model is None:
+            raise ValueError(f"model {cp_model.model.name!r} has no size model")
+        self.cp = cp_model
+        self.diam_mean = cp_model.model.size_model.diam_mean
+
+    def eval(self, x, channels=None, channel_axis=None, normalize=True, invert=False, augment=False,
+             batch_size=8, progress=None):
+        """Return ``(diam, diam_style)`` for an image (lists give lists)."""
+        from .diameter import estimate_diameter
+        if isinstance(x, list):
+            out = [self.eval(xi, channels=_channels_for(channels, i, len(x)), channel_axis=channel_axis,
+                             normalize=normalize, invert=invert, batch_size=batch_size) for i, xi in enumerate(x)]
+            return [d for d, _ in out], [s for _, s in out]
+        if np.asarray(x).squeeze().ndim > 3:
+            warnings.warn("image is not 2D: cannot estimate the diameter")
+            return self.diam_mean, self.diam_mean
+        settings = _settings_from_eval_kwargs(dict(channels=channels, channel_axis=channel_axis, normalize=normalize,
+                                                   invert=invert, batch_size=batch_size))
+        return estimate_diameter(x, self.cp.model, settings)
+
+
+class Cellpose:
+    """Cellpose's ``Cellpose`` class: network plus size model; ``eval`` estimates the diameter when
+    ``diameter`` is None or 0 and returns ``masks, flows, styles, diams``."""
+
+    def __init__(self, gpu: bool = False, model_type: str = DEFAULT_MODEL, providers=None,
+                 num_threads: Optional[int] = None, **kwargs):
+        self.cp = CellposeModel(gpu=gpu, model_type=model_type, providers=providers, num_threads=num_threads,
+                                **kwargs)
+        self.diam_mean = self.cp.diam_mean
+        self.sz = SizeModel(self.cp) if self.cp.model.size_model is not None else None
+
+    def eval(self, x, batch_size: int = 8, channels=(0, 0), channel_axis=None, invert: bool = False,
+             normalize=True, diameter=30.0, do_3D: bool = False, **kwargs):
+        """Segment with the diameter given or estimated; returns ``masks, flows, styles, diams``."""
+        first = x[0] if isinstance(x, list) else np.asarray(x)
+        diam0 = diameter[0] if isinstance(diameter, (list, np.ndarray)) else diameter
+        estimate = diameter is None or diam0 == 0
+        if estimate and self.sz is not None and not do_3D and np.ndim(first) < 4:
+            diams, _ = self.sz.eval(x, channels=channels, channel_axis=channel_axis, normalize=normalize,
+                                    invert=invert, batch_size=batch_size)
+        elif estimate:
+            warnings.warn("could not estimate the diameter (no size model, or not a 2D image): "
+                          f"using diam_mean={float(self.diam_mean)}")
+            diams = float(self.diam_mean)
+        else:
+            diams = diameter
+        masks, flows, styles = self.cp.eval(x, batch_size=batch_size, channels=channels, channel_axis=channel_axis,
+                                            invert=invert, normalize=normalize, diameter=diams, do_3D=do_3D,
+                                            **kwargs)
+        return masks, flows, styles, diams

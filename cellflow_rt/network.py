@@ -1,0 +1,132 @@
+"""The network: one ONNX Runtime session per model, providers by preference, batched tiles.
+
+Providers are tried in the order TensorRT > CUDA > CPU among those this onnxruntime build offers;
+a requested provider that is unavailable falls back with a warning, or raises with ``strict``.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+#: Preference order when the caller does not choose.
+DEFAULT_PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider", "gpu": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+class ProviderUnavailableError(RuntimeError):
+    """A strictly requested execution provider is not available in this onnxruntime build."""
+
+
+def available_providers() -> Sequence[str]:
+    """Execution providers this onnxruntime build offers."""
+    import onnxruntime as ort
+    return ort.get_available_providers()
+
+
+def _canonical(name: str) -> str:
+    return _ALIASES.get(name.lower(), name)
+
+
+def choose_providers(requested: Optional[Union[str, Sequence[str]]] = None, strict: bool = False) -> list:
+    """Ordered provider list for a session.
+
+    Parameters
+    ----------
+    requested : str or sequence of str, optional
+        Provider names or aliases (``cpu``, ``cuda``, ``tensorrt``); None = best available.
+    strict : bool
+        Raise :class:`ProviderUnavailableError` instead of falling back when a requested provider
+        is missing.
+    """
+    available = list(available_providers())
+    if requested is None:
+        return [p for p in DEFAULT_PROVIDER_ORDER if p in available] or available
+    wanted = [_canonical(r) for r in ([requested] if isinstance(requested, str) else requested)]
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        message = (f"execution provider(s) {missing} not available in this onnxruntime build "
+                   f"(available: {available})")
+        if strict:
+            raise ProviderUnavailableError(message)
+        warnings.warn(message + "; falling back to CPUExecutionProvider")
+    chosen = [p for p in wanted if p in available]
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+class Network:
+    """An ONNX Runtime session running CPnet on batches of tiles.
+
+    Parameters
+    ----------
+    onnx_path : path
+        Exported CPnet (input ``image`` [B, C, H, W]; outputs ``flows`` [B, 3, H, W], ``style`` [B, 256]).
+    providers : str or sequence of str, optional
+        Execution providers by preference (see :func:`choose_providers`).
+    strict_provider : bool
+        Fail instead of falling back when a requested provider is missing.
+    num_threads : int, optional
+        CPU intra-op threads (default: ``$CELLFLOW_RT_THREADS`` or onnxruntime's choice).
+    cache_dir : path, optional
+        Where TensorRT keeps its engine and timing caches.
+    """
+
+    def __init__(self, onnx_path: Union[str, Path], providers=None, strict_provider: bool = False,
+                 num_threads: Optional[int] = None, cache_dir: Optional[Union[str, Path]] = None):
+        import onnxruntime as ort
+
+        self.onnx_path = Path(onnx_path)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        threads = num_threads or int(os.environ.get("CELLFLOW_RT_THREADS", "0"))
+        if threads > 0:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        chosen = choose_providers(providers, strict=strict_provider)
+        provider_options = [self._provider_options(p, cache_dir) for p in chosen]
+        try:
+            self.session = ort.InferenceSession(str(self.onnx_path), sess_options=options,
+                                                providers=chosen, provider_options=provider_options)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ValueError(f"{self.onnx_path}: not a loadable ONNX model ({exc})") from exc
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or inputs[0].name != "image" or len(inputs[0].shape) != 4:
+            raise ValueError(f"{self.onnx_path}: expected one input 'image' [B, C, H, W], "
+                             f"got {[(i.name, i.shape) for i in inputs]}")
+        outputs = [o.name for o in self.session.get_outputs()]
+        if outputs[:2] != ["flows", "style"]:
+            raise ValueError(f"{self.onnx_path}: expected outputs ['flows', 'style'], got {outputs}")
+        self.nchan = inputs[0].shape[1] if isinstance(inputs[0].shape[1], int) else 2
+        self.providers = self.session.get_providers()
+
+    @staticmethod
+    def _provider_options(provider: str, cache_dir) -> dict:
+        if provider != "TensorrtExecutionProvider":
+            return {}
+        cache = Path(cache_dir or Path.home() / ".cache" / "cellflow-rt" / "trt")
+        cache.mkdir(parents=True, exist_ok=True)
+        return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
+                "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache)}
+
+    def run(self, tiles: np.ndarray, batch_size: int = 8) -> Tuple[np.ndarray, np.ndarray]:
+        """Run tiles (N, C, ly, lx) in chunks of ``batch_size``; return flows (N, 3, ly, lx) and styles (N, 256)."""
+        n = tiles.shape[0]
+        flows = np.empty((n, 3) + tiles.shape[2:], np.float32)
+        styles = np.empty((n, 256), np.float32)
+        for start in range(0, n, batch_size):
+            batch = np.ascontiguousarray(tiles[start:start + batch_size], dtype=np.float32)
+            y, s = self.session.run(["flows", "style"], {"image": batch})
+            flows[start:start + len(batch)] = y
+            styles[start:start + len(batch)] = s
+        return flows, styles

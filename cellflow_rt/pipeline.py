@@ -1,0 +1,150 @@
+"""segment(image, model, settings): image -> preprocess -> network -> flows -> dynamics -> masks.
+
+The orchestrator of one image (2D, a stack of 2D planes, or a 3D volume). Each stage lives in its
+own module; this file only decides what runs, in which precision, and in which order, the way
+Cellpose 3.1.1.1's ``CellposeModel.eval`` does.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from . import dynamics
+from .flows import run_network
+from .loaded_model import LoadedModel
+from .preprocess import check_finite, convert_image, normalize_image
+from .resize import resize_bilinear
+from .settings import EvalSettings
+
+
+@dataclass
+class Segmentation:
+    """What :func:`segment` returns for one image.
+
+    Attributes
+    ----------
+    masks : ndarray
+        Labels (uint16, or uint32 above 65535 masks) at the input's size; 0 = background.
+    dP : ndarray
+        Flows, (2, Y, X) in 2D (or (2, Z, Y, X) for stacks), (3, Z, Y, X) for do_3D.
+    cellprob : ndarray
+        Cell probability logits, same spatial shape as ``dP[0]``.
+    styles : ndarray
+        (256,) style vector (per plane for stacks).
+    diameter : float
+        Diameter the image was run at (pixels).
+    timings : dict
+        Seconds per stage: preprocess, network, dynamics.
+    """
+
+    masks: np.ndarray
+    dP: np.ndarray
+    cellprob: np.ndarray
+    styles: np.ndarray
+    diameter: float
+    timings: Dict[str, float] = field(default_factory=dict)
+
+
+def rescale_for(model: LoadedModel, settings: EvalSettings):
+    """Resize factor of the network input, in the reference's precision (errata A4)."""
+    if settings.diameter is not None and settings.diameter > 0:
+        return model.diam_mean / float(settings.diameter)
+    if settings.rescale is not None:
+        return settings.rescale
+    return model.diam_mean / model.diam_labels
+
+
+def euler_iterations(settings: EvalSettings, rescale):
+    """Number of Euler steps: the user's, else 200 / rescale with resample, else 200 (errata A3)."""
+    if settings.niter:
+        return settings.niter
+    if not settings.resample:
+        return 200
+    return (1 / rescale) * 200
+
+
+def prepare_image(image: np.ndarray, settings: EvalSettings, nchan: int) -> np.ndarray:
+    """Input array -> normalised float32 (N, Y, X, nchan) planes (N = 1 for a 2D image)."""
+    image = np.asarray(image)
+    if image.size == 0:
+        raise ValueError(f"image is empty (shape {image.shape})")
+    check_finite(image)
+    x = convert_image(image, settings.channels, channel_axis=settings.channel_axis, z_axis=settings.z_axis,
+                      do_3D=settings.do_3D or settings.stitch_threshold > 0, nchan=nchan)
+    if x.ndim < 4:
+        x = x[np.newaxis]
+    volume = x.shape[0] > 1 and (settings.do_3D or settings.stitch_threshold > 0)
+    # Cellpose normalises a stack jointly only for do_3D / stitching; separate planes otherwise.
+    return normalize_image(x, normalize=settings.normalize, invert=settings.invert,
+                           percentile=settings.percentile, norm3D=volume or x.shape[0] == 1)
+
+
+def segment(image: np.ndarray, model: LoadedModel, settings: EvalSettings = EvalSettings()) -> Segmentation:
+    """Segment one image (2D, stack of planes, or volume with ``do_3D``).
+
+    Parameters
+    ----------
+    image : ndarray
+        The image, axes as described by ``settings.channel_axis`` / ``z_axis`` (guessed otherwise).
+    model : LoadedModel
+        Network and metadata.
+    settings : EvalSettings
+        Cellpose's evaluation options.
+
+    Returns
+    -------
+    Segmentation
+    """
+    timings = {}
+    tic = time.perf_counter()
+    x = prepare_image(image, settings, model.nchan)
+    rescale = rescale_for(model, settings)
+    diameter = float(model.diam_mean / rescale)
+    timings["preprocess"] = time.perf_counter() - tic
+
+    if settings.do_3D:
+        from .volume import segment_volume
+        return segment_volume(x, model, settings, rescale, diameter, timings)
+
+    tic = time.perf_counter()
+    nimg, Ly, Lx = x.shape[:3]
+    yf, styles = run_network(model.net, x, rescale=rescale, augment=settings.augment,
+                             batch_size=settings.batch_size, tile_overlap=settings.tile_overlap,
+                             bsize=settings.bsize)
+    if settings.resample and rescale != 1.0:
+        yf = np.stack([resize_bilinear(plane, Ly, Lx) for plane in yf])
+    cellprob = yf[..., 2]
+    dP = yf[..., :2].transpose(3, 0, 1, 2)
+    timings["network"] = time.perf_counter() - tic
+
+    masks = None
+    if settings.compute_masks:
+        tic = time.perf_counter()
+        masks = masks_from_flows(dP, cellprob, (Ly, Lx), settings, euler_iterations(settings, rescale))
+        timings["dynamics"] = time.perf_counter() - tic
+    else:
+        masks = np.zeros(0, np.uint16)
+    return Segmentation(masks=masks.squeeze() if masks.ndim else masks, dP=dP.squeeze(), cellprob=cellprob.squeeze(),
+                        styles=styles.squeeze(), diameter=diameter, timings=timings)
+
+
+def masks_from_flows(dP: np.ndarray, cellprob: np.ndarray, shape, settings: EvalSettings, niter) -> np.ndarray:
+    """Dynamics on each plane's flows, masks at ``shape``; stitched across planes if asked."""
+    nimg = cellprob.shape[0]
+    resize = None if cellprob.shape[1:] == tuple(shape) else list(shape)
+    stitching = settings.stitch_threshold > 0 and nimg > 1
+    planes: List[np.ndarray] = []
+    for i in range(nimg):
+        planes.append(dynamics.resize_and_compute_masks(
+            dP[:, i], cellprob[i], niter=niter, cellprob_threshold=settings.cellprob_threshold,
+            flow_threshold=settings.flow_threshold, interp=settings.interp, resize=resize,
+            # the reference turns min_size off per plane when stitching, and applies it in 3D after
+            min_size=-1 if stitching else settings.min_size, max_size_fraction=settings.max_size_fraction))
+    masks = np.stack(planes).astype(planes[0].dtype) if nimg > 1 else planes[0]
+    if stitching:
+        masks = dynamics.stitch3D(masks, stitch_threshold=settings.stitch_threshold)
+        masks = dynamics.fill_holes_and_remove_small_masks(masks, min_size=settings.min_size)
+    return masks
