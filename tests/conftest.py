@@ -1,0 +1,22 @@
+"""Shared test fixtures: paths to ../shared and the bundled models."""
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REFERENCE_2D = SHARED / "reference" / "2d"
+REFERENCE_3D = SHARED / "reference" / "3d"
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def require_shared():
+    """Skip when the shared reference folder is absent (it is always present in CI)."""
+    if not SHARED.is_dir():
+        pytest.skip(f"shared reference data not found at {SHARED}")
+
+
+def reference_cases(dim: str = "2d"):
+    """Names of the reference cases (empty when ../shared is absent)."""
+    root = REFERENCE_2D if dim == "2d" else REFERENCE_3D
+    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
