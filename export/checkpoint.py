@@ -1,0 +1,159 @@
+"""Reading a Cellpose CPnet checkpoint: load it safely, recognise its architecture, read its diameters.
+
+A Cellpose 3 checkpoint is ``torch.save(state_dict)`` of a CPnet (313 entries for the standard
+``nbase = [2, 32, 64, 128, 256]``, ``nout = 3``). Anything else (random bytes, a truncated file,
+a Cellpose-SAM checkpoint, another network's weights) is refused with :class:`CheckpointError`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# Cellpose's CPU loader rebuilds the net without passing diam_mean, so a checkpoint without
+# the diam_* entries ends up with the constructor default on CPU (notes 1.2).
+DEFAULT_DIAMETER = 30.0
+DIAMETER_KEYS = ("diam_mean", "diam_labels")
+_FIRST_BN = "downsample.down.res_down_0.conv.conv_0.0.weight"
+_LEVEL_CONV = re.compile(r"^downsample\.down\.res_down_(\d+)\.conv\.conv_0\.2\.weight$")
+_OUTPUT_CONV = "output.2.weight"
+
+
+class CheckpointError(ValueError):
+    """The file is not a Cellpose 3 CPnet checkpoint that we can export."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded CPnet checkpoint.
+
+    Attributes
+    ----------
+    path : Path
+        The file it was read from.
+    spec : CPnetSpec
+        Channel counts detected from the tensor shapes.
+    state_dict : dict
+        Tensors ready for ``CPnet.load_state_dict(strict=True)`` (missing diameters filled in).
+    diam_mean, diam_labels : float
+        The stored float32 values as Python floats (30.0 when the checkpoint has none).
+    has_diameters : bool
+        Whether the checkpoint stores ``diam_mean`` and ``diam_labels`` itself.
+    """
+
+    path: Path
+    spec: object
+    state_dict: dict
+    diam_mean: float
+    diam_labels: float
+    has_diameters: bool
+
+
+def load_checkpoint(path) -> Checkpoint:
+    """Load and validate a CPnet checkpoint.
+
+    Parameters
+    ----------
+    path : str or Path
+        A file written by ``torch.save(CPnet.state_dict())`` (Cellpose's format).
+
+    Returns
+    -------
+    Checkpoint
+
+    Raises
+    ------
+    CheckpointError
+        When the file cannot be unpickled safely, is not a state dict, or is not a CPnet.
+    FileNotFoundError
+        When ``path`` does not exist.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: no such file: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... here
+        raise CheckpointError(
+            f"checkpoint {path} could not be read as a PyTorch state dict "
+            f"(corrupt, truncated or not a torch.save file): {type(err).__name__}: {_first_line(err)}"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a CPnet state dict")
+    spec = detect_spec(state, source=path)
+    state = dict(state)
+    has_diameters = all(k in state for k in DIAMETER_KEYS)
+    for key in DIAMETER_KEYS:
+        state.setdefault(key, torch.full((1,), DEFAULT_DIAMETER))
+    return Checkpoint(
+        path=path,
+        spec=spec,
+        state_dict=state,
+        diam_mean=_stored_float(state["diam_mean"]),
+        diam_labels=_stored_float(state["diam_labels"]),
+        has_diameters=has_diameters,
+    )
+
+
+def detect_spec(state: dict, source="checkpoint"):
+    """Recognise a CPnet from its state dict and return its :class:`CPnetSpec`.
+
+    The channel counts are read from a few tensors; then every key and shape is compared with
+    the CPnet they imply, so that nothing else gets through.
+
+    Raises
+    ------
+    CheckpointError
+        With a message naming what does not fit.
+    """
+    from .cpnet import CPnetSpec, expected_shapes
+
+    if "W2" in state:
+        raise CheckpointError(
+            f"{source} is a Cellpose-SAM (Cellpose 4) checkpoint (it has a 'W2' entry); "
+            "cellflow-rt runs Cellpose 3 CPnet checkpoints only"
+        )
+    levels = sorted(int(m.group(1)) for k in state if (m := _LEVEL_CONV.match(k)))
+    if _FIRST_BN not in state or _OUTPUT_CONV not in state or levels != list(range(len(levels))) or not levels:
+        raise CheckpointError(
+            f"{source} is not a Cellpose CPnet state dict (expected keys such as "
+            f"'{_FIRST_BN}' and '{_OUTPUT_CONV}'; found {len(state)} keys, e.g. {_some_keys(state)})"
+        )
+    try:
+        nbase = [int(state[_FIRST_BN].shape[0])]
+        nbase += [int(state[f"downsample.down.res_down_{n}.conv.conv_0.2.weight"].shape[0]) for n in levels]
+        spec = CPnetSpec(nbase=tuple(nbase), nout=int(state[_OUTPUT_CONV].shape[0]))
+        expected = expected_shapes(spec)
+    except (IndexError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{source} has CPnet key names but unusable shapes: {err}") from None
+    optional = set(DIAMETER_KEYS)
+    missing = sorted(set(expected) - set(state) - optional)
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
+    if missing or unexpected or wrong:
+        details = "; ".join(
+            f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
+        )
+        raise CheckpointError(
+            f"{source} does not match a 2D CPnet with nbase={list(spec.nbase)}, nout={spec.nout} ({details})"
+        )
+    return spec
+
+
+def _stored_float(tensor) -> float:
+    # The float32 value exactly, as a Python float (JSON writes it with repr, losing nothing).
+    return float(tensor.detach().reshape(-1)[0].float().item())
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else ""
+
+
+def _some_keys(state: dict) -> str:
+    keys = list(state)[:3]
+    return ", ".join(repr(k) for k in keys) if keys else "none"

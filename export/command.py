@@ -1,0 +1,37 @@
+"""``cellflow-rt export``: the exporter as a click command (importable without torch)."""
+from __future__ import annotations
+
+import click
+
+from .exporter import INSTALL_HINT, ExportDependencyError, export_checkpoint, require_export_dependencies
+from .parity import ParityError
+
+
+@click.command("export")
+@click.argument("checkpoint")
+@click.option("--size-model", "size_model", type=click.Path(exists=True, dir_okay=False),
+              help="Cellpose size model (.npy). Default: the one Cellpose pairs with the checkpoint, if present.")
+@click.option("--name", help="Model name (files NAME.onnx, NAME.json). Default: from the checkpoint.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Output folder. Default: the user model folder ($CELLFLOW_RT_MODELS or ~/.cellflow/models).")
+@click.option("--fp16", is_flag=True, help="Also write NAME_fp16.onnx (half precision, float32 IO).")
+@click.option("--description", help="Free text stored in the manifest.")
+@click.option("--channels", nargs=2, type=click.IntRange(0, 3), default=None,
+              help="Default channels of the model, e.g. 0 0 (grayscale) or 1 2 (cyto). Default 0 0.")
+def export_command(checkpoint, size_model, name, out_dir, fp16, description, channels):
+    """Export a Cellpose 3 CPnet CHECKPOINT (a path, or a built-in name such as cyto3 found in
+    Cellpose's model folder) to ONNX with a JSON manifest, after checking that ONNX Runtime
+    reproduces the torch network. Needs the export extra: pip install 'cellflow-rt[export]'."""
+    try:
+        require_export_dependencies()
+    except ExportDependencyError as err:
+        raise click.ClickException(str(err)) from None
+    try:
+        export_checkpoint(checkpoint, size_model=size_model, name=name, out_dir=out_dir, fp16=fp16,
+                          description=description, channels=list(channels) if channels else None,
+                          echo=click.echo)
+    except (FileNotFoundError, ValueError, ParityError) as err:  # CheckpointError, SizeModelError are ValueErrors
+        raise click.ClickException(str(err)) from None
+
+
+__all__ = ["export_command", "INSTALL_HINT"]

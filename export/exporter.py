@@ -1,0 +1,189 @@
+"""``export_checkpoint``: a Cellpose CPnet checkpoint in, a verified ONNX model and manifest out.
+
+checkpoint -> CPnet (torch) -> ONNX -> parity gate (ONNX Runtime against torch) -> NAME.onnx,
+[NAME_fp16.onnx,] NAME.json. Nothing is written unless the fp32 graph passes the gate.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from cellflow_rt import __version__
+from cellflow_rt.registry import FP16_SUFFIX, sha256_file, user_model_dir
+
+from .manifest import model_facts, set_onnx_metadata, write_bytes_atomic, write_manifest
+from .onnx_export import OPSET
+from .parity import FLOWS_TOLERANCE, PARITY_SIZES, STYLE_TOLERANCE, check_parity, format_report, measure_parity
+from .size_model import read_size_model
+from .sources import builtin_name_of, check_model_name, default_model_name, default_size_model, locate_checkpoint
+
+INSTALL_HINT = "pip install 'cellflow-rt[export]'  (torch==2.13.0 and onnx)"
+
+
+class ExportDependencyError(ImportError):
+    """torch or onnx, needed only to export, is not installed."""
+
+
+def require_export_dependencies() -> None:
+    """Raise :class:`ExportDependencyError` with the install command when torch or onnx is missing."""
+    missing = []
+    for module in ("torch", "onnx"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise ExportDependencyError(f"exporting needs {' and '.join(missing)}, which is not installed: {INSTALL_HINT}")
+
+
+def export_checkpoint(
+    checkpoint,
+    size_model=None,
+    name: Optional[str] = None,
+    out_dir=None,
+    fp16: bool = False,
+    description: Optional[str] = None,
+    channels: Optional[Sequence[int]] = None,
+    *,
+    opset: int = OPSET,
+    parity_sizes=PARITY_SIZES,
+    echo: Optional[Callable[[str], None]] = print,
+) -> Path:
+    """Export a Cellpose 3 CPnet checkpoint to ONNX with its manifest.
+
+    Parameters
+    ----------
+    checkpoint : str or Path
+        A checkpoint file, or a built-in name (``cyto3``, ``nuclei``, or a basename) found in
+        Cellpose's model folder (``$CELLPOSE_LOCAL_MODELS_PATH`` or ``~/.cellpose/models``).
+    size_model : str or Path, optional
+        Cellpose size model (``.npy``). Default: the file Cellpose pairs with the checkpoint
+        (``size_<basename>.npy`` for built-ins, ``<checkpoint>_size.npy`` otherwise) if it exists.
+    name : str, optional
+        Model name; files are ``NAME.onnx`` and ``NAME.json``. Default: the built-in name or the
+        checkpoint's file name.
+    out_dir : str or Path, optional
+        Output folder (created if needed). Default: the user model folder
+        (:func:`cellflow_rt.registry.user_model_dir`).
+    fp16 : bool
+        Also write ``NAME_fp16.onnx`` (float16 weights and arithmetic, float32 inputs and outputs)
+        and record its measured error (it is not gated).
+    description : str, optional
+        Free text stored in the manifest.
+    channels : sequence of two int, optional
+        The channels the model expects by default (``[0, 0]`` grayscale, ``[1, 2]`` cyto...).
+        Default ``[0, 0]``.
+    opset : int
+        ONNX opset.
+    parity_sizes : sequence of (int, int)
+        Tile sizes (multiples of 16) for the parity gate.
+    echo : callable or None
+        Receives progress and the measured errors, line by line; None is silent.
+
+    Returns
+    -------
+    Path
+        The manifest ``NAME.json``.
+
+    Raises
+    ------
+    ExportDependencyError
+        torch or onnx is missing.
+    FileNotFoundError
+        The checkpoint or size model does not exist.
+    CheckpointError, SizeModelError
+        The files are not a CPnet checkpoint / a Cellpose size model.
+    ParityError
+        ONNX Runtime's output differs from torch's by more than 1e-4 (flows) or 1e-5 (style).
+    """
+    say = echo or (lambda _: None)
+    require_export_dependencies()
+    from .checkpoint import load_checkpoint
+    from .cpnet import build_cpnet
+    from .onnx_export import cpnet_to_onnx, to_fp16
+
+    source = locate_checkpoint(checkpoint)
+    name = check_model_name(name if name is not None else default_model_name(source))
+    channels = _check_channels(channels if channels is not None else (0, 0))
+    size_path = Path(size_model) if size_model is not None else default_size_model(source)
+    out_dir = Path(out_dir) if out_dir is not None else user_model_dir()
+
+    ckpt = load_checkpoint(source)
+    builtin = builtin_name_of(source)
+    say(f"checkpoint {source}: CPnet nbase={list(ckpt.spec.nbase)} nout={ckpt.spec.nout}, "
+        f"diam_mean {ckpt.diam_mean:g}, diam_labels {ckpt.diam_labels:g}"
+        + ("" if ckpt.has_diameters else " (not stored: Cellpose's CPU default)"))
+    size = read_size_model(size_path, ckpt.spec.nstyle) if size_path is not None else None
+    say(f"size model: {size_path if size_path is not None else 'none'}")
+
+    facts = model_facts(
+        name=name,
+        description=description if description is not None else _default_description(source, builtin),
+        source_file=source.name,
+        source_sha256=sha256_file(source),
+        exporter_version=__version__,
+        opset=opset,
+        spec=ckpt.spec,
+        diam_mean=ckpt.diam_mean,
+        diam_labels=ckpt.diam_labels,
+        builtin_name=builtin,
+        default_channels=channels,
+        size_model=size,
+    )
+    net = build_cpnet(ckpt.spec, ckpt.state_dict)
+    graph = cpnet_to_onnx(net, opset)
+    set_onnx_metadata(graph, facts)
+    data = graph.SerializeToString()
+    # A grayscale model only ever sees zeros in its second channel (see parity.parity_images).
+    grayscale = ckpt.spec.nchan > 1 and channels[1] == 0
+    parity = measure_parity(net, data, sizes=parity_sizes, grayscale=grayscale)
+    say(format_report(parity, "fp32 ONNX vs torch"))
+    check_parity(parity)
+    facts["parity"] = {"flows_tolerance": FLOWS_TOLERANCE, "style_tolerance": STYLE_TOLERANCE,
+                       **parity, **_versions()}
+
+    half_data = None
+    if fp16:
+        half = to_fp16(graph)
+        set_onnx_metadata(half, facts, precision="fp16")
+        half_data = half.SerializeToString()
+        half_parity = measure_parity(net, half_data, sizes=parity_sizes, grayscale=grayscale)
+        say(format_report(half_parity, "fp16 ONNX vs torch fp32 (not gated)"))
+        facts["fp16"] = {"onnx_file": f"{name}{FP16_SUFFIX}.onnx", "onnx_sha256": None, "io_dtype": "float32",
+                         "measured_with": "onnxruntime CPUExecutionProvider", **half_parity}
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / facts["onnx_file"]
+    write_bytes_atomic(onnx_path, data)
+    facts["onnx_sha256"] = sha256_file(onnx_path)
+    if half_data is not None:
+        half_path = out_dir / facts["fp16"]["onnx_file"]
+        write_bytes_atomic(half_path, half_data)
+        facts["fp16"]["onnx_sha256"] = sha256_file(half_path)
+    manifest_path = out_dir / f"{name}.json"
+    write_manifest(manifest_path, facts)
+    say(f"wrote {onnx_path}" + (f", {out_dir / facts['fp16']['onnx_file']}" if half_data else "") + f", {manifest_path}")
+    return manifest_path
+
+
+def _check_channels(channels) -> list[int]:
+    try:
+        values = [int(c) for c in channels]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != 2 or any(c < 0 or c > 3 for c in values):
+        raise ValueError(f"channels: expected two ints in 0..3 (Cellpose's channel codes), got {channels!r}")
+    return values
+
+
+def _default_description(source: Path, builtin) -> str:
+    if builtin:
+        return f"Cellpose built-in model '{builtin}' ({source.name}), exported by cellflow-rt"
+    return f"Cellpose CPnet exported by cellflow-rt from {source.name}"
+
+
+def _versions() -> dict:
+    import onnxruntime
+    import torch
+
+    return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}

@@ -1,0 +1,101 @@
+"""The model manifest (``NAME.json``) and the same facts in the ONNX file's ``metadata_props``.
+
+The runtime (:mod:`cellflow_rt.registry`) reads the manifest; its keys are fixed by the format
+``cellflow-rt-model/1``. The ONNX metadata repeats the facts that do not depend on the file's own
+bytes, so that an ONNX file separated from its manifest still says what it is.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from cellflow_rt.registry import MANIFEST_FORMAT
+
+METADATA_PREFIX = "cellflow_rt."
+# Facts about the file itself (its hash, its measured errors) cannot live inside it.
+_NOT_IN_METADATA = ("onnx_file", "onnx_sha256", "parity", "fp16")
+
+
+def model_facts(
+    *,
+    name: str,
+    description: str,
+    source_file: str,
+    source_sha256: str,
+    exporter_version: str,
+    opset: int,
+    spec,
+    diam_mean: float,
+    diam_labels: float,
+    builtin_name,
+    default_channels,
+    size_model,
+) -> dict:
+    """Return the manifest entries that describe the model, in the manifest's key order."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "name": name,
+        "description": description,
+        "onnx_file": f"{name}.onnx",
+        "onnx_sha256": None,
+        "source_file": source_file,
+        "source_sha256": source_sha256,
+        "exporter_version": exporter_version,
+        "opset": int(opset),
+        "nchan": int(spec.nchan),
+        "nout": int(spec.nout),
+        "nbase": [int(n) for n in spec.nbase],
+        "diam_mean": float(diam_mean),
+        "diam_labels": float(diam_labels),
+        "builtin_name": builtin_name,
+        "default_channels": [int(c) for c in default_channels],
+        "size_model": size_model,
+        "parity": None,
+        "fp16": None,
+    }
+
+
+def set_onnx_metadata(model, facts: dict, precision: str = "fp32") -> None:
+    """Write ``facts`` (JSON-encoded, keys prefixed ``cellflow_rt.``) into ``model.metadata_props``."""
+    model.producer_name = "cellflow-rt export"
+    model.producer_version = str(facts["exporter_version"])
+    model.doc_string = facts["description"]
+    del model.metadata_props[:]
+    entries = {k: v for k, v in facts.items() if k not in _NOT_IN_METADATA}
+    entries["precision"] = precision
+    for key, value in entries.items():
+        prop = model.metadata_props.add()
+        prop.key = METADATA_PREFIX + key
+        prop.value = json.dumps(value)
+
+
+def read_onnx_metadata(model) -> dict:
+    """Return the ``cellflow_rt.*`` metadata of an ONNX model as a dict of decoded values."""
+    return {
+        p.key[len(METADATA_PREFIX) :]: json.loads(p.value)
+        for p in model.metadata_props
+        if p.key.startswith(METADATA_PREFIX)
+    }
+
+
+def write_bytes_atomic(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, so a reader never sees half a file."""
+    path = Path(path)
+    # open() rather than mkstemp, whose 0600 mode would make a shared model folder unreadable
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_manifest(path, manifest: dict) -> None:
+    """Write the manifest as indented JSON (floats with ``repr``: full float64 precision)."""
+    missing = [k for k, v in manifest.items() if v is None and k in ("onnx_sha256", "parity")]
+    if missing:
+        raise ValueError(f"manifest: {missing} must be filled in before writing")
+    write_bytes_atomic(path, (json.dumps(manifest, indent=1, allow_nan=False) + "\n").encode("utf-8"))
