@@ -70,7 +70,7 @@ class ModelInfo:
     size_model : SizeModelParams or None
         The size model's parameters when one was exported with the network.
     source : str
-        ``"bundled"``, ``"user"`` or ``"path"``.
+        ``"bundled"``, ``"user"`` or ``"path"`` (not compared: the same files are the same model).
     precision : str
         ``"fp32"``, or ``"fp16"`` when the half-precision variant was given by path.
     """
@@ -85,7 +85,7 @@ class ModelInfo:
     default_channels: Tuple[int, int]
     builtin_name: Optional[str]
     size_model: Optional[SizeModelParams] = field(compare=False, repr=False)
-    source: str = "path"
+    source: str = field(default="path", compare=False)
     precision: str = "fp32"
 
     @property

@@ -6,6 +6,7 @@ The graph has one input ``image`` (float32 ``[B, nchan, H, W]``) and two outputs
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 OPSET = 17
@@ -43,8 +44,10 @@ def cpnet_to_onnx(net, opset: int = OPSET):
     shape[1] = net.spec.nchan
     example = torch.zeros(shape, dtype=torch.float32)
     buffer = io.BytesIO()
-    with torch.no_grad():
-        # The TorchScript exporter: the dynamo one needs onnxscript and gains nothing for this net.
+    # The TorchScript exporter on purpose: the dynamo one needs onnxscript and gains nothing for
+    # this net; its deprecation notice would only confuse users.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             net,
             (example,),
