@@ -1,0 +1,150 @@
+"""Segment many image files: read, segment, write outputs; one bad file never stops the others.
+
+Used by ``cellflow-rt run``. Each input is handled in isolation: an exception is recorded as a
+failure for that file (with a one-line reason) and the batch moves on.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+from .loaded_model import LoadedModel
+from .pipeline import Segmentation, segment
+from .settings import EvalSettings
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Which files to write and where (Cellpose's flags)."""
+
+    savedir: Optional[Path] = None
+    save_npy: bool = True
+    save_png: bool = False
+    save_tif: bool = False
+    save_txt: bool = False
+    save_rois: bool = False
+    save_geojson: bool = False
+    save_flows: bool = False
+    save_ome: bool = False
+
+
+@dataclass
+class FileResult:
+    """Outcome of one input file."""
+
+    path: Path
+    ok: bool
+    n_masks: int = 0
+    diameter: float = float("nan")
+    seconds: float = 0.0
+    outputs: List[Path] = field(default_factory=list)
+    error: str = ""
+    skipped: bool = False
+
+
+def expected_outputs(path: Path, options: OutputOptions) -> List[Path]:
+    """Files a run with ``options`` writes for ``path`` (used by ``--skip_existing``).
+
+    Names follow :mod:`cellflow_rt.outputs`: the seg file and ROI zip go next to the image (as in
+    Cellpose), everything else to ``savedir`` when given.
+    """
+    folder = Path(options.savedir) if options.savedir else path.parent
+    suffixes = [(options.save_png, "_cp_masks.png"), (options.save_tif, "_cp_masks.tif"),
+                (options.save_txt, "_cp_outlines.txt"), (options.save_geojson, ".geojson"),
+                (options.save_flows, "_flows_cp_masks.tif"), (options.save_ome, "_cp_masks.ome.tif")]
+    files = [folder / f"{path.stem}{suffix}" for wanted, suffix in suffixes if wanted]
+    if options.save_npy:
+        files.append(path.parent / f"{path.stem}_seg.npy")
+    if options.save_rois:
+        files.append(path.parent / f"{path.stem}_rois.zip")
+    return files
+
+
+def write_outputs(path: Path, seg: Segmentation, settings: EvalSettings, options: OutputOptions) -> List[Path]:
+    """Write the requested output files for one segmented image; returns their paths."""
+    from . import outputs
+
+    masks, savedir = seg.masks, options.savedir
+    flows = [None, seg.dP, seg.cellprob]
+    planar = masks.ndim == 2
+    written: List[Path] = []
+    if options.save_png or options.save_tif:
+        written += outputs.save_masks(masks, path, png=options.save_png and planar,
+                                      tif=options.save_tif or not planar, savedir=savedir)
+    if options.save_npy:
+        written.append(outputs.save_seg_npy(masks, flows, path, diameter=seg.diameter,
+                                            channels=settings.channels or (0, 0)))
+    if options.save_txt and planar:
+        written.append(outputs.save_outlines_txt(masks, path, savedir=savedir))
+    if options.save_rois and planar:
+        written.append(outputs.save_rois_zip(masks, path))
+    if options.save_geojson and planar:
+        written.append(outputs.save_geojson(masks, path, savedir=savedir))
+    if options.save_flows:
+        written += outputs.save_flows(flows, path, savedir=savedir)
+    if options.save_ome:
+        written.append(outputs.save_masks_ome_tif(masks, path, savedir=savedir))
+    return [Path(p) for p in written if p]
+
+
+def segment_file(path: Path, model: LoadedModel, settings: EvalSettings, options: OutputOptions,
+                 estimate: bool) -> FileResult:
+    """Read, segment (estimating the diameter if asked) and write one file."""
+    from .diameter import estimate_diameter
+    from .io import imread
+
+    tic = time.perf_counter()
+    image = imread(path)
+    run_settings = settings
+    if estimate and not settings.do_3D and model.size_model is not None and np.asarray(image).ndim < 4:
+        diameter, _ = estimate_diameter(image, model, settings)
+        run_settings = settings.with_(diameter=diameter)
+    seg = segment(image, model, run_settings)
+    files = write_outputs(path, seg, run_settings, options)
+    n_masks = int(len(np.unique(seg.masks)) - (1 if (seg.masks == 0).any() else 0)) if seg.masks.size else 0
+    return FileResult(path, True, n_masks=n_masks, diameter=seg.diameter, seconds=time.perf_counter() - tic,
+                      outputs=files)
+
+
+def run_batch(paths: Sequence[Path], model: LoadedModel, settings: EvalSettings, options: OutputOptions,
+              estimate: bool = False, skip_existing: bool = False,
+              on_result: Optional[Callable[[int, FileResult], None]] = None) -> List[FileResult]:
+    """Segment every file; failures are recorded, never raised.
+
+    Parameters
+    ----------
+    paths : sequence of Path
+        Input images.
+    model : LoadedModel
+        The network.
+    settings : EvalSettings
+        Evaluation options (``diameter`` None/0 with ``estimate`` uses the size model).
+    options : OutputOptions
+        Files to write.
+    estimate : bool
+        Estimate each image's diameter with the model's size model.
+    skip_existing : bool
+        Skip inputs whose outputs all exist already.
+    on_result : callable, optional
+        Called with (index, FileResult) after each file (progress reporting).
+    """
+    results = []
+    for i, path in enumerate(paths):
+        path = Path(path)
+        if skip_existing and all(p.exists() for p in expected_outputs(path, options)):
+            result = FileResult(path, True, skipped=True)
+        else:
+            try:
+                result = segment_file(path, model, settings, options, estimate)
+            except MemoryError:
+                result = FileResult(path, False, error="out of memory")
+            except Exception as exc:  # one bad file must not lose the others' results
+                result = FileResult(path, False, error=f"{type(exc).__name__}: {exc}")
+        results.append(result)
+        if on_result is not None:
+            on_result(i, result)
+    return results
