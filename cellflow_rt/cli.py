@@ -148,6 +148,7 @@ def info():
     import numpy
     import onnxruntime
 
+    from . import _numba  # noqa: F401  (sets the numba cache directory)
     from .network import available_providers
     from .registry import list_models, user_model_dir
 
