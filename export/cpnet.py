@@ -12,6 +12,7 @@ This module imports torch at import time: import it lazily, from inside function
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -152,10 +153,39 @@ class CPnet(nn.Module):
 
     def forward(self, image):
         levels = self.downsample(image)
-        pooled = levels[-1].mean(dim=(2, 3))
-        style = pooled / torch.sum(pooled**2, dim=1, keepdim=True) ** 0.5
+        style = _style(levels[-1])
         flows = self.output(self.upsample(style, levels))
         return flows, style
+
+
+class HalfPrecisionCPnet(nn.Module):
+    """A CPnet computing in float16, with float32 input and outputs, for export.
+
+    The style's normalisation stays in float32: its sum of squares (about 1.5e5 for the cyto demo
+    on ordinary images) is beyond float16's largest value, 65504.
+
+    Parameters
+    ----------
+    net : CPnet
+        The float32 network; it is copied, not changed.
+    """
+
+    def __init__(self, net: CPnet):
+        super().__init__()
+        self.spec = net.spec
+        self.net = copy.deepcopy(net).half().eval()
+
+    def forward(self, image):
+        levels = self.net.downsample(image.half())
+        style = _style(levels[-1].float())
+        flows = self.net.output(self.net.upsample(style.half(), levels))
+        return flows.float(), style
+
+
+def _style(features):
+    # A mean over (H, W), not Cellpose's avg_pool2d with the runtime size as kernel: see the module doc.
+    pooled = features.mean(dim=(2, 3))
+    return pooled / torch.sum(pooled**2, dim=1, keepdim=True) ** 0.5
 
 
 def expected_shapes(spec: CPnetSpec) -> dict[str, tuple[int, ...]]:

@@ -66,8 +66,9 @@ def export_checkpoint(
         Output folder (created if needed). Default: the user model folder
         (:func:`cellflow_rt.registry.user_model_dir`).
     fp16 : bool
-        Also write ``NAME_fp16.onnx`` (float16 weights and arithmetic, float32 inputs and outputs)
-        and record its measured error (it is not gated).
+        Also write ``NAME_fp16.onnx`` (float16 weights and arithmetic, float32 inputs and outputs;
+        see :class:`.cpnet.HalfPrecisionCPnet`) and record its error against the float32 torch
+        network (measured, not gated).
     description : str, optional
         Free text stored in the manifest.
     channels : sequence of two int, optional
@@ -99,8 +100,8 @@ def export_checkpoint(
     say = echo or (lambda _: None)
     require_export_dependencies()
     from .checkpoint import load_checkpoint
-    from .cpnet import build_cpnet
-    from .onnx_export import cpnet_to_onnx, to_fp16
+    from .cpnet import HalfPrecisionCPnet, build_cpnet
+    from .onnx_export import cpnet_to_onnx
 
     source = locate_checkpoint(checkpoint)
     name = check_model_name(name if name is not None else default_model_name(source))
@@ -144,13 +145,19 @@ def export_checkpoint(
 
     half_data = None
     if fp16:
-        half = to_fp16(graph)
+        half = cpnet_to_onnx(HalfPrecisionCPnet(net), opset)
         set_onnx_metadata(half, facts, precision="fp16")
         half_data = half.SerializeToString()
         half_parity = measure_parity(net, half_data, sizes=parity_sizes, grayscale=grayscale)
         say(format_report(half_parity, "fp16 ONNX vs torch fp32 (not gated)"))
-        facts["fp16"] = {"onnx_file": f"{name}{FP16_SUFFIX}.onnx", "onnx_sha256": None, "io_dtype": "float32",
-                         "measured_with": "onnxruntime CPUExecutionProvider", **half_parity}
+        facts["fp16"] = {
+            "onnx_file": f"{name}{FP16_SUFFIX}.onnx",
+            "onnx_sha256": None,
+            "io_dtype": "float32",
+            "compute": "float16; style normalisation float32",
+            "measured_with": "onnxruntime CPUExecutionProvider",
+            **half_parity,
+        }
 
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / facts["onnx_file"]

@@ -1,4 +1,4 @@
-"""Turning a CPnet into ONNX: the fp32 graph, and a half-precision variant with float32 IO.
+"""Turning a CPnet into ONNX (the fp32 net, or its half-precision wrapper with float32 IO).
 
 The graph has one input ``image`` (float32 ``[B, nchan, H, W]``) and two outputs ``flows``
 (float32 ``[B, nout, H, W]``) and ``style`` (float32 ``[B, nbase[-1]]``); B, H and W are dynamic.
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import warnings
-from pathlib import Path
 
 OPSET = 17
 INPUT_NAME = "image"
@@ -27,8 +26,8 @@ def cpnet_to_onnx(net, opset: int = OPSET):
 
     Parameters
     ----------
-    net : CPnet
-        In eval mode, float32, on CPU.
+    net : CPnet or HalfPrecisionCPnet
+        In eval mode, on CPU; either way the graph's IO is float32.
     opset : int
         ONNX opset of the graph.
 
@@ -64,60 +63,6 @@ def cpnet_to_onnx(net, opset: int = OPSET):
     _check_dynamic_io(model)
     onnx.checker.check_model(model, full_check=True)
     return model
-
-
-def to_fp16(model):
-    """Return a copy of ``model`` whose weights and arithmetic are float16, with float32 IO.
-
-    The input is cast to float16 right after it enters and the outputs back to float32 right
-    before they leave, so callers feed and read float32 exactly as with the fp32 graph.
-    """
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    half = onnx.ModelProto()
-    half.CopyFrom(model)
-    graph = half.graph
-    # Resize takes its roi and scales as float32 whatever the data type: leave those alone.
-    keep_fp32 = {name for node in graph.node if node.op_type == "Resize" for name in node.input[1:]}
-    for init in graph.initializer:
-        if init.data_type == TensorProto.FLOAT and init.name not in keep_fp32:
-            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name))
-    for node in graph.node:
-        if keep_fp32.intersection(node.output):
-            continue
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT:
-                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16)))
-            if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
-                attr.i = TensorProto.FLOAT16
-    inner_input = INPUT_NAME + "_fp16"
-    for node in graph.node:
-        node.input[:] = [inner_input if name == INPUT_NAME else name for name in node.input]
-    casts_out = []
-    for output in graph.output:
-        inner = output.name + "_fp16"
-        for node in graph.node:
-            node.output[:] = [inner if name == output.name else name for name in node.output]
-            node.input[:] = [inner if name == output.name else name for name in node.input]
-        casts_out.append(helper.make_node("Cast", [inner], [output.name], to=TensorProto.FLOAT, name=f"cast_{output.name}_to_fp32"))
-    cast_in = helper.make_node("Cast", [INPUT_NAME], [inner_input], to=TensorProto.FLOAT16, name="cast_image_to_fp16")
-    nodes = [cast_in, *graph.node, *casts_out]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.value_info[:]  # stale float32 annotations; ORT infers the types again
-    onnx.checker.check_model(half, full_check=True)
-    return half
-
-
-def save_onnx(model, path) -> Path:
-    """Write ``model`` as one self-contained file (no external data) and return the path."""
-    import onnx
-
-    path = Path(path)
-    onnx.save_model(model, str(path), save_as_external_data=False)
-    return path
 
 
 def _check_dynamic_io(model) -> None:
