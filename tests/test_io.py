@@ -1,0 +1,298 @@
+"""cellflow_rt.io: reading images, finding them in folders, atomic writes."""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import pytest
+import tifffile
+
+from cellflow_rt.io import (ImageReadError, OutputWriteError, atomic_write, find_images, image_stem,
+                            imread)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+DSB = SHARED / "data" / "dsb2018_sample"
+
+
+def _rng():
+    return np.random.default_rng(7)
+
+
+# --------------------------------------------------------------------------------------------------
+# imread: formats
+
+
+def test_tiff_2d_and_stack_round_trip(tmp_path):
+    img2 = _rng().integers(0, 60000, (37, 53)).astype(np.uint16)
+    stack = _rng().random((12, 20, 30)).astype(np.float32)  # >= 10 pages: Cellpose's page-by-page path
+    tifffile.imwrite(tmp_path / "a.tif", img2)
+    tifffile.imwrite(tmp_path / "b.TIFF", stack, compression="zlib")
+    np.testing.assert_array_equal(imread(tmp_path / "a.tif"), img2)
+    out = imread(str(tmp_path / "b.TIFF"))
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, stack)
+
+
+def test_ome_tiff_gives_first_series_with_its_axes(tmp_path):
+    vol = _rng().integers(0, 255, (4, 2, 16, 18)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "v.ome.tif", vol, ome=True, metadata={"axes": "ZCYX"})
+    np.testing.assert_array_equal(imread(tmp_path / "v.ome.tif"), vol)
+
+
+def test_png_gray_16bit_rgb_and_alpha(tmp_path):
+    rng = _rng()
+    gray16 = rng.integers(0, 65535, (20, 30)).astype(np.uint16)
+    rgb = rng.integers(0, 255, (20, 30, 3)).astype(np.uint8)
+    rgba = np.concatenate([rgb, np.full((20, 30, 1), 128, np.uint8)], axis=-1)
+    gray_alpha = np.stack([rgb[..., 0], rgb[..., 1]], axis=-1)
+    for name, arr in [("g.png", gray16), ("rgb.png", rgb), ("rgba.PNG", rgba), ("la.png", gray_alpha)]:
+        (tmp_path / name).write_bytes(imagecodecs.png_encode(arr))
+    np.testing.assert_array_equal(imread(tmp_path / "g.png"), gray16)
+    np.testing.assert_array_equal(imread(tmp_path / "rgb.png"), rgb)  # RGB order, not OpenCV's BGR
+    np.testing.assert_array_equal(imread(tmp_path / "rgba.PNG"), rgb)  # alpha dropped
+    np.testing.assert_array_equal(imread(tmp_path / "la.png"), rgb[..., 0])  # gray + alpha -> gray
+
+
+def test_jpeg_gray_and_rgb(tmp_path):
+    yy, xx = np.mgrid[:40, :48]
+    gray = (yy * 4 + xx).astype(np.uint8)
+    rgb = np.stack([gray, 255 - gray, np.full_like(gray, 90)], axis=-1)
+    (tmp_path / "g.jpg").write_bytes(imagecodecs.jpeg8_encode(gray, level=95))
+    (tmp_path / "c.jpeg").write_bytes(imagecodecs.jpeg8_encode(rgb, level=95))
+    g, c = imread(tmp_path / "g.jpg"), imread(tmp_path / "c.jpeg")
+    assert g.shape == (40, 48) and g.dtype == np.uint8
+    assert c.shape == (40, 48, 3)
+    assert np.abs(c.astype(int) - rgb).mean() < 3  # lossy, but channels in RGB order
+    assert np.abs(g.astype(int) - gray).mean() < 3
+
+
+def test_npy_plain_array(tmp_path):
+    arr = _rng().random((5, 6)).astype(np.float64)
+    np.save(tmp_path / "a.npy", arr)
+    np.testing.assert_array_equal(imread(tmp_path / "a.npy"), arr)
+
+
+def test_real_dsb_image():
+    if not DSB.is_dir():
+        pytest.skip(f"shared data not found at {DSB}")
+    path = DSB / "dsb_00_image.tif"
+    img = imread(path)
+    np.testing.assert_array_equal(img, tifffile.imread(path))
+    assert img.dtype == np.uint8 and img.shape == (520, 696)
+
+
+# --------------------------------------------------------------------------------------------------
+# imread: errors
+
+
+def _assert_read_error(path, *words):
+    with pytest.raises(ImageReadError) as info:
+        imread(path)
+    message = str(info.value)
+    assert Path(path).name in message
+    for word in words:
+        assert word in message, message
+    assert isinstance(info.value, ValueError)
+    return message
+
+
+def test_missing_path_and_directory(tmp_path):
+    _assert_read_error(tmp_path / "nope.tif", "no such file")
+    (tmp_path / "folder.tif").mkdir()
+    _assert_read_error(tmp_path / "folder.tif", "not a file")
+
+
+@pytest.mark.parametrize("name", ["empty.tif", "empty.png", "empty.jpg", "empty.npy"])
+def test_zero_byte_files(tmp_path, name):
+    (tmp_path / name).write_bytes(b"")
+    _assert_read_error(tmp_path / name, "empty")
+
+
+def test_unsupported_extension(tmp_path):
+    for name in ["a.bmp", "b.nd2", "c"]:
+        (tmp_path / name).write_bytes(b"data")
+        _assert_read_error(tmp_path / name, "unsupported extension")
+
+
+def test_truncated_and_corrupt_tiff(tmp_path):
+    stack = _rng().integers(0, 1000, (3, 64, 64)).astype(np.uint16)
+    for kwargs in [{}, {"compression": "zlib"}]:
+        tifffile.imwrite(tmp_path / "full.tif", stack, photometric="minisblack", **kwargs)
+        data = (tmp_path / "full.tif").read_bytes()
+        with tifffile.TiffFile(tmp_path / "full.tif") as tif:
+            end_of_pixels = tif.pages[-1].dataoffsets[-1] + tif.pages[-1].databytecounts[-1]
+        for cut in [4, 100, len(data) // 2, end_of_pixels - 10]:
+            (tmp_path / "cut.tif").write_bytes(data[:cut])
+            _assert_read_error(tmp_path / "cut.tif")
+    (tmp_path / "garbage.tif").write_bytes(b"II*\x00" + bytes(range(256)) * 4)
+    _assert_read_error(tmp_path / "garbage.tif")
+    (tmp_path / "text.tif").write_bytes(b"this is not a tiff file at all")
+    _assert_read_error(tmp_path / "text.tif")
+
+
+def test_truncated_ome_tiff_is_not_silently_short(tmp_path):
+    # tifffile only logs when an OME-TIFF's later pages are cut off and returns fewer planes
+    stack = _rng().integers(0, 1000, (3, 64, 64)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "full.ome.tif", stack, ome=True, photometric="minisblack")
+    data = (tmp_path / "full.ome.tif").read_bytes()
+    for cut in [len(data) // 3, len(data) - 1000]:
+        (tmp_path / "cut.ome.tif").write_bytes(data[:cut])
+        _assert_read_error(tmp_path / "cut.ome.tif", "truncated")
+
+
+def test_truncated_and_corrupt_png_jpeg(tmp_path):
+    rgb = _rng().integers(0, 255, (64, 64, 3)).astype(np.uint8)
+    png = imagecodecs.png_encode(rgb)
+    jpg = imagecodecs.jpeg8_encode(rgb)
+    for name, data in [("a.png", png[: len(png) // 2]), ("b.png", png[:40]), ("c.png", b"\x89PNG garbage"),
+                       ("d.jpg", jpg[: len(jpg) // 2]), ("e.jpg", jpg[: len(jpg) - 5]), ("f.jpg", b"\xff\xd8junk")]:
+        (tmp_path / name).write_bytes(data)
+        _assert_read_error(tmp_path / name)
+
+
+def test_pickled_npy_is_refused(tmp_path):
+    np.save(tmp_path / "img_seg.npy", {"masks": np.zeros((3, 3))}, allow_pickle=True)
+    _assert_read_error(tmp_path / "img_seg.npy", "pickled")
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "img_seg.npy").read_bytes()[:60])
+    _assert_read_error(tmp_path / "cut.npy")
+
+
+# --------------------------------------------------------------------------------------------------
+# find_images
+
+
+def _touch(folder, *names):
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"x")
+
+
+def test_find_images_cellpose_rules(tmp_path):
+    _touch(tmp_path, "img10.tif", "img2.png", "img1.TIF", "photo.jpeg", "raw.npy", "stack.ome.tif",
+           # outputs and labels of earlier runs, and non-images
+           "img1_cp_masks.png", "img1_cp_masks.tif", "img1_cp_masks.ome.tif", "img1_seg.npy", "img1_masks.tif",
+           "img1_flows.tif", "img1_flows_0.tif", "img1_cellprob.tif", "img1_cp_output.png",
+           "img1_flows_cp_masks.tif", "img1_dP_cp_masks.tif", "img1_outlines_cp_masks.png",
+           "img1_cp_outlines.txt", "img1_rois.zip", "img1.geojson", ".hidden.tif", "notes.txt",
+           "sub/deep.tif")
+    found = find_images(tmp_path)
+    assert [p.name for p in found] == ["img1.TIF", "img2.png", "img10.tif", "photo.jpeg", "raw.npy",
+                                       "stack.ome.tif"]
+    assert all(p.parent == tmp_path for p in found)
+
+
+def test_find_images_filters_and_subfolders(tmp_path):
+    _touch(tmp_path, "a_img.tif", "a_labels.tif", "b_img.png", "c.tif", "s2/d_img.tif", "s10/e_img.tif",
+           ".git/f_img.tif")
+    assert [p.name for p in find_images(tmp_path, img_filter="_img")] == ["a_img.tif", "b_img.png"]
+    assert [p.name for p in find_images(tmp_path, mask_filter="_labels")] == ["a_img.tif", "b_img.png", "c.tif"]
+    deep = find_images(tmp_path, img_filter="_img", look_one_level_down=True)
+    assert [p.relative_to(tmp_path).as_posix() for p in deep] == ["a_img.tif", "b_img.png", "s2/d_img.tif",
+                                                                  "s10/e_img.tif"]
+
+
+def test_find_images_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        find_images(tmp_path / "missing")
+    with pytest.raises(ValueError, match="no images"):
+        find_images(tmp_path)
+    _touch(tmp_path, "a_cp_masks.png", "b.txt")
+    with pytest.raises(ValueError, match="2 file"):
+        find_images(tmp_path)
+
+
+def test_find_images_on_shared_data():
+    if not DSB.is_dir():
+        pytest.skip(f"shared data not found at {DSB}")
+    images = find_images(DSB, img_filter="_image")
+    assert len(images) == 12 and images[0].name == "dsb_00_image.tif"
+
+
+def test_image_stem():
+    assert image_stem("a/b/cells_01.tif") == "cells_01"
+    assert image_stem("x.y.OME.TIFF") == "x.y"
+    assert image_stem("plain") == "plain"
+
+
+# --------------------------------------------------------------------------------------------------
+# atomic_write
+
+
+def _entries(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_atomic_write_success(tmp_path):
+    target = tmp_path / "out.tif"
+    with atomic_write(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.endswith("out.tif") and tmp.name.startswith(".")
+        tifffile.imwrite(tmp, np.arange(6, dtype=np.uint16).reshape(2, 3))
+    np.testing.assert_array_equal(tifffile.imread(target), np.arange(6).reshape(2, 3))
+    assert _entries(tmp_path) == ["out.tif"]
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_atomic_write_leaves_nothing_when_the_writer_raises(tmp_path):
+    target = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        with atomic_write(target) as tmp:
+            tmp.write_bytes(b"half of a file")
+            raise RuntimeError("disk on fire")
+    assert _entries(tmp_path) == []
+    # an existing file is left untouched
+    target.write_bytes(b"old")
+    with pytest.raises(KeyError):
+        with atomic_write(target) as tmp:
+            tmp.write_bytes(b"new partial")
+            raise KeyError("boom")
+    assert target.read_bytes() == b"old"
+    assert _entries(tmp_path) == ["out.bin"]
+
+
+def test_atomic_write_missing_folder_and_no_file(tmp_path):
+    with pytest.raises(OutputWriteError, match="does not exist"):
+        with atomic_write(tmp_path / "nope" / "x.txt"):
+            pass
+    with pytest.raises(OutputWriteError, match="produced no file"):
+        with atomic_write(tmp_path / "y.txt") as tmp:
+            tmp.unlink()
+    assert _entries(tmp_path) == []
+
+
+READ_ONLY_CHECK = r"""
+import os, sys
+from cellflow_rt.io import atomic_write, OutputWriteError
+if os.geteuid() == 0:
+    os.setgid(65534); os.setuid(65534)   # root ignores permissions: drop to 'nobody'
+try:
+    with atomic_write(os.path.join(sys.argv[1], "masks.tif")) as tmp:
+        tmp.write_bytes(b"x")
+except OutputWriteError as exc:
+    print("ERROR:", exc)
+"""
+
+
+def test_read_only_folder_gives_a_clear_error():
+    # a folder of its own under the system temp dir, so that 'nobody' can reach it when run as root
+    folder = Path(tempfile.mkdtemp(prefix="cellflow-ro-"))
+    folder.chmod(0o555)
+    try:
+        run = subprocess.run([sys.executable, "-c", READ_ONLY_CHECK, str(folder)], capture_output=True, text=True,
+                             timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert "ERROR: cannot write" in run.stdout and "masks.tif" in run.stdout
+        assert "Permission denied" in run.stdout
+        assert _entries(folder) == []
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)
