@@ -57,39 +57,36 @@ def _mark_present(flat, present):
         present[flat[i]] = True
 
 
-def present_labels(masks: np.ndarray) -> np.ndarray:
-    """Sorted distinct labels > 0 of a validated label image (int64)."""
-    if masks.size == 0:
-        return np.zeros(0, np.int64)
-    top = int(masks.max())
-    if top == 0:
-        return np.zeros(0, np.int64)
-    if top <= _DENSE_TABLE_PER_PIXEL * masks.size + 65536:
-        present = np.zeros(top + 1, np.bool_)
-        _mark_present(masks.ravel(), present)
-        present[0] = False
-        return np.flatnonzero(present).astype(np.int64)
-    values = np.unique(masks)
-    return values[values > 0].astype(np.int64)
+def compact_labels(masks: np.ndarray):
+    """The labels present and a lookup from label values to compact indices 1..n.
 
-
-def label_table(masks: np.ndarray, labels: np.ndarray):
-    """Lookup from label values to compact indices: 0 = background, k = ``labels[k - 1]``.
+    Parameters
+    ----------
+    masks : ndarray
+        A validated label image (see :func:`as_label_image`).
 
     Returns
     -------
     values : ndarray
-        The image to look up (``masks`` itself, or an index image when label values are too large
-        for a dense table).
+        uint16 or uint32 image to look up: ``masks`` itself (or a cast copy), or, when label values
+        are too large for a dense table, an image of compact indices. Two dtypes only, so that each
+        numba kernel compiles twice at most.
     table : ndarray
-        int64 table with ``table[values] == compact index`` pixel by pixel.
+        int64 lookup with ``table[values] == k`` on pixels of ``labels[k - 1]`` and 0 on background.
+    labels : ndarray
+        int64 sorted distinct labels > 0.
     """
-    top = int(labels[-1]) if labels.size else 0
-    if top <= _DENSE_TABLE_PER_PIXEL * masks.size + 65536:
+    top = int(masks.max()) if masks.size else 0
+    if top < 2**16 or (top < 2**32 and top <= _DENSE_TABLE_PER_PIXEL * masks.size + 65536):
+        values = masks.astype(np.uint16 if top < 2**16 else np.uint32, copy=False)
+        present = np.zeros(top + 1, np.bool_)
+        _mark_present(values.ravel(), present)
+        labels = np.flatnonzero(present[1:]).astype(np.int64) + 1
         table = np.zeros(top + 1, np.int64)
         table[labels] = np.arange(1, labels.size + 1)
-        return masks, table
+        return values, table, labels
     # np.unique's inverse indexes its sorted values; shift so that background stays 0
-    values, inverse = np.unique(masks, return_inverse=True)
-    shift = 0 if values[0] == 0 else 1
-    return inverse.reshape(masks.shape) + shift, np.arange(labels.size + 1, dtype=np.int64)
+    uniques, inverse = np.unique(masks, return_inverse=True)
+    labels = uniques[uniques > 0].astype(np.int64)
+    values = (inverse.reshape(masks.shape) + (uniques[0] != 0)).astype(np.uint32)
+    return values, np.arange(labels.size + 1, dtype=np.int64), labels

@@ -25,7 +25,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import maximum_bipartite_matching
 
-from ._labels import as_label_image, label_table, present_labels
+from ._labels import as_label_image, compact_labels
 from ._numba import NUMBA_OPTS
 
 __all__ = ["label_overlap", "intersection_over_union", "average_precision", "matching_summary"]
@@ -67,10 +67,8 @@ def _validated_pair(masks_true, masks_pred):
 
 def _overlap(masks_true, masks_pred):
     """Sparse overlap counts between compact indices, plus the labels behind the indices."""
-    labels_true = present_labels(masks_true)
-    labels_pred = present_labels(masks_pred)
-    t_values, t_table = label_table(masks_true, labels_true)
-    p_values, p_table = label_table(masks_pred, labels_pred)
+    t_values, t_table, labels_true = compact_labels(masks_true)
+    p_values, p_table, labels_pred = compact_labels(masks_pred)
     t_flat, p_flat = np.ravel(t_values), np.ravel(p_values)
     empty = np.zeros(0, np.int64)
     nruns = _pair_runs(t_flat, t_table, p_flat, p_table, True, empty, empty, empty)

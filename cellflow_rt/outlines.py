@@ -12,7 +12,7 @@ from typing import List, Tuple
 import numpy as np
 
 from . import _outline_kernels as _k
-from ._labels import as_label_image, label_table, present_labels
+from ._labels import as_label_image, compact_labels
 
 __all__ = ["masks_to_outlines", "outlines_list"]
 
@@ -22,9 +22,8 @@ MIN_OUTLINE_POINTS = 5
 
 def _plane_outlines(masks: np.ndarray) -> np.ndarray:
     outlines = np.zeros(masks.shape, bool)
-    labels = present_labels(masks)
+    values, table, labels = compact_labels(masks)
     if labels.size:
-        values, table = label_table(masks, labels)
         box = _k.bounding_boxes(values, table, labels.size)
         _k.outline_image(values, table, labels.size, box, outlines)
     return outlines
@@ -66,10 +65,9 @@ def masks_to_outlines(masks) -> np.ndarray:
 def outlines_with_labels(masks) -> Tuple[np.ndarray, List[np.ndarray]]:
     """Labels present (sorted) and the outline of each, as :func:`outlines_list` returns them."""
     masks = as_label_image(masks, "masks", ndim=(2,))
-    labels = present_labels(masks)
+    values, table, labels = compact_labels(masks)
     if labels.size == 0:
         return labels, []
-    values, table = label_table(masks, labels)
     n = labels.size
     box = _k.bounding_boxes(values, table, n)
     start, length = _k.longest_borders(values, table, n, box)
