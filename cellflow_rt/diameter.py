@@ -14,18 +14,7 @@ import numpy as np
 from . import dynamics
 from .loaded_model import LoadedModel
 from .settings import EvalSettings
-
-
-def style_diameter(style: np.ndarray, size_model) -> float:
-    """Step 1: ``max(5, exp(A . (style - smean) + log(diam_mean) + ymean))`` in float64."""
-    style = np.asarray(style, np.float32)
-    centred = style - np.asarray(size_model.smean, np.float32)
-    estimate = np.exp(np.asarray(size_model.A, np.float64) @ centred + np.log(size_model.diam_mean)
-                      + np.float32(size_model.ymean))
-    estimate = float(np.maximum(5.0, estimate))
-    if estimate == 0 or np.isnan(estimate):
-        return float(size_model.diam_mean)
-    return estimate
+from .size import style_diameter
 
 
 def estimate_diameter(image: np.ndarray, model: LoadedModel, settings: EvalSettings) -> Tuple[float, float]:
