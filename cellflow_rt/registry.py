@@ -145,7 +145,8 @@ def resolve_model(name_or_path) -> ModelInfo:
         raise TypeError(f"name_or_path: expected a model name or a path, got {type(name_or_path).__name__}")
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
-    is_path = isinstance(name_or_path, os.PathLike) or path.suffix.lower() in (".onnx", ".json") or "/" in text or os.sep in text
+    is_path = (isinstance(name_or_path, os.PathLike) or path.suffix.lower() in (".onnx", ".json")
+               or "/" in text or os.sep in text)
     if not is_path:
         catalogue = _catalogue()
         if text not in catalogue:

@@ -9,6 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # cpnet imports torch, which loading imports lazily
+    from .cpnet import CPnetSpec
 
 # Cellpose's CPU loader rebuilds the net without passing diam_mean, so a checkpoint without
 # the diam_* entries ends up with the constructor default on CPU (notes 1.2).
@@ -42,7 +46,7 @@ class Checkpoint:
     """
 
     path: Path
-    spec: object
+    spec: CPnetSpec
     state_dict: dict
     diam_mean: float
     diam_labels: float

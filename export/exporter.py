@@ -169,7 +169,8 @@ def export_checkpoint(
         facts["fp16"]["onnx_sha256"] = sha256_file(half_path)
     manifest_path = out_dir / f"{name}.json"
     write_manifest(manifest_path, facts)
-    say(f"wrote {onnx_path}" + (f", {out_dir / facts['fp16']['onnx_file']}" if half_data else "") + f", {manifest_path}")
+    written = [onnx_path] + ([out_dir / facts["fp16"]["onnx_file"]] if half_data is not None else []) + [manifest_path]
+    say("wrote " + ", ".join(str(p) for p in written))
     return manifest_path
 
 

@@ -126,7 +126,9 @@ def measure_parity(
     }
 
 
-def check_parity(report: dict, flows_tolerance: float = FLOWS_TOLERANCE, style_tolerance: float = STYLE_TOLERANCE) -> None:
+def check_parity(
+    report: dict, flows_tolerance: float = FLOWS_TOLERANCE, style_tolerance: float = STYLE_TOLERANCE
+) -> None:
     """Raise :class:`ParityError` when a measured error exceeds its tolerance (NaN fails too)."""
     flows, style = report["max_abs_error_flows"], report["max_abs_error_style"]
     if not (flows <= flows_tolerance and style <= style_tolerance):

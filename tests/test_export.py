@@ -392,7 +392,8 @@ def _estimated_cases():
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("case", _estimated_cases() or [pytest.param(None, marks=pytest.mark.skip("no shared reference"))])
+@pytest.mark.parametrize(
+    "case", _estimated_cases() or [pytest.param(None, marks=pytest.mark.skip("no shared reference"))])
 def test_size_model_json_reproduces_reference_diam_style(case, nuclei_export, cyto_export):
     from cellflow_rt.registry import resolve_model
     from cellflow_rt.size import style_diameter
@@ -416,7 +417,8 @@ def test_size_model_reader_refuses_code(tmp_path):
     with pytest.raises(SizeModelError, match="not a pickled dict"):
         read_size_model(path)
 
-    np.save(path, np.array({"A": np.zeros(4), "smean": np.zeros(4), "diam_mean": 30.0, "ymean": 0.0}), allow_pickle=True)
+    small = {"A": np.zeros(4), "smean": np.zeros(4), "diam_mean": 30.0, "ymean": 0.0}
+    np.save(path, np.array(small), allow_pickle=True)
     with pytest.raises(SizeModelError, match="256 floats"):
         read_size_model(path)
 
