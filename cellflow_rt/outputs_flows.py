@@ -4,43 +4,15 @@
 Arithmetic follows the reference step by step in the input's float type (float32 flows stay
 float32, as numpy 2 computes them in Cellpose), so the uint8 results are the reference's.
 
-Percentiles are computed as numpy 2.0 computes them for float arrays (the reference's numpy 2.0.2):
-the quantile, the virtual index and the interpolation weight in the array's float type. numpy 2.1
-and later compute the index in float64 when the percentile is a Python number, which moves the 99th
-percentile of a float32 array by up to several ulps and changes some uint8 values.
+Percentiles use :func:`cellflow_rt.percentile.percentile` (numpy 2.0's arithmetic, the reference's).
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["flow_to_rgb", "cellprob_to_uint8", "normalize99", "percentile"]
+from .percentile import percentile
 
-
-def percentile(x: np.ndarray, q: float):
-    """``np.percentile(x, q)`` (linear method, whole array) with numpy 2.0's float-type arithmetic.
-
-    Parameters
-    ----------
-    x : ndarray
-        float32 or float64 values (not NaN).
-    q : float
-        Percentile in [0, 100].
-
-    Returns
-    -------
-    numpy scalar of ``x``'s dtype
-    """
-    x = np.ravel(x)
-    quantile = np.true_divide(q, x.dtype.type(100))
-    index = (x.size - 1) * quantile
-    below = int(np.floor(index))
-    above = min(below + 1, x.size - 1)
-    part = np.partition(x, sorted({below, above}))
-    a, b = part[below], part[above]
-    weight = index - np.floor(index)
-    diff = b - a
-    # numpy's _lerp: interpolate from the nearer end
-    return b - diff * (1 - weight) if weight >= 0.5 else a + diff * weight
+__all__ = ["flow_to_rgb", "cellprob_to_uint8", "normalize99"]
 
 
 def normalize99(x: np.ndarray, lower: float = 1.0, upper: float = 99.0) -> np.ndarray:

@@ -10,6 +10,8 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from .percentile import percentile
+
 #: Above this many elements per channel, percentiles are computed on a strided subsample.
 _PERCENTILE_SUBSAMPLE_SIZE = 224 ** 3
 
@@ -166,7 +168,7 @@ def _percentiles(channel: np.ndarray, lower: float, upper: float) -> Tuple[np.fl
         if channel.ndim == 3:
             step[0] = max(1, channel.shape[0] // 50)
         channel = channel[tuple(slice(None, None, s) for s in step)]
-    return np.percentile(channel, lower), np.percentile(channel, upper)
+    return percentile(channel, lower), percentile(channel, upper)
 
 
 def _normalize_channel(channel: np.ndarray, lower: float, upper: float) -> None:

@@ -100,3 +100,17 @@ def test_nan_rejected():
     img[3, 3] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         check_finite(img)
+
+
+def test_percentile_follows_numpy_within_float32_rounding():
+    from cellflow_rt.percentile import percentile
+    rng = np.random.default_rng(9)
+    for size in (1, 2, 101, 10007):
+        x = (rng.random(size) * 30000).astype(np.float32)
+        for q in (0.0, 1.0, 50.0, 99.0, 100.0):
+            ours = percentile(x, q)
+            assert ours.dtype == np.float32
+            np.testing.assert_allclose(ours, np.percentile(x, q), rtol=2e-6)
+    # a hand-checkable case: index 0.99 * 100 = 99 exactly -> the 100th smallest value
+    x = np.arange(101, dtype=np.float32)
+    assert percentile(x, 99.0) == 99.0
