@@ -34,6 +34,18 @@ def _collect_inputs(files, directory, img_filter, look_one_level_down):
     return paths
 
 
+def _copy_example(savedir):
+    """Copy the bundled example image into ``savedir`` (default ./cellflow-rt-example); return the copy."""
+    import shutil
+
+    from .examples import example_image_path
+
+    folder = Path(savedir) if savedir else Path.cwd() / "cellflow-rt-example"
+    folder.mkdir(parents=True, exist_ok=True)
+    source = example_image_path()
+    return Path(shutil.copyfile(source, folder / source.name))
+
+
 @main.command()
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--dir", "directory", type=click.Path(path_type=Path), help="Folder of images to segment.")
@@ -79,11 +91,14 @@ def _collect_inputs(files, directory, img_filter, look_one_level_down):
 @click.option("--save_flows", is_flag=True, help="Write the flows image <stem>_flows.tif.")
 @click.option("--save_ome", is_flag=True, help="Write OME-TIFF labels <stem>_cp_masks.ome.tif.")
 @click.option("--skip_existing", is_flag=True, help="Skip inputs whose outputs all exist.")
-def run(files, directory, image_path, img_filter, look_one_level_down, model_name, chan, chan2, all_channels,
+@click.option("--example", is_flag=True,
+              help="Segment the bundled example image (copied into --savedir, default ./cellflow-rt-example).")
+@click.pass_context
+def run(ctx, files, directory, image_path, img_filter, look_one_level_down, model_name, chan, chan2, all_channels,
         channel_axis, z_axis, invert, no_norm, norm_percentile, diameter, flow_threshold, cellprob_threshold,
         min_size, niter, resample, no_interp, augment, tile_overlap, batch_size, do_3D, anisotropy, flow3D_smooth,
         stitch_threshold, use_gpu, provider, threads, savedir, save_png, save_tif, no_npy, save_txt, save_rois,
-        save_geojson, save_flows, save_ome, skip_existing):
+        save_geojson, save_flows, save_ome, skip_existing, example):
     """Segment image FILES (or every image in --dir) and write Cellpose's output files."""
     from .batch import OutputOptions, run_batch
     from .loaded_model import LoadedModel
@@ -91,6 +106,14 @@ def run(files, directory, image_path, img_filter, look_one_level_down, model_nam
     from .registry import resolve_model
     from .settings import EvalSettings
 
+    if example:
+        files = list(files) + [_copy_example(savedir)]
+        savedir = savedir or files[-1].parent
+        if ctx.get_parameter_source("model_name") == click.core.ParameterSource.DEFAULT:
+            from .examples import EXAMPLE_DIAMETER, EXAMPLE_MODEL
+            model_name = EXAMPLE_MODEL
+            if ctx.get_parameter_source("diameter") == click.core.ParameterSource.DEFAULT:
+                diameter = EXAMPLE_DIAMETER
     paths = _collect_inputs(list(files) + ([image_path] if image_path else []), directory, img_filter,
                             look_one_level_down)
     if savedir is not None and not Path(savedir).is_dir():
@@ -131,6 +154,9 @@ def run(files, directory, image_path, img_filter, look_one_level_down, model_nam
 
     results = run_batch(paths, model, settings, options, estimate=estimate, skip_existing=skip_existing,
                         on_result=report)
+    written = sorted({str(p.parent) for r in results for p in r.outputs})
+    if written:
+        click.echo(f"outputs written to: {', '.join(written)}")
     failed = [r for r in results if not r.ok]
     if failed:
         click.echo(f"{len(failed)} of {len(results)} image(s) failed:", err=True)
