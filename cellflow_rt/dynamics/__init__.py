@@ -26,8 +26,10 @@ Examples
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Optional, Sequence, Tuple
 
+import numba
 import numpy as np
 
 from ..resize import nearest_indices, resize_nearest
@@ -45,6 +47,24 @@ __all__ = [
 ]
 
 _DEFAULTS = EvalSettings()
+
+#: Below this many foreground pixels the kernels run on one thread: the work is a few milliseconds
+#: and waking the pool costs more (much more on a loaded machine: 3-10x slower measured).
+_PARALLEL_MIN_PIXELS = 2**16
+
+
+@contextmanager
+def _threads_for(n_pixels: int):
+    """One numba thread for small problems (numba's thread count is per calling thread)."""
+    if n_pixels >= _PARALLEL_MIN_PIXELS or numba.get_num_threads() == 1:
+        yield
+        return
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,36 +120,37 @@ def _follow_flows(dP: np.ndarray, fg: np.ndarray, pts: np.ndarray, niter: int, i
 
 
 def _get_masks(ends: np.ndarray, pts: np.ndarray, shape: Tuple[int, ...], max_size_fraction: float) -> np.ndarray:
-    """Labels (uint32, ``shape``) from endpoints: seeds, growth, big-mask removal, renumbering."""
+    """Labels (``shape``) from endpoints: seeds, growth, big-mask removal, renumbering.
+
+    uint16 if there are fewer than 2**16 seeds, else uint32 (the reference's rule before its final
+    cast).
+    """
     Lz, Ly, Lx = (1, *shape) if len(shape) == 2 else shape
-    size = Lz * Ly * Lx
-    hist = _clusters.endpoint_histogram(ends, size)
+    hist = _clusters.endpoint_histogram(ends, Lz * Ly * Lx)
     seeds = _clusters.find_seeds(hist, Lz, Ly, Lx)
     if seeds.size == 0:
-        return np.zeros(shape, np.uint32)
+        return np.zeros(shape, np.uint16)
     order = _sort.torch_cpu_argsort(hist[seeds])
     regions = _clusters.grow_seeds(hist, Lz, Ly, Lx, seeds)
-    grid = _clusters.paint_regions(size, Lz, Ly, Lx, seeds, regions, order)
-    max_count = float(size) * max_size_fraction
-    masks, _ = _clusters.label_pixels(grid, pts, ends, seeds.size, max_count, size)
+    grid = _clusters.paint_regions(hist, Lz, Ly, Lx, seeds, regions, order)
+    masks = np.zeros(hist.size, _label_dtype(seeds.size))
+    _clusters.label_pixels(grid, pts, ends, seeds.size, float(hist.size) * max_size_fraction, masks)
     return masks.reshape(shape)
 
 
-def _flow_errors_flat(masks: np.ndarray, dP: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """(errors per label 1..max, heat flows (2, Ly*Lx)) of 2D ``masks``."""
-    Ly, Lx = masks.shape
-    nlab = int(masks.max())
-    order, starts = _flow_check.group_by_label(masks.ravel(), nlab)
-    mu = _flow_check.heat_flows(order, starts, Ly, Lx)
-    err = _flow_check.mask_flow_errors(order, starts, mu, dP.reshape(2, -1))
-    return err, mu
+def _flow_errors(masks: np.ndarray, dP: np.ndarray) -> np.ndarray:
+    """Flow error of labels 1..max of 2D ``masks`` against float32 ``dP`` (2, Ly, Lx)."""
+    order, starts = _flow_check.group_by_label(masks.ravel(), int(masks.max()))
+    return _flow_check.flow_errors(order, starts, masks.shape[1], dP.reshape(2, -1))
 
 
 def _remove_bad_flow_masks(masks: np.ndarray, dP: np.ndarray, flow_threshold: float) -> np.ndarray:
     """Masks whose flow error exceeds ``flow_threshold`` set to 0 (ids not renumbered)."""
-    err, _ = _flow_errors_flat(masks, dP)
-    keep = np.ones(err.size + 1, bool)
-    keep[1:] = ~(err > flow_threshold)
+    bad = _flow_errors(masks, dP) > flow_threshold
+    if not bad.any():
+        return masks
+    keep = np.ones(bad.size + 1, bool)
+    keep[1:] = ~bad
     return np.where(keep[masks], masks, 0).astype(masks.dtype)
 
 
@@ -179,10 +200,11 @@ def compute_masks(dP, cellprob, *, niter=200, cellprob_threshold: float = _DEFAU
         return np.zeros(cellprob.shape, np.uint16)
     if do_3D and interp and min(cellprob.shape) < 2:
         raise ValueError(f"3D dynamics with interp=True need at least 2 voxels per axis, got {cellprob.shape}")
-    ends = _follow_flows(dP, fg, pts, niter, interp)
-    masks = _get_masks(ends, pts, cellprob.shape, float(max_size_fraction))
-    if not do_3D and flow_threshold is not None and flow_threshold > 0 and masks.max() > 0:
-        masks = _remove_bad_flow_masks(masks, dP, flow_threshold)
+    with _threads_for(pts.size):
+        ends = _follow_flows(dP, fg, pts, niter, interp)
+        masks = _get_masks(ends, pts, cellprob.shape, float(max_size_fraction))
+        if not do_3D and flow_threshold is not None and flow_threshold > 0 and masks.max() > 0:
+            masks = _remove_bad_flow_masks(masks, dP, flow_threshold)
     return masks.astype(_label_dtype(int(masks.max())), copy=False)
 
 
@@ -337,7 +359,8 @@ def masks_to_flows(masks) -> np.ndarray:
     Ly, Lx = masks.shape
     nlab = int(masks.max()) if masks.size else 0
     order, starts = _flow_check.group_by_label(np.ascontiguousarray(masks).ravel(), nlab)
-    return _flow_check.heat_flows(order, starts, Ly, Lx).reshape(2, Ly, Lx)
+    with _threads_for(order.size):
+        return _flow_check.heat_flows(order, starts, Ly, Lx).reshape(2, Ly, Lx)
 
 
 def flow_errors(masks, dP) -> np.ndarray:
@@ -363,7 +386,10 @@ def flow_errors(masks, dP) -> np.ndarray:
     dP = np.asarray(dP)
     if dP.shape != (2, *masks.shape):
         raise ValueError(f"dP must have shape {(2, *masks.shape)}, got {dP.shape}")
-    return _flow_errors_flat(masks, np.ascontiguousarray(dP, dtype=np.float32))[0]
+    if masks.max() == 0:
+        return np.zeros(0, np.float64)
+    with _threads_for(int(np.count_nonzero(masks))):
+        return _flow_errors(masks, np.ascontiguousarray(dP, dtype=np.float32))
 
 
 def stitch3D(masks, stitch_threshold: float = 0.25) -> np.ndarray:

@@ -118,13 +118,14 @@ def grow_seeds(hist, Lz, Ly, Lx, seeds):
 
 
 @numba.njit(**NUMBA_OPTS)
-def paint_regions(size, Lz, Ly, Lx, seeds, regions, order):
-    """Label grid: region of the seed ranked r (ascending count) painted with r + 1, in rank order."""
+def paint_regions(grid, Lz, Ly, Lx, seeds, regions, order):
+    """Label grid (overwritten, e.g. the spent histogram): region of the seed ranked r (ascending
+    count) painted with r + 1, in rank order."""
     wz = regions.shape[1]
     w = regions.shape[2]
     rz = wz // 2
     rxy = w // 2
-    grid = np.zeros(size, np.int32)
+    grid[:] = 0
     for rank in range(order.shape[0]):
         s = order[rank]
         sz = seeds[s] // (Ly * Lx)
@@ -139,8 +140,9 @@ def paint_regions(size, Lz, Ly, Lx, seeds, regions, order):
 
 
 @numba.njit(**NUMBA_OPTS)
-def label_pixels(grid, pts, ends, n_seeds, max_count, size):
-    """Final labels: endpoint label, big labels removed, renumbered by first appearance."""
+def label_pixels(grid, pts, ends, n_seeds, max_count, masks):
+    """Final labels into zeroed ``masks``: endpoint label, big labels removed, renumbered by first
+    appearance. Returns the number of labels."""
     n = pts.shape[0]
     lab = np.empty(n, np.int64)
     counts = np.zeros(n_seeds + 1, np.int64)
@@ -149,7 +151,6 @@ def label_pixels(grid, pts, ends, n_seeds, max_count, size):
         counts[lab[i]] += 1
     new_id = np.zeros(n_seeds + 1, np.int64)
     next_id = 0
-    masks = np.zeros(size, np.uint32)
     for i in range(n):
         k = lab[i]
         if k == 0 or counts[k] > max_count:
@@ -158,4 +159,4 @@ def label_pixels(grid, pts, ends, n_seeds, max_count, size):
             next_id += 1
             new_id[k] = next_id
         masks[pts[i]] = new_id[k]
-    return masks, next_id
+    return next_id

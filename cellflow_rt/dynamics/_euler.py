@@ -11,11 +11,14 @@ Three arithmetics, each bit-identical to Cellpose 3.1.1.1 on CPU:
   (``grid_sampler_3d_cpu_impl``), corners accumulated tnw, tne, tsw, tse, bnw, bne, bsw, bse.
 - ``interp=False`` (2D and 3D): the flow at the truncated position, no interpolation.
 
-Every step clamps positions to the image; the endpoint is the truncated position. Each point is
-independent, so the kernels run ``prange`` over points with the time loop inside. A point whose
-position repeats exactly (a fixed point, or a 2-cycle around a sink, common once a pixel has
-converged) has a known future, so the loop stops there and takes the position that ``niter``'s parity
-selects: the same endpoint as running every step, in a fraction of the time.
+Every step clamps positions to the image; the endpoint is the truncated position. Points are
+independent: the kernels run ``prange`` over batches of points and step every point of a batch in
+turn, so consecutive operations are independent (a single point's steps form a dependency chain that
+would leave the core waiting on each gather). A point whose position repeats exactly (a fixed
+point, or a 2-cycle) has a known future, so it leaves its batch there with the position that
+``niter``'s parity selects: the same endpoint as running every step. On Cellpose's flows nearly every
+pixel reaches an exact fixed point within a few dozen steps (mean 26-79 of 188-294 on the
+reference cases), so this is most of the speed-up.
 
 Endpoints are returned as flat indices into the (Lz,) Ly, Lx grid.
 """
@@ -23,6 +26,9 @@ import numba
 import numpy as np
 
 from .._numba import NUMBA_OPTS
+
+#: points stepped in turn by one thread
+_BATCH = 32
 
 
 @numba.njit(parallel=True, **NUMBA_OPTS)
@@ -32,12 +38,12 @@ def masked_flow(dP, fg):
     n = fg.size
     src = dP.reshape(ndim, n)
     fgf = fg.reshape(n)
-    out = np.zeros((n, ndim), np.float32)
+    out = np.empty((n, ndim), np.float32)
     five = np.float32(5.0)
+    zero = np.float32(0.0)
     for i in numba.prange(n):
-        if fgf[i]:
-            for c in range(ndim):
-                out[i, c] = src[c, i] / five
+        for c in range(ndim):
+            out[i, c] = src[c, i] / five if fgf[i] else zero
     return out
 
 
@@ -74,38 +80,50 @@ def euler_2d(F, Ly, Lx, pts, niter, interp, stop_on_cycles):
     zero = np.float32(0.0)
     ymax = np.float32(Ly - 1)
     xmax = np.float32(Lx - 1)
-    for i in numba.prange(n):
-        y = np.float32(pts[i] // Lx)
-        x = np.float32(pts[i] % Lx)
-        prev_y = np.float32(-1.0)
-        prev_x = np.float32(-1.0)
+    for b in numba.prange((n + _BATCH - 1) // _BATCH):
+        lo = b * _BATCH
+        m = min(_BATCH, n - lo)
+        y = np.empty(m, np.float32)
+        x = np.empty(m, np.float32)
+        prev_y = np.full(m, np.float32(-1.0))
+        prev_x = np.full(m, np.float32(-1.0))
+        active = np.arange(m)
+        for j in range(m):
+            y[j] = np.float32(pts[lo + j] // Lx)
+            x[j] = np.float32(pts[lo + j] % Lx)
+        n_active = m
         t = 0
-        while t < niter:
-            if interp:
-                dy, dx = _bilinear_2d(F, Ly, Lx, y, x)
-            else:
-                k = np.int64(y) * Lx + np.int64(x)
-                dy = F[k, 0]
-                dx = F[k, 1]
-            ny = min(max(y + dy, zero), ymax)
-            nx = min(max(x + dx, zero), xmax)
+        while n_active > 0 and t < niter:
             t += 1
-            if stop_on_cycles:
-                if ny == y and nx == x:
-                    break
-                if ny == prev_y and nx == prev_x:
-                    # 2-cycle: positions alternate (ny, nx), (y, x), ...
-                    if (niter - t) % 2 == 1:
-                        ny = y
-                        nx = x
-                    y = ny
-                    x = nx
-                    break
-            prev_y = y
-            prev_x = x
-            y = ny
-            x = nx
-        ends[i] = np.int64(y) * Lx + np.int64(x)
+            kept = 0
+            for a in range(n_active):
+                j = active[a]
+                if interp:
+                    dy, dx = _bilinear_2d(F, Ly, Lx, y[j], x[j])
+                else:
+                    k = np.int64(y[j]) * Lx + np.int64(x[j])
+                    dy = F[k, 0]
+                    dx = F[k, 1]
+                ny = min(max(y[j] + dy, zero), ymax)
+                nx = min(max(x[j] + dx, zero), xmax)
+                if stop_on_cycles:
+                    if ny == y[j] and nx == x[j]:
+                        continue  # fixed point
+                    if ny == prev_y[j] and nx == prev_x[j]:
+                        # 2-cycle: step t lands on (ny, nx), step t + 1 on (y, x), ...
+                        if (niter - t) % 2 == 0:
+                            y[j] = ny
+                            x[j] = nx
+                        continue
+                prev_y[j] = y[j]
+                prev_x[j] = x[j]
+                y[j] = ny
+                x[j] = nx
+                active[kept] = j
+                kept += 1
+            n_active = kept
+        for j in range(m):
+            ends[lo + j] = np.int64(y[j]) * Lx + np.int64(x[j])
     return ends
 
 
@@ -165,6 +183,26 @@ def _trilinear_zero_pad(G, Lz, Ly, Lx, gx, gy, gz):
     return out_x, out_y, out_z
 
 
+@numba.njit(inline="always")
+def _step_3d(positions, prev, j, n0, n1, n2, niter, t, stop_on_cycles):
+    """Store step t's position of point j; False when the point can leave its batch."""
+    if stop_on_cycles:
+        if n0 == positions[j, 0] and n1 == positions[j, 1] and n2 == positions[j, 2]:
+            return False
+        if n0 == prev[j, 0] and n1 == prev[j, 1] and n2 == prev[j, 2]:
+            if (niter - t) % 2 == 0:
+                positions[j, 0] = n0
+                positions[j, 1] = n1
+                positions[j, 2] = n2
+            return False
+    for c in range(3):
+        prev[j, c] = positions[j, c]
+    positions[j, 0] = n0
+    positions[j, 1] = n1
+    positions[j, 2] = n2
+    return True
+
+
 @numba.njit(parallel=True, **NUMBA_OPTS)
 def euler_3d_grid_sample(G, Lz, Ly, Lx, pts, niter, stop_on_cycles):
     """Endpoints of the 3D dynamics with torch grid_sample arithmetic (``interp=True``)."""
@@ -177,42 +215,36 @@ def euler_3d_grid_sample(G, Lz, Ly, Lx, pts, niter, stop_on_cycles):
     dy = np.float32(Ly - 1)
     dz = np.float32(Lz - 1)
     plane = Ly * Lx
-    for i in numba.prange(n):
-        gz = np.float32(pts[i] // plane) / dz * two - one
-        gy = np.float32((pts[i] // Lx) % Ly) / dy * two - one
-        gx = np.float32(pts[i] % Lx) / dx * two - one
-        prev_x = np.float32(2.0)
-        prev_y = np.float32(2.0)
-        prev_z = np.float32(2.0)
+    for b in numba.prange((n + _BATCH - 1) // _BATCH):
+        lo = b * _BATCH
+        m = min(_BATCH, n - lo)
+        g = np.empty((m, 3), np.float32)  # normalised (x, y, z)
+        prev = np.full((m, 3), np.float32(2.0))
+        active = np.arange(m)
+        for j in range(m):
+            g[j, 0] = np.float32(pts[lo + j] % Lx) / dx * two - one
+            g[j, 1] = np.float32((pts[lo + j] // Lx) % Ly) / dy * two - one
+            g[j, 2] = np.float32(pts[lo + j] // plane) / dz * two - one
+        n_active = m
         t = 0
-        while t < niter:
-            sx, sy, sz = _trilinear_zero_pad(G, Lz, Ly, Lx, gx, gy, gz)
-            nx = min(max(gx + sx, -one), one)
-            ny = min(max(gy + sy, -one), one)
-            nz = min(max(gz + sz, -one), one)
+        while n_active > 0 and t < niter:
             t += 1
-            if stop_on_cycles:
-                if nx == gx and ny == gy and nz == gz:
-                    break
-                if nx == prev_x and ny == prev_y and nz == prev_z:
-                    if (niter - t) % 2 == 1:
-                        nx = gx
-                        ny = gy
-                        nz = gz
-                    gx = nx
-                    gy = ny
-                    gz = nz
-                    break
-            prev_x = gx
-            prev_y = gy
-            prev_z = gz
-            gx = nx
-            gy = ny
-            gz = nz
-        z = np.int64((gz + one) * half * dz)
-        y = np.int64((gy + one) * half * dy)
-        x = np.int64((gx + one) * half * dx)
-        ends[i] = (min(max(z, 0), Lz - 1) * Ly + min(max(y, 0), Ly - 1)) * Lx + min(max(x, 0), Lx - 1)
+            kept = 0
+            for a in range(n_active):
+                j = active[a]
+                sx, sy, sz = _trilinear_zero_pad(G, Lz, Ly, Lx, g[j, 0], g[j, 1], g[j, 2])
+                nx = min(max(g[j, 0] + sx, -one), one)
+                ny = min(max(g[j, 1] + sy, -one), one)
+                nz = min(max(g[j, 2] + sz, -one), one)
+                if _step_3d(g, prev, j, nx, ny, nz, niter, t, stop_on_cycles):
+                    active[kept] = j
+                    kept += 1
+            n_active = kept
+        for j in range(m):
+            x = np.int64((g[j, 0] + one) * half * dx)
+            y = np.int64((g[j, 1] + one) * half * dy)
+            z = np.int64((g[j, 2] + one) * half * dz)
+            ends[lo + j] = (min(max(z, 0), Lz - 1) * Ly + min(max(y, 0), Ly - 1)) * Lx + min(max(x, 0), Lx - 1)
     return ends
 
 
@@ -226,37 +258,31 @@ def euler_3d_nearest(F, Lz, Ly, Lx, pts, niter, stop_on_cycles):
     ymax = np.float32(Ly - 1)
     xmax = np.float32(Lx - 1)
     plane = Ly * Lx
-    for i in numba.prange(n):
-        z = np.float32(pts[i] // plane)
-        y = np.float32((pts[i] // Lx) % Ly)
-        x = np.float32(pts[i] % Lx)
-        prev_z = np.float32(-1.0)
-        prev_y = np.float32(-1.0)
-        prev_x = np.float32(-1.0)
+    for b in numba.prange((n + _BATCH - 1) // _BATCH):
+        lo = b * _BATCH
+        m = min(_BATCH, n - lo)
+        p = np.empty((m, 3), np.float32)  # (z, y, x)
+        prev = np.full((m, 3), np.float32(-1.0))
+        active = np.arange(m)
+        for j in range(m):
+            p[j, 0] = np.float32(pts[lo + j] // plane)
+            p[j, 1] = np.float32((pts[lo + j] // Lx) % Ly)
+            p[j, 2] = np.float32(pts[lo + j] % Lx)
+        n_active = m
         t = 0
-        while t < niter:
-            k = (np.int64(z) * Ly + np.int64(y)) * Lx + np.int64(x)
-            nz = min(max(z + F[k, 0], zero), zmax)
-            ny = min(max(y + F[k, 1], zero), ymax)
-            nx = min(max(x + F[k, 2], zero), xmax)
+        while n_active > 0 and t < niter:
             t += 1
-            if stop_on_cycles:
-                if nz == z and ny == y and nx == x:
-                    break
-                if nz == prev_z and ny == prev_y and nx == prev_x:
-                    if (niter - t) % 2 == 1:
-                        nz = z
-                        ny = y
-                        nx = x
-                    z = nz
-                    y = ny
-                    x = nx
-                    break
-            prev_z = z
-            prev_y = y
-            prev_x = x
-            z = nz
-            y = ny
-            x = nx
-        ends[i] = (np.int64(z) * Ly + np.int64(y)) * Lx + np.int64(x)
+            kept = 0
+            for a in range(n_active):
+                j = active[a]
+                k = (np.int64(p[j, 0]) * Ly + np.int64(p[j, 1])) * Lx + np.int64(p[j, 2])
+                nz = min(max(p[j, 0] + F[k, 0], zero), zmax)
+                ny = min(max(p[j, 1] + F[k, 1], zero), ymax)
+                nx = min(max(p[j, 2] + F[k, 2], zero), xmax)
+                if _step_3d(p, prev, j, nz, ny, nx, niter, t, stop_on_cycles):
+                    active[kept] = j
+                    kept += 1
+            n_active = kept
+        for j in range(m):
+            ends[lo + j] = (np.int64(p[j, 0]) * Ly + np.int64(p[j, 1])) * Lx + np.int64(p[j, 2])
     return ends
