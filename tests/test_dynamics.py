@@ -135,6 +135,16 @@ def test_tied_seeds_follow_torch_order(monkeypatch):
     assert not np.array_equal(dynamics.resize_and_compute_masks(dP, cellprob, **kwargs), fx["ties"])
 
 
+def test_torch_order_matches_recorded_torch_argsort():
+    # torch 2.13's argsort on: keys that drive the introsort into its heapsort fallback (with ties),
+    # and random keys with many ties; a stable sort differs on all three
+    fx = fixtures()
+    for i in range(3):
+        keys, expected = fx[f"sort_keys_{i}"], fx[f"sort_torch_{i}"]
+        np.testing.assert_array_equal(_sort.torch_cpu_argsort(keys), expected)
+        assert not np.array_equal(np.argsort(keys, kind="stable"), expected)
+
+
 def test_torch_order_is_an_argsort():
     rng = np.random.default_rng(0)
     for n in (1, 2, 16, 17, 100, 5000, 40000):

@@ -41,6 +41,96 @@ def tie_inputs(seed=4, L=128):
             np.clip(np.round(cellprob), -127, 127).astype(np.int8))
 
 
+def _introsort(a, less):
+    """libstdc++'s std::sort (introsort) on the list ``a`` with a comparator (for the adversary)."""
+    def swap(i, j):
+        a[i], a[j] = a[j], a[i]
+
+    def adjust(first, hole, length, val):
+        top = child = hole
+        while child < (length - 1) // 2:
+            child = 2 * (child + 1)
+            if less(a[first + child], a[first + child - 1]):
+                child -= 1
+            a[first + hole] = a[first + child]
+            hole = child
+        if (length & 1) == 0 and child == (length - 2) // 2:
+            child = 2 * (child + 1)
+            a[first + hole] = a[first + child - 1]
+            hole = child - 1
+        parent = (hole - 1) // 2
+        while hole > top and less(a[first + parent], val):
+            a[first + hole] = a[first + parent]
+            hole = parent
+            parent = (hole - 1) // 2
+        a[first + hole] = val
+
+    def heap_sort(first, last):
+        n = last - first
+        for parent in range((n - 2) // 2, -1, -1):
+            adjust(first, parent, n, a[first + parent])
+        while last - first > 1:
+            last -= 1
+            val = a[last]
+            a[last] = a[first]
+            adjust(first, 0, last - first, val)
+
+    def loop(first, last, depth):
+        while last - first > 16:
+            if depth == 0:
+                heap_sort(first, last)
+                return
+            depth -= 1
+            x, b, c = first + 1, first + (last - first) // 2, last - 1
+            if less(a[x], a[b]):
+                swap(first, b if less(a[b], a[c]) else (c if less(a[x], a[c]) else x))
+            else:
+                swap(first, x if less(a[x], a[c]) else (c if less(a[b], a[c]) else b))
+            lo, hi = first + 1, last
+            while True:
+                while less(a[lo], a[first]):
+                    lo += 1
+                hi -= 1
+                while less(a[first], a[hi]):
+                    hi -= 1
+                if not lo < hi:
+                    break
+                swap(lo, hi)
+                lo += 1
+            loop(lo, last, depth)
+            last = lo
+
+    loop(0, len(a), 2 * (len(a).bit_length() - 1))
+    for i in range(1, len(a)):  # (unguarded) insertion sort: same result as libstdc++'s final pass
+        val, j = a[i], i - 1
+        while j >= 0 and less(val, a[j]):
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = val
+
+
+def heapsort_keys(n=1000):
+    """McIlroy's quicksort adversary against the introsort: keys that exhaust its depth limit
+    (heapsort runs), then the upper half made equal so that ties go through the heapsort."""
+    gas, val, state = n, [n] * n, {"solid": 0, "candidate": 0}
+
+    def less(x, y):
+        if val[x] == gas and val[y] == gas:
+            frozen = x if x == state["candidate"] else y
+            val[frozen] = state["solid"]
+            state["solid"] += 1
+        if val[x] == gas:
+            state["candidate"] = x
+        elif val[y] == gas:
+            state["candidate"] = y
+        return val[x] < val[y]
+
+    _introsort(list(range(n)), less)
+    keys = np.array(val, np.int32)
+    keys[keys > n // 2] = n // 2
+    return keys
+
+
 def fill_input():
     m = np.zeros((40, 48), np.uint16)
     m[2:12, 2:12] = 5          # ring 5 around 2 (2 swallowed, its id lost)
@@ -103,6 +193,13 @@ def main():
     dPq, cpq = tie_inputs()
     out["ties_dP_int8"], out["ties_cellprob_int8"] = dPq, cpq
     out["ties"] = ref_masks(dPq.astype(np.float32) / 16, cpq.astype(np.float32) / 16, flow_threshold=0.0)
+
+    rng = np.random.default_rng(3)
+    sort_keys = [heapsort_keys(), rng.integers(11, 14, 500).astype(np.int32),
+                 rng.integers(11, 40, 5000).astype(np.int32)]
+    for i, keys in enumerate(sort_keys):
+        out[f"sort_keys_{i}"] = keys
+        out[f"sort_torch_{i}"] = torch.from_numpy(keys).argsort().numpy()
 
     m2, m3 = fill_input()
     out["fill_2d_in"], out["fill_3d_in"] = m2, m3
