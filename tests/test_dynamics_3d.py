@@ -46,13 +46,11 @@ def test_cycle_shortcut_is_exact_3d(interp):
     pts = np.flatnonzero(fg)
     F = _euler.masked_flow(np.ascontiguousarray(dP), fg)
     if interp:
-        G = _euler.grid_sample_flow(F, *fg.shape)
-        fast = _euler.euler_3d_grid_sample(G, *fg.shape, pts, 201, True)
-        slow = _euler.euler_3d_grid_sample(G, *fg.shape, pts, 201, False)
-    else:
-        fast = _euler.euler_3d_nearest(F, *fg.shape, pts, 201, True)
-        slow = _euler.euler_3d_nearest(F, *fg.shape, pts, 201, False)
-    np.testing.assert_array_equal(fast, slow)
+        F = _euler.grid_sample_flow(F, *fg.shape)
+    for niter in (200, 201):
+        fast = _euler.euler_3d(interp, F, *fg.shape, pts, niter, True)
+        slow = _euler.euler_3d(interp, F, *fg.shape, pts, niter, False)
+        np.testing.assert_array_equal(fast, slow)
 
 
 def test_empty_volume():

@@ -110,13 +110,10 @@ def _follow_flows(dP: np.ndarray, fg: np.ndarray, pts: np.ndarray, niter: int, i
     """Flat indices of the endpoints of the foreground pixels ``pts`` after ``niter`` steps."""
     F = _euler.masked_flow(dP, fg)
     if fg.ndim == 2:
-        Ly, Lx = fg.shape
-        return _euler.euler_2d(F, Ly, Lx, pts, niter, bool(interp), True)
-    Lz, Ly, Lx = fg.shape
+        return _euler.euler_2d(F, *fg.shape, pts, niter, bool(interp), True)
     if interp:
-        G = _euler.grid_sample_flow(F, Lz, Ly, Lx)
-        return _euler.euler_3d_grid_sample(G, Lz, Ly, Lx, pts, niter, True)
-    return _euler.euler_3d_nearest(F, Lz, Ly, Lx, pts, niter, True)
+        F = _euler.grid_sample_flow(F, *fg.shape)
+    return _euler.euler_3d(bool(interp), F, *fg.shape, pts, niter, True)
 
 
 def _get_masks(ends: np.ndarray, pts: np.ndarray, shape: Tuple[int, ...], max_size_fraction: float) -> np.ndarray:
