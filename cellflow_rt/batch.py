@@ -6,6 +6,7 @@ failure for that file (with a one-line reason) and the batch moves on.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
@@ -13,7 +14,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 
 from .loaded_model import LoadedModel
-from .pipeline import Segmentation, segment
+from .pipeline import Prediction, Segmentation, finish, predict
 from .settings import EvalSettings
 
 
@@ -91,29 +92,47 @@ def write_outputs(path: Path, seg: Segmentation, settings: EvalSettings, options
     return [Path(p) for p in written if p]
 
 
-def segment_file(path: Path, model: LoadedModel, settings: EvalSettings, options: OutputOptions,
-                 estimate: bool) -> FileResult:
-    """Read, segment (estimating the diameter if asked) and write one file."""
+def _read_and_predict(path: Path, model: LoadedModel, settings: EvalSettings, estimate: bool):
+    """Network half of one file: read it, estimate its diameter if asked, run the network."""
     from .diameter import estimate_diameter
     from .io import imread
 
-    tic = time.perf_counter()
     image = imread(path)
-    run_settings = settings
     if estimate and not settings.do_3D and model.size_model is not None and np.asarray(image).ndim < 4:
         diameter, _ = estimate_diameter(image, model, settings)
-        run_settings = settings.with_(diameter=diameter)
-    seg = segment(image, model, run_settings)
-    files = write_outputs(path, seg, run_settings, options)
-    n_masks = int(len(np.unique(seg.masks)) - (1 if (seg.masks == 0).any() else 0)) if seg.masks.size else 0
-    return FileResult(path, True, n_masks=n_masks, diameter=seg.diameter, seconds=time.perf_counter() - tic,
+        settings = settings.with_(diameter=diameter)
+    return predict(image, model, settings)
+
+
+def _finish_and_write(path: Path, prediction: Prediction, options: OutputOptions, started: float) -> FileResult:
+    """Dynamics half of one file: masks from the flows, then the output files."""
+    seg = finish(prediction)
+    files = write_outputs(path, seg, prediction.settings, options)
+    n_masks = int(np.count_nonzero(np.unique(seg.masks))) if seg.masks.size else 0
+    return FileResult(path, True, n_masks=n_masks, diameter=seg.diameter, seconds=time.perf_counter() - started,
                       outputs=files)
+
+
+def segment_file(path: Path, model: LoadedModel, settings: EvalSettings, options: OutputOptions,
+                 estimate: bool) -> FileResult:
+    """Read, segment (estimating the diameter if asked) and write one file."""
+    started = time.perf_counter()
+    return _finish_and_write(path, _read_and_predict(path, model, settings, estimate), options, started)
+
+
+def _failure(path: Path, exc: BaseException) -> FileResult:
+    if isinstance(exc, MemoryError):
+        return FileResult(path, False, error="out of memory")
+    return FileResult(path, False, error=f"{type(exc).__name__}: {exc}")
 
 
 def run_batch(paths: Sequence[Path], model: LoadedModel, settings: EvalSettings, options: OutputOptions,
               estimate: bool = False, skip_existing: bool = False,
               on_result: Optional[Callable[[int, FileResult], None]] = None) -> List[FileResult]:
     """Segment every file; failures are recorded, never raised.
+
+    The network of file i+1 runs in a worker thread while file i's dynamics and outputs run here
+    (ONNX Runtime and the numba kernels release the GIL), so a GPU is kept busy in batch runs.
 
     Parameters
     ----------
@@ -132,19 +151,39 @@ def run_batch(paths: Sequence[Path], model: LoadedModel, settings: EvalSettings,
     on_result : callable, optional
         Called with (index, FileResult) after each file (progress reporting).
     """
+    paths = [Path(p) for p in paths]
+    todo = [not (skip_existing and all(p.exists() for p in expected_outputs(path, options))) for path in paths]
+
+    def start(i):
+        if i >= len(paths) or not todo[i]:
+            return None
+        return time.perf_counter(), pool.submit(_read_and_predict, paths[i], model, settings, estimate)
+
     results = []
-    for i, path in enumerate(paths):
-        path = Path(path)
-        if skip_existing and all(p.exists() for p in expected_outputs(path, options)):
-            result = FileResult(path, True, skipped=True)
-        else:
-            try:
-                result = segment_file(path, model, settings, options, estimate)
-            except MemoryError:
-                result = FileResult(path, False, error="out of memory")
-            except Exception as exc:  # one bad file must not lose the others' results
-                result = FileResult(path, False, error=f"{type(exc).__name__}: {exc}")
-        results.append(result)
-        if on_result is not None:
-            on_result(i, result)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = start(0)
+        for i, path in enumerate(paths):
+            current, pending = pending, None
+            nxt = next((j for j in range(i + 1, len(paths)) if todo[j]), None)
+            if current is None:
+                result = FileResult(path, True, skipped=True)
+            else:
+                started, future = current
+                try:
+                    prediction = future.result()
+                except Exception as exc:  # one bad file must not lose the others' results
+                    prediction, result = None, _failure(path, exc)
+                if nxt is not None and nxt == i + 1:
+                    pending = start(nxt)
+                if prediction is not None:
+                    try:
+                        result = _finish_and_write(path, prediction, options, started)
+                    except Exception as exc:
+                        result = _failure(path, exc)
+                    del prediction
+            if pending is None and nxt is not None and nxt == i + 1:
+                pending = start(nxt)
+            results.append(result)
+            if on_result is not None:
+                on_result(i, result)
     return results

@@ -82,6 +82,75 @@ def prepare_image(image: np.ndarray, settings: EvalSettings, nchan: int) -> np.n
                            percentile=settings.percentile, norm3D=volume or x.shape[0] == 1)
 
 
+@dataclass
+class Prediction:
+    """The network stage's result for one image, before dynamics (see :func:`predict`).
+
+    ``dP`` is (2, N, Y, X) for N planes, or (3, Z, Y, X) with ``do_3D``; ``shape`` is the spatial
+    shape the masks must have.
+    """
+
+    dP: np.ndarray
+    cellprob: np.ndarray
+    styles: np.ndarray
+    shape: tuple
+    rescale: object
+    diameter: float
+    settings: EvalSettings
+    timings: Dict[str, float] = field(default_factory=dict)
+
+
+def predict(image: np.ndarray, model: LoadedModel, settings: EvalSettings = EvalSettings()) -> Prediction:
+    """First half of :func:`segment`: preprocessing and the network (flows, cell probability, style)."""
+    timings = {}
+    tic = time.perf_counter()
+    x = prepare_image(image, settings, model.nchan)
+    rescale = rescale_for(model, settings)
+    diameter = float(model.diam_mean / rescale)
+    timings["preprocess"] = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    if settings.do_3D:
+        from .volume import volume_flows
+        dP, cellprob, styles = volume_flows(x, model, settings, rescale)
+        shape = x.shape[:3]
+    else:
+        nimg, Ly, Lx = x.shape[:3]
+        yf, styles = run_network(model.net, x, rescale=rescale, augment=settings.augment,
+                                 batch_size=settings.batch_size, tile_overlap=settings.tile_overlap,
+                                 bsize=settings.bsize)
+        if settings.resample and rescale != 1.0:
+            yf = np.stack([resize_bilinear(plane, Ly, Lx) for plane in yf])
+        cellprob = yf[..., 2]
+        dP = yf[..., :2].transpose(3, 0, 1, 2)
+        shape = (Ly, Lx)
+    timings["network"] = time.perf_counter() - tic
+    return Prediction(dP=dP, cellprob=cellprob, styles=styles, shape=shape, rescale=rescale, diameter=diameter,
+                      settings=settings, timings=timings)
+
+
+def finish(prediction: Prediction) -> Segmentation:
+    """Second half of :func:`segment`: dynamics, flow check, resize back, hole filling, stitching."""
+    p, settings = prediction, prediction.settings
+    timings = dict(p.timings)
+    if not settings.compute_masks:
+        masks = np.zeros(0, np.uint16)
+    else:
+        tic = time.perf_counter()
+        niter = euler_iterations(settings, p.rescale)
+        if settings.do_3D:
+            masks = dynamics.resize_and_compute_masks(
+                p.dP, p.cellprob, niter=niter, cellprob_threshold=settings.cellprob_threshold,
+                flow_threshold=settings.flow_threshold, interp=settings.interp, do_3D=True,
+                resize=None if p.dP.shape[1:] == tuple(p.shape) else list(p.shape),
+                min_size=settings.min_size, max_size_fraction=settings.max_size_fraction)
+        else:
+            masks = masks_from_flows(p.dP, p.cellprob, p.shape, settings, niter).squeeze()
+        timings["dynamics"] = time.perf_counter() - tic
+    return Segmentation(masks=masks, dP=p.dP.squeeze(), cellprob=p.cellprob.squeeze(),
+                        styles=np.asarray(p.styles).squeeze(), diameter=p.diameter, timings=timings)
+
+
 def segment(image: np.ndarray, model: LoadedModel, settings: EvalSettings = EvalSettings()) -> Segmentation:
     """Segment one image (2D, stack of planes, or volume with ``do_3D``).
 
@@ -98,37 +167,7 @@ def segment(image: np.ndarray, model: LoadedModel, settings: EvalSettings = Eval
     -------
     Segmentation
     """
-    timings = {}
-    tic = time.perf_counter()
-    x = prepare_image(image, settings, model.nchan)
-    rescale = rescale_for(model, settings)
-    diameter = float(model.diam_mean / rescale)
-    timings["preprocess"] = time.perf_counter() - tic
-
-    if settings.do_3D:
-        from .volume import segment_volume
-        return segment_volume(x, model, settings, rescale, diameter, timings)
-
-    tic = time.perf_counter()
-    nimg, Ly, Lx = x.shape[:3]
-    yf, styles = run_network(model.net, x, rescale=rescale, augment=settings.augment,
-                             batch_size=settings.batch_size, tile_overlap=settings.tile_overlap,
-                             bsize=settings.bsize)
-    if settings.resample and rescale != 1.0:
-        yf = np.stack([resize_bilinear(plane, Ly, Lx) for plane in yf])
-    cellprob = yf[..., 2]
-    dP = yf[..., :2].transpose(3, 0, 1, 2)
-    timings["network"] = time.perf_counter() - tic
-
-    masks = None
-    if settings.compute_masks:
-        tic = time.perf_counter()
-        masks = masks_from_flows(dP, cellprob, (Ly, Lx), settings, euler_iterations(settings, rescale))
-        timings["dynamics"] = time.perf_counter() - tic
-    else:
-        masks = np.zeros(0, np.uint16)
-    return Segmentation(masks=masks.squeeze() if masks.ndim else masks, dP=dP.squeeze(), cellprob=cellprob.squeeze(),
-                        styles=styles.squeeze(), diameter=diameter, timings=timings)
+    return finish(predict(image, model, settings))
 
 
 def masks_from_flows(dP: np.ndarray, cellprob: np.ndarray, shape, settings: EvalSettings, niter) -> np.ndarray:

@@ -4,15 +4,13 @@ Cellpose 3.1.1.1's ``_run_net(do_3D=True)`` and ``core.run_3D``: the volume is r
 ``rescale`` and in Z by ``anisotropy * rescale``; the three slice orientations are run through the
 network at that size; the views' flows and cell probabilities are *summed* (not averaged); with
 ``resample`` the field is resized back before the dynamics. Stitching of 2D masks across Z lives
-in the dynamics package (``stitch3D``); this module only handles ``do_3D``.
+in the dynamics package (``stitch3D``); this module only makes the ``do_3D`` flows (the pipeline
+runs the dynamics).
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
-from . import dynamics
 from .flows import rescaled_size, run_network
 from .resize import resize_bilinear
 
@@ -60,11 +58,11 @@ def run_network_3d(net, x: np.ndarray, augment: bool, batch_size: int, tile_over
     return yf, styles
 
 
-def segment_volume(x: np.ndarray, model, settings, rescale, diameter: float, timings: dict):
-    """do_3D segmentation of a normalised (Z, Y, X, C) volume; see :func:`cellflow_rt.pipeline.segment`."""
-    from .pipeline import Segmentation, euler_iterations
+def volume_flows(x: np.ndarray, model, settings, rescale):
+    """do_3D flows of a normalised (Z, Y, X, C) volume: dP (3, Z, Y, X), cellprob (Z, Y, X), styles.
 
-    tic = time.perf_counter()
+    With ``resample`` the field comes back at the volume's own size, else at the rescaled size.
+    """
     Lz, Ly, Lx = x.shape[:3]
     xr = resize_volume(x, rescale, settings.anisotropy)
     yf, styles = run_network_3d(model.net, xr, settings.augment, settings.batch_size, settings.tile_overlap,
@@ -82,17 +80,4 @@ def segment_volume(x: np.ndarray, model, settings, rescale, diameter: float, tim
         from scipy.ndimage import gaussian_filter
         s = settings.flow3D_smooth
         dP = gaussian_filter(dP, (0, s, s, s))
-    timings["network"] = time.perf_counter() - tic
-
-    if not settings.compute_masks:
-        masks = np.zeros(0, np.uint16)
-    else:
-        tic = time.perf_counter()
-        resize = None if dP.shape[1:] == (Lz, Ly, Lx) else [Lz, Ly, Lx]
-        masks = dynamics.resize_and_compute_masks(
-            dP, cellprob, niter=euler_iterations(settings, rescale), cellprob_threshold=settings.cellprob_threshold,
-            flow_threshold=settings.flow_threshold, interp=settings.interp, do_3D=True, resize=resize,
-            min_size=settings.min_size, max_size_fraction=settings.max_size_fraction)
-        timings["dynamics"] = time.perf_counter() - tic
-    return Segmentation(masks=masks, dP=dP, cellprob=cellprob, styles=np.asarray(styles).squeeze(),
-                        diameter=diameter, timings=timings)
+    return dP, cellprob, styles
