@@ -415,7 +415,10 @@ def stitch3D(masks, stitch_threshold: float = 0.25) -> np.ndarray:
     Lz, Ly, Lx = masks.shape
     if masks.size == 0:
         return masks.copy()
-    out = _stitch.stitch_planes(np.ascontiguousarray(masks).reshape(Lz, Ly * Lx), float(stitch_threshold))
-    top = int(out.max())
+    flat = np.ascontiguousarray(masks).reshape(Lz, Ly * Lx)
+    maps, offsets = _stitch.stitch_maps(flat, float(stitch_threshold))
+    top = int(maps.max())
     dtype = masks.dtype if top <= np.iinfo(masks.dtype).max else (np.uint32 if top < 2**32 else np.int64)
-    return out.astype(dtype).reshape(Lz, Ly, Lx)
+    out = np.empty(flat.shape, dtype)
+    _stitch.apply_maps(flat, maps, offsets, out)
+    return out.reshape(Lz, Ly, Lx)

@@ -91,28 +91,45 @@ def _link_plane(prev, cur, max_prev, max_cur, threshold, mmax):
 
 
 @numba.njit(**NUMBA_OPTS)
-def stitch_planes(masks, threshold):
-    """Stitched ids (int64, (Lz, Ly*Lx)) of per-plane labels ``masks`` (Lz, Ly*Lx)."""
+def stitch_maps(masks, threshold):
+    """Per-plane maps from input labels to stitched ids, for (Lz, Ly*Lx) ``masks``.
+
+    Plane z's map is ``maps[offsets[z]:offsets[z + 1]]`` (index = input label). Only the previous
+    plane is kept relabelled, so memory stays at one plane whatever the stack's depth.
+    """
     Lz = masks.shape[0]
-    out = np.empty(masks.shape, np.int64)
-    out[0] = masks[0]
-    mmax = out[0].max()
+    offsets = np.zeros(Lz + 1, np.int64)
+    for z in range(Lz):
+        offsets[z + 1] = offsets[z] + np.int64(masks[z].max()) + 1
+    maps = np.empty(offsets[-1], np.int64)
+    maps[: offsets[1]] = np.arange(offsets[1])
+    prev = masks[0].astype(np.int64)
+    mmax = prev.max()
     stitched_once = False
     for z in range(Lz - 1):
         cur = masks[z + 1]
-        max_cur = np.int64(cur.max())
-        max_prev = out[z].max()
+        max_cur = offsets[z + 2] - offsets[z + 1] - 1
+        max_prev = prev.max()
+        new_ids = maps[offsets[z + 1]: offsets[z + 2]]
         if max_cur == 0 or max_prev == 0:
-            if not stitched_once:
-                out[z + 1] = cur
+            if not stitched_once:  # keeps its own labels; the running max restarts from them
+                new_ids[:] = np.arange(max_cur + 1)
                 mmax = max_cur
             else:
-                for i in range(cur.shape[0]):
-                    out[z + 1, i] = mmax + cur[i] if cur[i] > 0 else 0
+                new_ids[:] = np.arange(max_cur + 1) + mmax
+                new_ids[0] = 0
                 mmax += max_cur
-            continue
-        new_ids, mmax = _link_plane(out[z], cur, max_prev, max_cur, threshold, mmax)
+        else:
+            linked, mmax = _link_plane(prev, cur, max_prev, max_cur, threshold, mmax)
+            new_ids[:] = linked
+            stitched_once = True
         for i in range(cur.shape[0]):
-            out[z + 1, i] = new_ids[cur[i]]
-        stitched_once = True
-    return out
+            prev[i] = new_ids[cur[i]]
+    return maps, offsets
+
+
+@numba.njit(parallel=True, **NUMBA_OPTS)
+def apply_maps(masks, maps, offsets, out):
+    for z in numba.prange(masks.shape[0]):
+        for i in range(masks.shape[1]):
+            out[z, i] = maps[offsets[z] + masks[z, i]]
