@@ -2,8 +2,9 @@
 
 Input: per block, a table of its objects (local label, area, bounding box, *margin*: the distance
 from the object's bounding box to the nearest crop side cut inside the image, in units of the halo
-on that axis; 0 means the object touches such a side and may be truncated), and per pair of blocks
-with intersecting crops, the pixel counts of every pair of their labels that overlap.
+on that axis, 0 meaning the object touches such a side and may be truncated; *context*: the same
+distance from the bounding box's centre), and per pair of blocks with intersecting crops, the pixel
+counts of every pair of their labels that overlap.
 
 Rule (greedy non-maximum suppression over block versions):
 
@@ -11,15 +12,22 @@ Rule (greedy non-maximum suppression over block versions):
    overlap exceeds ``conflict_fraction`` of the smaller one's part there: they are two views of the
    same cell (or of the same few cells cut differently). Measuring inside the shared region makes the
    test the same for a small cell and for the two halves of a cell larger than the halo.
-2. *Complete* objects (margin > 0) are visited by decreasing margin; one is accepted unless it
-   conflicts with an already accepted object. The version kept is thus the one seen with the most
-   context around it, i.e. the one farthest from any artificial crop edge.
+2. *Complete* objects (margin > 0) whose centre has at least half a halo of context (its block
+   sees it well; the block whose core holds the centre always does) are visited by decreasing
+   margin; one is accepted unless it conflicts with an already accepted object. The version kept is
+   thus the one seen with the most context around it, i.e. the one farthest from any artificial
+   crop edge. Objects near a crop side whose centre lies deep in a neighbour's core are left to that
+   neighbour, which sees them with context: a fragment only the less-informed block found is not
+   kept.
 3. *Pieces* (margin 0) that conflict with no accepted complete object belong to cells that no block
    saw whole (larger than the halo): pieces that conflict with each other are joined (union-find
    over the conflict edges) into one object. A piece that joins nothing is an edge fragment that the
    neighbouring block, which sees that place with context, did not confirm: it is dropped.
 4. Accepted objects and piece groups get ids 1..N in block order; each also gets a paint rank
    (acceptance order) so that where two accepted objects touch, the better-seen one wins the pixel.
+   Pieces rank after every complete object, and each piece paints only inside its own block's core:
+   every pixel of a joined object comes from the block with the most context around it (a piece's
+   pixels near its crop side are the least reliable ones).
 """
 from __future__ import annotations
 
@@ -32,6 +40,8 @@ from scipy.sparse.csgraph import connected_components
 
 #: Paint rank of background and of rejected objects: never wins a pixel.
 NO_RANK = np.iinfo(np.uint32).max
+#: Context (in halos) the centre of a complete object needs for its version to be kept.
+MIN_CONTEXT = 0.5
 
 
 @dataclass
@@ -48,6 +58,8 @@ class ObjectTable:
         Bounding box in image coordinates (start inclusive, stop exclusive).
     margin : ndarray of float64
         Distance to the nearest interior crop side in halos (inf when the crop has none).
+    context : ndarray of float64
+        The same distance from the bounding box's centre.
     max_label : int
         Largest local label (size of the lookup tables - 1).
     """
@@ -57,12 +69,13 @@ class ObjectTable:
     bbox_lo: np.ndarray
     bbox_hi: np.ndarray
     margin: np.ndarray
+    context: np.ndarray
     max_label: int
 
     @classmethod
     def empty(cls, ndim: int) -> "ObjectTable":
         return cls(np.zeros(0, np.uint32), np.zeros(0, np.int64), np.zeros((0, ndim), np.int64),
-                   np.zeros((0, ndim), np.int64), np.zeros(0), 0)
+                   np.zeros((0, ndim), np.int64), np.zeros(0), np.zeros(0), 0)
 
     def __len__(self) -> int:
         return int(self.labels.size)
@@ -101,6 +114,8 @@ class Resolution:
         Object versions dropped: duplicates of a kept version, and unconfirmed edge fragments.
     n_joined : int
         Objects assembled from pieces (cells larger than the halo).
+    first_piece_rank : int
+        Ranks from this one on (and below ``NO_RANK``) are pieces, painted inside their core only.
     """
 
     ids: Dict[int, np.ndarray]
@@ -108,6 +123,7 @@ class Resolution:
     n_objects: int
     n_dropped: int
     n_joined: int
+    first_piece_rank: int
 
 
 def _conflict_graph(tables: Dict[int, ObjectTable], offsets: Dict[int, int], overlaps: Sequence[Overlaps],
@@ -178,9 +194,10 @@ def resolve(tables: Dict[int, ObjectTable], overlaps: Sequence[Overlaps], confli
     block_of = np.concatenate([np.full(len(tables[b]), b, np.int64) for b in blocks]) if n else np.zeros(0, np.int64)
     label_of = np.concatenate([tables[b].labels.astype(np.int64) for b in blocks]) if n else np.zeros(0, np.int64)
     margin = np.concatenate([tables[b].margin for b in blocks]) if n else np.zeros(0)
+    context = np.concatenate([tables[b].context for b in blocks]) if n else np.zeros(0)
     graph = _conflict_graph(tables, offsets, overlaps, n, conflict_fraction)
 
-    complete = np.flatnonzero(margin > 0)
+    complete = np.flatnonzero((margin > 0) & (context >= MIN_CONTEXT))
     order = complete[np.lexsort((label_of[complete], block_of[complete], -margin[complete]))]
     accepted = _greedy_accept(order, graph, n)
 
@@ -222,7 +239,8 @@ def resolve(tables: Dict[int, ObjectTable], overlaps: Sequence[Overlaps], confli
         rank[t.labels] = ranks[o:o + len(t)]
         ids[b], rank_luts[b] = lut, rank
     return Resolution(ids=ids, ranks=rank_luts, n_objects=int(first.size),
-                      n_dropped=int(n - n_complete - pieces.size), n_joined=n_groups)
+                      n_dropped=int(n - n_complete - pieces.size), n_joined=n_groups,
+                      first_piece_rank=int(accepted_order.size))
 
 
 def sources_for(region_blocks: Sequence[int], tables: Dict[int, ObjectTable], resolution: Resolution,

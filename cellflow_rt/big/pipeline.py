@@ -21,7 +21,7 @@ from .merge import ObjectTable, Resolution, resolve, sources_for
 from .normalization import GlobalNormalization, global_normalization, network_channels, subsample_steps
 from .runner import Progress, Runner
 from .sources import ImageSource, create_labels_array, finish_ome_labels, ome_labels_level0, open_source
-from . import tasks
+from . import stitch, tasks
 
 #: Default block (core) side: 1024 px in 2D; 3D blocks default to 128 voxels per side.
 DEFAULT_BLOCKSIZE = {2: 1024, 3: 128}
@@ -72,19 +72,30 @@ class LargeSegmentation:
     timings: Dict[str, float] = field(default_factory=dict)
 
 
+def _planewise(settings: EvalSettings) -> bool:
+    """Stitching: blocks segment 2D planes, linked across Z after the merge (see :mod:`.stitch`)."""
+    return settings.stitch_threshold > 0 and not settings.do_3D
+
+
 def _block_settings(settings: EvalSettings, spatial_ndim: int) -> EvalSettings:
     """Settings for a block that arrives normalised, with its network channels last."""
-    return settings.with_(channels=None, channel_axis=spatial_ndim, z_axis=0 if spatial_ndim == 3 else None,
+    block = settings.with_(channels=None, channel_axis=spatial_ndim, z_axis=0 if spatial_ndim == 3 else None,
                           normalize=False, invert=False)
+    if _planewise(settings):  # planes only; min_size applies to the stitched objects, as in the reference
+        block = block.with_(stitch_threshold=0.0, min_size=-1)
+    return block
 
 
 def default_overlap(diameter: float, settings: EvalSettings, spatial_ndim: int) -> Tuple[int, ...]:
-    """Two diameters per axis; along Z of a do_3D volume, two diameters in Z samples (``/ anisotropy``)."""
+    """Two diameters per axis; along Z: two diameters in Z samples (``/ anisotropy``) for do_3D,
+    none for stitching (planes are segmented independently and linked after the merge)."""
     halo = int(math.ceil(2 * diameter))
     if spatial_ndim == 2:
         return (halo, halo)
+    if _planewise(settings):
+        return (0, halo, halo)
     z = halo
-    if settings.do_3D and settings.anisotropy:
+    if settings.anisotropy:
         z = int(math.ceil(2 * diameter / settings.anisotropy))
     return (z, halo, halo)
 
@@ -165,6 +176,8 @@ def segment_large(source, model, settings: EvalSettings = EvalSettings(), blocks
     -------
     LargeSegmentation
     """
+    import dask.array as da
+
     from ..loaded_model import LoadedModel
 
     timings: Dict[str, float] = {}
@@ -209,18 +222,32 @@ def segment_large(source, model, settings: EvalSettings = EvalSettings(), blocks
 
         parts_dir = _parts_dir(temp_dir, output)
         try:
-            tables, resolution, timings_blocks = _segment_and_merge(
-                runner, src, grid, busy, n_skipped, norm, settings, spec, parts_dir, conflict_fraction, timings)
-            timings.update(timings_blocks)
-            labels, written = _write(runner, src, grid, tables, resolution, parts_dir, output, ome_labels, timings)
+            tables, resolution = _segment_and_merge(runner, src, grid, busy, n_skipped, norm, settings, spec,
+                                                    parts_dir, conflict_fraction, timings)
+            targets = _targets(src, grid, output, ome_labels)
+            if _planewise(settings):
+                labels, n_objects = _write_stitched(runner, src, grid, tables, resolution, parts_dir, settings,
+                                                    targets, timings)
+            else:
+                tic = time.perf_counter()
+                labels = _store(runner, "write", _paint_jobs(grid, tables, resolution, parts_dir), src.shape,
+                                grid.blocksize, targets)
+                timings["write"] = time.perf_counter() - tic
+                n_objects = resolution.n_objects
+            if ome_labels:
+                finish_ome_labels(src.ome, ome_labels, grid.blocksize, runner.compute)
         finally:
             shutil.rmtree(parts_dir, ignore_errors=True)
     finally:
         runner.close()
-    return LargeSegmentation(labels=labels, n_objects=resolution.n_objects, diameter=float(diameter),
+    if targets:
+        import zarr
+
+        labels = da.from_zarr(zarr.open_array(targets[0], mode="r"))
+    return LargeSegmentation(labels=labels, n_objects=n_objects, diameter=float(diameter),
                              blocksize=grid.blocksize, overlap=grid.overlap, n_blocks=grid.n_blocks,
                              n_skipped=n_skipped, n_dropped=resolution.n_dropped, n_joined=resolution.n_joined,
-                             normalization=norm, output=written, timings=timings)
+                             normalization=norm, output=targets[0] if targets else None, timings=timings)
 
 
 def _delayed(fn):
@@ -234,9 +261,10 @@ def _segment_and_merge(runner: Runner, src: ImageSource, grid: BlockGrid, busy: 
                        conflict_fraction: float, timings: Dict[str, float]):
     tic = time.perf_counter()
     block_settings = _block_settings(settings, src.ndim)
+    planewise = _planewise(settings)
     results = runner.map("segment", [
         _delayed(tasks.segment_task)(src.crop(grid.crop(b)), b, grid.crop(b), grid.interior_sides(b), grid.overlap,
-                                     norm, settings, block_settings, spec, parts_dir)
+                                     norm, settings, block_settings, spec, parts_dir, planewise)
         for b in busy], skipped=n_skipped)
     tables: Dict[int, ObjectTable] = {}
     block_time = {"network": 0.0, "dynamics": 0.0}
@@ -257,37 +285,66 @@ def _segment_and_merge(runner: Runner, src: ImageSource, grid: BlockGrid, busy: 
     tic = time.perf_counter()
     resolution = resolve(tables, overlaps, conflict_fraction)
     timings["merge"] = time.perf_counter() - tic
-    return tables, resolution, {"blocks_network": block_time["network"], "blocks_dynamics": block_time["dynamics"]}
+    timings["blocks_network"], timings["blocks_dynamics"] = block_time["network"], block_time["dynamics"]
+    return tables, resolution
 
 
-def _write(runner: Runner, src: ImageSource, grid: BlockGrid, tables: Dict[int, ObjectTable], resolution: Resolution,
-           parts_dir: str, output, ome_labels: Optional[str], timings: Dict[str, float]):
-    """Paint every output chunk; return the labels as a dask array and the path written (if any)."""
-    import dask.array as da
-    import zarr
-
-    tic = time.perf_counter()
+def _targets(src: ImageSource, grid: BlockGrid, output, ome_labels: Optional[str]) -> List[str]:
+    """Create the zarr arrays the labels go to (none: they stay in memory)."""
     targets: List[str] = []
     if output is not None:
         create_labels_array(output, src.shape, grid.blocksize)
         targets.append(str(output))
     if ome_labels:
         targets.append(ome_labels_level0(src.ome, ome_labels, src.shape, grid.blocksize))
-    chunk_jobs = []
+    return targets
+
+
+def _paint_jobs(grid: BlockGrid, tables: Dict[int, ObjectTable], resolution: Resolution, parts_dir: str):
+    """(chunk, function, arguments) painting each output chunk that has kept objects."""
+    jobs = []
     for j in range(grid.n_blocks):
         core = grid.core(j)
         blocks = sources_for(grid.crops_touching(core), tables, resolution, core)
-        if blocks or not targets:
-            chunk_jobs.append((core, [(b, grid.crop(b), resolution.ids[b], resolution.ranks[b]) for b in blocks]))
-    if not targets:
-        chunks = runner.map("write", [_delayed(tasks.paint_task)(parts_dir, core, srcs) for core, srcs in chunk_jobs])
-        labels = np.zeros(src.shape, np.uint32)
-        for (core, _), chunk in zip(chunk_jobs, chunks):
-            labels[core] = chunk
-        timings["write"] = time.perf_counter() - tic
-        return da.from_array(labels, chunks=grid.blocksize), None
-    runner.map("write", [_delayed(tasks.write_chunk_task)(parts_dir, core, srcs, targets) for core, srcs in chunk_jobs])
-    if ome_labels:
-        finish_ome_labels(src.ome, ome_labels, grid.blocksize, runner.compute)
+        if blocks:
+            sources = [(b, grid.crop(b), grid.core(b), resolution.ids[b], resolution.ranks[b]) for b in blocks]
+            jobs.append((core, tasks.paint_task, (parts_dir, core, sources, resolution.first_piece_rank)))
+    return jobs
+
+
+def _store(runner: Runner, stage: str, jobs, shape, blocksize, targets: Sequence[str]):
+    """Compute every chunk job: into the ``targets`` zarr arrays, or into an in-memory dask array."""
+    import dask.array as da
+
+    if targets:
+        runner.map(stage, [_delayed(tasks.store_chunk_task)(core, fn, args, targets) for core, fn, args in jobs])
+        return None
+    chunks = runner.map(stage, [_delayed(fn)(*args) for _, fn, args in jobs])
+    labels = np.zeros(shape, np.uint32)
+    for (core, _, _), chunk in zip(jobs, chunks):
+        labels[core] = chunk
+    return da.from_array(labels, chunks=blocksize)
+
+
+def _write_stitched(runner: Runner, src: ImageSource, grid: BlockGrid, tables, resolution: Resolution,
+                    parts_dir: str, settings: EvalSettings, targets: Sequence[str], timings: Dict[str, float]):
+    """stitch_threshold: paint the merged 2D masks, link them across Z, write the 3D objects."""
+    tic = time.perf_counter()
+    planes_path = str(Path(parts_dir) / "planes.zarr")
+    create_labels_array(planes_path, src.shape, grid.blocksize)
+    jobs = _paint_jobs(grid, tables, resolution, parts_dir)
+    _store(runner, "planes", jobs, src.shape, grid.blocksize, [planes_path])
+    timings["planes"] = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    cores = [core for core, _, _ in jobs]
+    links = runner.map("stitch", [_delayed(stitch.links_task)(planes_path, core) for core in cores])
+    labels, ids = stitch.resolve_links(links, settings.stitch_threshold, settings.min_size)
+    timings["stitch"] = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    relabel = [(core, stitch.relabel_task, (planes_path, core) + stitch.chunk_table(labels, ids, ln.labels))
+               for core, ln in zip(cores, links) if ln.labels.size]
+    out = _store(runner, "write", relabel, src.shape, grid.blocksize, targets)
     timings["write"] = time.perf_counter() - tic
-    return da.from_zarr(zarr.open_array(targets[0], mode="r")), targets[0]
+    return out, int(ids.max(initial=0))

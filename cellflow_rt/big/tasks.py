@@ -18,6 +18,7 @@ from .blocks import Region, intersect, region_shape, relative
 from .merge import NO_RANK, ObjectTable, Overlaps
 from .normalization import BlockStats, GlobalNormalization, block_statistics, network_channels
 from .sources import materialise
+from .stitch import unique_per_plane
 
 #: Chunk side of the temporary per-block label arrays (pair and paint tasks read parts of them).
 _PART_CHUNK = {2: 512, 3: 128}
@@ -82,23 +83,31 @@ def object_table(labels: np.ndarray, origin: Sequence[int], interior: Tuple[Sequ
     lo = np.array([[s.start for s in boxes[i - 1]] for i in present], np.int64)
     hi = np.array([[s.stop for s in boxes[i - 1]] for i in present], np.int64)
     margin = np.full(present.size, np.inf)
+    context = np.full(present.size, np.inf)
+    centre = (lo + hi) / 2
     low, high = interior
     for axis in range(ndim):
         halo = max(int(overlap[axis]), 1)
         if low[axis]:
             margin = np.minimum(margin, lo[:, axis] / halo)
+            context = np.minimum(context, centre[:, axis] / halo)
         if high[axis]:
             margin = np.minimum(margin, (labels.shape[axis] - hi[:, axis]) / halo)
+            context = np.minimum(context, (labels.shape[axis] - centre[:, axis]) / halo)
     area = np.bincount(labels.ravel(), minlength=int(present[-1]) + 1)[present].astype(np.int64)
     offset = np.asarray(origin, np.int64)
     return ObjectTable(labels=present.astype(np.uint32), area=area, bbox_lo=lo + offset, bbox_hi=hi + offset,
-                       margin=margin, max_label=int(present[-1]))
+                       margin=margin, context=context, max_label=int(present[-1]))
 
 
 def segment_task(crop, block: int, crop_region: Region, interior, overlap: Sequence[int],
                  normalization: GlobalNormalization, settings: EvalSettings, block_settings: EvalSettings,
-                 spec: ModelSpec, parts_dir: str) -> Tuple[ObjectTable, dict]:
-    """Segment one crop with the image's normalisation; store its labels; return its objects."""
+                 spec: ModelSpec, parts_dir: str, planewise: bool = False) -> Tuple[ObjectTable, dict]:
+    """Segment one crop with the image's normalisation; store its labels; return its objects.
+
+    ``planewise``: the crop's planes are segmented in 2D (stitching); their masks get ids unique in
+    the crop and cannot be truncated along Z.
+    """
     import zarr
 
     from ..pipeline import segment
@@ -111,6 +120,9 @@ def segment_task(crop, block: int, crop_region: Region, interior, overlap: Seque
     labels = np.asarray(result.masks, dtype=np.uint32)
     timings = dict(result.timings)
     del result
+    if planewise:
+        labels = unique_per_plane(labels.reshape((-1,) + labels.shape[-2:])).reshape(labels.shape)
+        interior = ((False,) + tuple(interior[0][1:]), (False,) + tuple(interior[1][1:]))
     chunks = tuple(min(n, _PART_CHUNK[labels.ndim]) for n in labels.shape)
     part = zarr.create_array(part_path(parts_dir, block), shape=labels.shape, chunks=chunks, dtype="uint32",
                              fill_value=0, overwrite=True)
@@ -141,31 +153,39 @@ def overlaps_task(parts_dir: str, block_a: int, crop_a: Region, block_b: int, cr
                     np.asarray(extent_a, np.int64), np.asarray(extent_b, np.int64))
 
 
-def paint_task(parts_dir: str, core: Region, sources: Sequence[Tuple[int, Region, np.ndarray, np.ndarray]]) -> np.ndarray:
+def paint_task(parts_dir: str, core: Region, sources: Sequence[Tuple[int, Region, Region, np.ndarray, np.ndarray]],
+               first_piece_rank: int) -> np.ndarray:
     """Assemble one output chunk from the kept objects of every block whose crop meets it.
 
-    ``sources`` lists ``(block, crop, ids, ranks)``: the block's crop region and its lookup tables
-    local label -> global id and -> paint rank. Where kept objects of two blocks claim the same
-    pixel, the lower rank wins, whatever the order the sources come in.
+    ``sources`` lists ``(block, crop, block_core, ids, ranks)``: the block's crop and core regions
+    and its lookup tables local label -> global id and -> paint rank. Where kept objects of two
+    blocks claim the same pixel, the lower rank wins, whatever the order of the sources; pieces
+    (ranks from ``first_piece_rank`` on) paint only inside their own block's core.
     """
     out = np.zeros(region_shape(core), np.uint32)
     best = np.full(out.shape, NO_RANK, np.uint32)
-    for block, crop, ids, ranks in sources:
+    for block, crop, block_core, ids, ranks in sources:
         inside = intersect(core, crop)
         local = _read_part(parts_dir, block, relative(inside, crop))
         gid, rank = ids[local], ranks[local]
         target = relative(inside, core)
         wins = rank < best[target]
+        owned = intersect(inside, block_core)
+        if owned != inside:
+            in_core = np.zeros(local.shape, bool)
+            if owned is not None:
+                in_core[relative(owned, inside)] = True
+            wins &= in_core | (rank < first_piece_rank)
         out[target][wins] = gid[wins]
         best[target][wins] = rank[wins]
     return out
 
 
-def write_chunk_task(parts_dir: str, core: Region, sources, targets: Sequence[str]) -> int:
-    """Paint one chunk and store it in every target zarr array; return its number of labels."""
+def store_chunk_task(core: Region, make_chunk, args, targets: Sequence[str]) -> int:
+    """Compute one output chunk with ``make_chunk(*args)`` and store it in every target zarr array."""
     import zarr
 
-    chunk = paint_task(parts_dir, core, sources)
+    chunk = make_chunk(*args)
     if not chunk.any():
         return 0
     for target in targets:
