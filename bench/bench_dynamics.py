@@ -4,14 +4,14 @@ Usage (from the repository root)::
 
     python bench/bench_dynamics.py [--reference-python /tmp/cpref/bin/python] [--repeats 5] [case ...]
 
-Inputs are the recorded ``resize_and_compute_masks`` calls of the 1024 x 1024 reference cases
-(``../shared/reference/2d/<case>/dynamics_0.npz``). Our stages run in this interpreter; the
+Inputs are recorded ``resize_and_compute_masks`` calls (``../shared/reference/<case>/dynamics_0.npz``),
+by default those of the 1024 x 1024 reference cases; 3D cases work too (``3d/nuclei_vol_do3D``). Our stages run in this interpreter; the
 reference's run in a subprocess of ``--reference-python`` (an environment with cellpose==3.1.1.1 and
 torch, the one ``shared/tools/make_reference.py`` describes). Stages:
 
 - ``euler``: foreground selection and Euler integration (reference ``follow_flows``);
 - ``clusters``: seeds, growth, labels, big masks, renumbering (``get_masks_torch``);
-- ``flow_qc``: heat-diffusion flows and flow errors (``remove_bad_flow_masks``);
+- ``flow_qc``: heat-diffusion flows and flow errors (``remove_bad_flow_masks``; none in 3D);
 - ``fill``: resize back and ``fill_holes_and_remove_small_masks``.
 
 ``total_call`` is one whole ``resize_and_compute_masks`` call. Each is timed ``--repeats`` times
@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT.parent / "shared" / "reference" / "2d"
-DEFAULT_CASES = ["nuclei_1024_diam25", "dsb_01_real_1024_invert"]
+REFERENCE = ROOT.parent / "shared" / "reference"
+DEFAULT_CASES = ["2d/nuclei_1024_diam25", "2d/dsb_01_real_1024_invert"]
 STAGES = ["euler", "clusters", "flow_qc", "fill"]
 
 # Runs in the reference environment: same stages with Cellpose's own functions. Prints JSON.
@@ -58,15 +58,16 @@ def stages():
     inds = np.nonzero(fg)
     p = dynamics.follow_flows(dP * fg / 5.0, inds=inds, niter=kwargs["niter"], interp=kwargs["interp"], device=dev)
     clock.lap("euler")
-    p = torch.from_numpy(p).to(dev, dtype=torch.int)
+    p = p.int() if torch.is_tensor(p) else torch.from_numpy(p).to(dev, dtype=torch.int)  # 3D: a tensor
     masks = dynamics.get_masks_torch(p, inds, dP.shape[1:], max_size_fraction=kwargs["max_size_fraction"])
     clock.lap("clusters")
     thr = kwargs["flow_threshold"]
-    if masks.max() > 0 and thr is not None and thr > 0:
+    if masks.max() > 0 and thr is not None and thr > 0 and not kwargs.get("do_3D"):
         masks = dynamics.remove_bad_flow_masks(masks, dP, threshold=thr, device=dev)
     if masks.max() < 2**16:
         masks = masks.astype("uint16")
     clock.lap("flow_qc")
+    assert kwargs["resize"] is None or len(kwargs["resize"]) == 2, "3D resize not timed"
     if kwargs["resize"] is not None:
         masks = transforms.resize_image(masks, kwargs["resize"][0], kwargs["resize"][1], no_channels=True,
                                         interpolation=cv2.INTER_NEAREST)
@@ -110,15 +111,16 @@ def _our_stages(dP, cellprob, kwargs):
     dP32 = np.ascontiguousarray(dP, dtype=np.float32)
     fg = cellprob > kwargs["cellprob_threshold"]
     pts = np.flatnonzero(fg)
-    ends = dynamics._follow_flows(dP32, fg, pts, _check_niter(kwargs["niter"]), kwargs["interp"])
-    clock.lap("euler")
-    masks = dynamics._get_masks(ends, pts, cellprob.shape, kwargs["max_size_fraction"])
-    clock.lap("clusters")
-    thr = kwargs["flow_threshold"]
-    if masks.max() > 0 and thr is not None and thr > 0:
-        masks = dynamics._remove_bad_flow_masks(masks, dP32, thr)
-    masks = masks.astype(dynamics._label_dtype(int(masks.max())))
-    clock.lap("flow_qc")
+    with dynamics._threads_for(pts.size):  # as compute_masks: one thread for small problems
+        ends = dynamics._follow_flows(dP32, fg, pts, _check_niter(kwargs["niter"]), kwargs["interp"])
+        clock.lap("euler")
+        masks = dynamics._get_masks(ends, pts, cellprob.shape, kwargs["max_size_fraction"])
+        clock.lap("clusters")
+        thr = kwargs["flow_threshold"]
+        if masks.max() > 0 and thr is not None and thr > 0 and not kwargs.get("do_3D"):
+            masks = dynamics._remove_bad_flow_masks(masks, dP32, thr)
+        masks = masks.astype(dynamics._label_dtype(int(masks.max())))
+        clock.lap("flow_qc")
     if kwargs["resize"] is not None:
         masks = dynamics._resize_labels(masks, kwargs["resize"])
     masks = dynamics.fill_holes_and_remove_small_masks(masks, min_size=kwargs["min_size"])
