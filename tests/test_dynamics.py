@@ -316,3 +316,9 @@ def test_validation_errors():
         dynamics.fill_holes_and_remove_small_masks(np.zeros(4, np.uint16))
     with pytest.raises(ValueError, match="2D masks"):
         dynamics.masks_to_flows(np.zeros((2, 4, 4), np.uint16))
+
+
+def test_docstring_examples():
+    import doctest
+
+    assert doctest.testmod(dynamics, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0
