@@ -99,7 +99,10 @@ def _check_flows(dP, cellprob, do_3D: bool) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def _check_niter(niter) -> int:
-    niter = float(niter)
+    try:
+        niter = float(niter)
+    except (TypeError, ValueError):
+        raise ValueError(f"niter must be a number, got {niter!r}") from None
     if not 0 <= niter < 2**32:
         raise ValueError(f"niter must be a number in [0, 2**32), got {niter}")
     # np.uint32(niter) in the reference: truncation
