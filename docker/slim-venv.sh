@@ -22,7 +22,8 @@ rm -rf "$site"/onnxruntime/transformers "$site"/onnxruntime/quantization "$site"
 # onnxruntime's C API library (libonnxruntime.so, ~35 MB) is shipped for C/C++ programs: the Python
 # binding carries its own copy. Removed only when no library of the package loads it (NEEDED).
 capi="$site/onnxruntime/capi"
-if [ -d "$capi" ] && ! readelf -d "$capi"/*.so* 2>/dev/null | grep -q 'NEEDED.*\[libonnxruntime\.so'; then
+if [ -d "$capi" ] && command -v readelf >/dev/null \
+    && ! readelf -d "$capi"/*.so* 2>/dev/null | grep -q 'NEEDED.*\[libonnxruntime\.so'; then
     rm -f "$capi"/libonnxruntime.so*
 fi
 # sources, headers and stubs of compiled extensions
