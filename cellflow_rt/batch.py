@@ -13,6 +13,7 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
+from .io import image_stem
 from .loaded_model import LoadedModel
 from .pipeline import Prediction, Segmentation, finish, predict
 from .settings import EvalSettings
@@ -57,11 +58,12 @@ def expected_outputs(path: Path, options: OutputOptions) -> List[Path]:
     suffixes = [(options.save_png, "_cp_masks.png"), (options.save_tif, "_cp_masks.tif"),
                 (options.save_txt, "_cp_outlines.txt"), (options.save_geojson, ".geojson"),
                 (options.save_flows, "_flows_cp_masks.tif"), (options.save_ome, "_cp_masks.ome.tif")]
-    files = [folder / f"{path.stem}{suffix}" for wanted, suffix in suffixes if wanted]
+    stem = image_stem(path)
+    files = [folder / f"{stem}{suffix}" for wanted, suffix in suffixes if wanted]
     if options.save_npy:
-        files.append(path.parent / f"{path.stem}_seg.npy")
+        files.append(path.parent / f"{stem}_seg.npy")
     if options.save_rois:
-        files.append(path.parent / f"{path.stem}_rois.zip")
+        files.append(path.parent / f"{stem}_rois.zip")
     return files
 
 

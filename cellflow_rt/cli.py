@@ -17,6 +17,8 @@ from . import __version__
 @click.version_option(__version__, prog_name="cellflow-rt")
 def main():
     """Cellpose segmentation without PyTorch (ONNX Runtime + numba)."""
+    import warnings
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
 
 
 def _collect_inputs(files, directory, img_filter, look_one_level_down):
@@ -27,8 +29,11 @@ def _collect_inputs(files, directory, img_filter, look_one_level_down):
         directory = Path(directory)
         if not directory.is_dir():
             raise click.UsageError(f"--dir {directory}: not a directory")
-        paths += [Path(p) for p in find_images(directory, img_filter=img_filter,
-                                               look_one_level_down=look_one_level_down)]
+        try:
+            paths += [Path(p) for p in find_images(directory, img_filter=img_filter,
+                                                   look_one_level_down=look_one_level_down)]
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
     if not paths:
         raise click.UsageError("no input images: give image files or --dir DIR")
     return paths
@@ -54,8 +59,8 @@ def _copy_example(savedir):
 @click.option("--look_one_level_down", is_flag=True, help="Also search the sub-folders of --dir.")
 @click.option("--pretrained_model", "--model", "model_name", default="cyto_demo", show_default=True,
               help="Bundled or exported model name, or a path to an exported .onnx.")
-@click.option("--chan", default=0, show_default=True, type=int, help="Channel to segment (0=gray, 1=R, 2=G, 3=B).")
-@click.option("--chan2", default=0, show_default=True, type=int, help="Nuclear channel (0=none, 1=R, 2=G, 3=B).")
+@click.option("--chan", default=0, show_default=True, type=click.IntRange(min=0), help="Channel to segment (0=gray, 1=R, 2=G, 3=B).")
+@click.option("--chan2", default=0, show_default=True, type=click.IntRange(min=0), help="Nuclear channel (0=none, 1=R, 2=G, 3=B).")
 @click.option("--all_channels", is_flag=True, help="Use the first two channels as they are (channels=None).")
 @click.option("--channel_axis", type=int, default=None, help="Axis of the channels in the image array.")
 @click.option("--z_axis", type=int, default=None, help="Axis of Z in the image array.")
@@ -168,13 +173,11 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
 @main.command()
 def info():
     """Versions, execution providers, models found, numba cache and threading layer."""
-    import os
-
     import numba
     import numpy
     import onnxruntime
 
-    from . import _numba  # noqa: F401  (sets the numba cache directory)
+    from . import _numba
     from .network import available_providers
     from .registry import list_models, user_model_dir
 
@@ -182,7 +185,7 @@ def info():
     click.echo(f"python {sys.version.split()[0]}, numpy {numpy.__version__}, numba {numba.__version__}, "
                f"onnxruntime {onnxruntime.__version__}")
     click.echo(f"execution providers: {', '.join(available_providers())}")
-    click.echo(f"numba cache: {os.environ.get('NUMBA_CACHE_DIR')}")
+    click.echo(f"numba cache: {_numba.CACHE_DIR}")
     click.echo(f"numba threading layer: {numba.config.THREADING_LAYER} ({numba.config.NUMBA_NUM_THREADS} threads)")
     click.echo(f"user models: {user_model_dir()}")
     click.echo("models:")

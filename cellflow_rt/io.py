@@ -189,7 +189,10 @@ def _read_png_jpeg(path: Path, ext: str) -> np.ndarray:
 
     data = path.read_bytes()
     if ext in PNG_EXTENSIONS:
-        img = imagecodecs.png_decode(data)
+        try:
+            img = imagecodecs.png_decode(data)
+        except UnicodeDecodeError:  # imagecodecs' error text for some corrupt chunks
+            raise ImageReadError(path, "corrupt or truncated PNG") from None
     else:
         _check_jpeg_complete(path, data)
         img = imagecodecs.jpeg8_decode(data)

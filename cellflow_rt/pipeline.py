@@ -145,10 +145,15 @@ def finish(prediction: Prediction) -> Segmentation:
                 resize=None if p.dP.shape[1:] == tuple(p.shape) else list(p.shape),
                 min_size=settings.min_size, max_size_fraction=settings.max_size_fraction)
         else:
-            masks = masks_from_flows(p.dP, p.cellprob, p.shape, settings, niter).squeeze()
+            masks = masks_from_flows(p.dP, p.cellprob, p.shape, settings, niter)
         timings["dynamics"] = time.perf_counter() - tic
-    return Segmentation(masks=masks, dP=p.dP.squeeze(), cellprob=p.cellprob.squeeze(),
-                        styles=np.asarray(p.styles).squeeze(), diameter=p.diameter, timings=timings)
+    # Cellpose squeezes every singleton axis (a 1-row image loses its row); drop only the plane axis
+    dP, cellprob, styles = p.dP, p.cellprob, np.asarray(p.styles)
+    if settings.do_3D:
+        styles = styles.squeeze()
+    elif cellprob.shape[0] == 1:
+        dP, cellprob, styles = dP[:, 0], cellprob[0], styles[0]
+    return Segmentation(masks=masks, dP=dP, cellprob=cellprob, styles=styles, diameter=p.diameter, timings=timings)
 
 
 def segment(image: np.ndarray, model: LoadedModel, settings: EvalSettings = EvalSettings()) -> Segmentation:

@@ -65,7 +65,7 @@ def convert_image(x: np.ndarray, channels: Optional[Sequence[int]], channel_axis
         float32 array ``(Y, X, nchan)`` or ``(Z, Y, X, nchan)``.
     """
     x = np.asarray(x)
-    ndim_in = x.ndim
+    ndim_in, shape_in = x.ndim, x.shape
     if x.ndim < 2 or x.ndim > 5:
         raise ImageShapeError(f"expected a 2-D to 4-D image (Y, X [, C] or Z, Y, X [, C]), got shape {x.shape}")
     if x.dtype == bool or not (np.issubdtype(x.dtype, np.number)):
@@ -116,7 +116,8 @@ def convert_image(x: np.ndarray, channels: Optional[Sequence[int]], channel_axis
             axis = x.ndim - 1 if x.shape[-1] == smallest else x.shape.index(smallest)
             x = _move_axis_last(x, axis)
     if x.ndim > 4:
-        raise ImageShapeError(f"could not reduce the image to (Z, Y, X, C): shape after squeezing {x.shape}")
+        raise ImageShapeError(f"cannot interpret a {ndim_in}-D image of shape {shape_in} as (Z, Y, X, C): "
+                              f"{x.ndim} axes are longer than 1")
 
     x = x.astype(np.float32)
     if channels is not None:
@@ -138,7 +139,7 @@ def select_channels(data: np.ndarray, channels: Sequence[int]) -> np.ndarray:
     chan, chan2 = int(channels[0]), int(channels[1])
     if data.ndim < 3:
         data = data[:, :, np.newaxis]
-    elif data.ndim == 3 and data.shape[0] < 8:
+    elif data.ndim == 3 and data.shape[0] < 8 and data.shape[-1] > 1:
         # Cellpose treats a 3-D array with fewer than 8 rows as channel-first
         data = np.transpose(data, (1, 2, 0))
     nchan = data.shape[-1]

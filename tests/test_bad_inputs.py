@@ -182,15 +182,11 @@ def test_rgba_tiff_matches_the_gray_image(corpus):
     assert np.mean((got > 0) == (expected > 0)) > 0.99
 
 
-@pytest.mark.xfail(strict=True, reason="imagecodecs' PngError message is not UTF-8: io.imread reports "
-                                       "'UnicodeDecodeError: utf-8 codec can't decode byte' for a corrupt PNG")
 def test_corrupt_png_message_has_no_decoder_noise(corpus):
     _, result = corpus
     assert "UnicodeDecodeError" not in result.line_for("corruptpng.png")
 
 
-@pytest.mark.xfail(strict=True, reason="preprocess.convert_image reports the shape after its own axis moves "
-                                       "((2, 2, 96, 96, 2)), not the file's shape (2, 2, 2, 96, 96)")
 def test_5d_message_names_the_input_shape(corpus):
     _, result = corpus
     assert "(2, 2, 2, 96, 96)" in result.line_for("fived.npy")
@@ -219,9 +215,6 @@ def test_tiny_images_never_crash_the_batch(tiny):
     assert leftover_temp_files(folder) == []
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline.segment squeezes the (1, 1) masks to shape () and the 3x3 "
-                                       "image is taken as channel-first by preprocess.select_channels "
-                                       "(fewer than 8 rows): 'masks must be a 2D or 3D label image'")
 @pytest.mark.parametrize("name, shape", [("onepixel.tif", (1, 1)), ("threepixels.tif", (3, 3))])
 def test_tiny_image_gives_zero_cells_at_its_size(tiny, name, shape):
     folder, result = tiny
@@ -288,8 +281,6 @@ def test_channel_out_of_range_fails_that_file_only(tmp_path):
     assert set(result.failure_list()) == {"colour.png"}
 
 
-@pytest.mark.xfail(strict=True, reason="cli.run turns the ValueError of a negative --chan into a "
-                                       "ClickException (exit 1) instead of a usage error (exit 2)")
 def test_negative_channel_is_a_usage_error(two_images):
     result = run_cli(["run", "first.tif", *FAST, "--chan", "-1"], cwd=two_images)
     assert result.returncode == 2, result.output
@@ -406,8 +397,6 @@ def test_use_gpu_falls_back_to_cpu_with_a_warning(two_images):
 
 
 @pytest.mark.skipif(_has_cuda(), reason="CUDA is available here: nothing to fall back from")
-@pytest.mark.xfail(strict=True, reason="the fallback warning goes through warnings.showwarning, which prints "
-                                       "the source path and the 'warnings.warn(...)' code line under it")
 def test_use_gpu_warning_is_one_line(two_images):
     result = run_cli(["run", "first.tif", *FAST, "--use_gpu"], cwd=two_images)
     warning_lines = [ln for ln in result.stderr.splitlines() if "CUDA" in ln or "warn" in ln.lower()]
@@ -539,8 +528,6 @@ def test_full_disk_simulated_in_process(tmp_path, monkeypatch):
 # inputs that leave nothing to do
 
 
-@pytest.mark.xfail(strict=True, reason="cli._collect_inputs lets find_images' ValueError escape: a traceback "
-                                       "instead of a usage error for a folder without images")
 def test_folder_without_images_is_a_usage_error(tmp_path):
     (tmp_path / "notes.txt").write_text("no images here")
     result = run_cli(["run", "--dir", tmp_path, *FAST], cwd=tmp_path)

@@ -191,8 +191,6 @@ def test_skip_existing_knows_every_output_flag(tmp_path):
     assert (tmp_path / "out" / "every.geojson").is_file()
 
 
-@pytest.mark.xfail(strict=True, reason="batch.expected_outputs names outputs with Path.stem ('x.ome') while the "
-                                       "writers use io.image_stem ('x'): .ome.tif inputs are never skipped")
 def test_skip_existing_ome_tif_input(tmp_path):
     tifffile.imwrite(tmp_path / "scan.ome.tif", crop(64), ome=True)
     first = run_cli(["run", "scan.ome.tif", *FAST, "--save_tif"], cwd=tmp_path)

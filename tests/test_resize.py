@@ -41,3 +41,24 @@ def test_nearest_rule_is_floor_not_centre():
 def test_resize_to_nothing_is_an_error():
     with pytest.raises(ValueError, match="no pixels"):
         resize_bilinear(np.zeros((4, 4), np.float32), 0, 4)
+
+
+def test_numba_cache_falls_back_to_a_writable_copy(tmp_path, monkeypatch):
+    """A read-only pre-warmed cache (a --read-only container) is copied to the temporary directory."""
+    import os
+
+    from cellflow_rt import _numba
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "entry.nbi").write_text("x")
+    monkeypatch.setattr(_numba.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(_numba.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(cache))
+    chosen = _numba.configure_cache()
+    assert chosen.startswith(str(tmp_path / "tmp"))
+    assert os.path.exists(os.path.join(chosen, "entry.nbi"))
+    assert os.environ["NUMBA_CACHE_DIR"] == chosen
+    monkeypatch.undo()
+    _numba.configure_cache()
