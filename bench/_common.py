@@ -157,36 +157,49 @@ def peak_rss_mib() -> float:
 
 
 class StageClock:
-    """Accumulates seconds per stage; ``wrap`` times a module attribute without changing its result."""
+    """Accumulates seconds per stage; ``wrap`` times a module attribute without changing its result.
+
+    Wall time in ``seconds``; CPU time of the whole process (all threads: ORT, torch, numba) during
+    the stage in ``cpu_seconds`` under the same key. The stages run one after the other in the
+    main thread, so each one's CPU time is its own; on a shared machine it is steadier than wall time.
+    """
 
     def __init__(self):
         self.seconds: Dict[str, float] = {}
+        self.cpu_seconds: Dict[str, float] = {}
         self._originals: List[tuple] = []
 
     def reset(self) -> None:
         self.seconds = {}
+        self.cpu_seconds = {}
 
-    def add(self, key: str, seconds: float) -> None:
+    def add(self, key: str, seconds: float, cpu_seconds: Optional[float] = None) -> None:
         self.seconds[key] = self.seconds.get(key, 0.0) + seconds
+        if cpu_seconds is not None:
+            self.cpu_seconds[key] = self.cpu_seconds.get(key, 0.0) + cpu_seconds
+
+    def record(self) -> dict:
+        """This run's numbers: wall seconds by stage, and CPU seconds as ``cpu:<stage>``."""
+        return {**self.seconds, **{f"cpu:{k}": v for k, v in self.cpu_seconds.items()}}
 
     @contextmanager
     def time(self, key: str):
-        tic = time.perf_counter()
+        tic, cpu = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
-            self.add(key, time.perf_counter() - tic)
+            self.add(key, time.perf_counter() - tic, time.process_time() - cpu)
 
     def wrap(self, owner, name: str, key: str) -> None:
         original = getattr(owner, name)
         clock = self
 
         def timed(*args, **kwargs):
-            tic = time.perf_counter()
+            tic, cpu = time.perf_counter(), time.process_time()
             try:
                 return original(*args, **kwargs)
             finally:
-                clock.add(key, time.perf_counter() - tic)
+                clock.add(key, time.perf_counter() - tic, time.process_time() - cpu)
 
         timed.__wrapped__ = original
         timed.__name__ = getattr(original, "__name__", name)

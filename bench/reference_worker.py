@@ -74,7 +74,7 @@ def main(spec_path: str) -> None:
                 io.masks_flows_to_seg(img, masks, flows, out_name, diams=kw.get("diameter", 30.0),
                                       channels=kw.get("channels"))
                 io.save_masks(img, masks, flows, out_name, png=False, tif=True, savedir=str(outdir))
-        runs.append(dict(clock.seconds))
+        runs.append(clock.record())
     np.save(spec["masks_out"], np.asarray(masks))
     write_json(spec["result"], {
         "side": "reference",
