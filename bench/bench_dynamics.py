@@ -41,7 +41,11 @@ import json, sys, time
 import numpy as np, torch
 from cellpose import dynamics, utils, transforms
 import cv2
-path, kwargs, repeats = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+path, kwargs, repeats, threads = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+if threads > 0:
+    torch.set_num_threads(threads)
+    import numba
+    numba.set_num_threads(threads)
 z = np.load(path)
 dP, cellprob = z["dP"], z["cellprob"]
 dev = torch.device("cpu")
@@ -144,10 +148,15 @@ def time_ours(path: Path, kwargs: dict, repeats: int) -> dict:
     return best
 
 
-def time_reference(python: str, path: Path, kwargs: dict, repeats: int) -> dict | None:
+def dynamics_min_px() -> int:
+    from cellflow_rt import dynamics
+    return dynamics._PARALLEL_MIN_PIXELS
+
+
+def time_reference(python: str, path: Path, kwargs: dict, repeats: int, threads: int) -> dict | None:
     if not Path(python).exists():
         return None
-    res = subprocess.run([python, "-c", _REFERENCE_SCRIPT, str(path), json.dumps(kwargs), str(repeats)],
+    res = subprocess.run([python, "-c", _REFERENCE_SCRIPT, str(path), json.dumps(kwargs), str(repeats), str(threads)],
                          capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -157,7 +166,12 @@ def main(argv=None):
     parser.add_argument("cases", nargs="*", default=DEFAULT_CASES)
     parser.add_argument("--reference-python", default="/tmp/cpref/bin/python")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads for both (numba and torch); 0 = their defaults (all cores)")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        import numba
+        numba.set_num_threads(args.threads)
 
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (timings are minima over {args.repeats} runs)")
     for case in args.cases:
@@ -166,10 +180,11 @@ def main(argv=None):
         z = np.load(path)
         n_fg = int((z["cellprob"] > kwargs["cellprob_threshold"]).sum())
         ours = time_ours(path, kwargs, args.repeats)
-        ref = time_reference(args.reference_python, path, kwargs, args.repeats)
+        ref = time_reference(args.reference_python, path, kwargs, args.repeats, args.threads)
         print(f"\n{case}: {z['cellprob'].shape}, {n_fg} foreground px, niter {kwargs['niter']:.3f}, "
               f"{int(z['masks'].max())} masks, masks identical to the reference: {ours['exact']}")
-        print(f"threads: ours {ours['threads']}" + (f", reference (torch) {ref['threads']}" if ref else ""))
+        print(f"threads: ours {ours['threads']} (1 below {dynamics_min_px()} foreground px)"
+              + (f", reference (torch) {ref['threads']}" if ref else ""))
         print(f"{'':<12}{'wall clock (s)':^36}{'CPU time, all threads (s)':^36}")
         print(f"{'stage':<12}" + f"{'ours':>10}{'reference':>14}{'speed-up':>12}" * 2)
         rows = [(stage, ours[stage], ref[stage] if ref else (np.nan, np.nan)) for stage in STAGES]

@@ -128,7 +128,7 @@ def _label_dtype(max_label: int):
 # stages of compute_masks (also timed one by one in bench/bench_dynamics.py)
 def _follow_flows(dP: np.ndarray, fg: np.ndarray, pts: np.ndarray, niter: int, interp: bool) -> np.ndarray:
     """Flat indices of the endpoints of the foreground pixels ``pts`` after ``niter`` steps."""
-    F = _euler.masked_flow(dP, fg)
+    F = _euler.masked_flow(dP, pts)
     if fg.ndim == 2:
         return _euler.euler_2d(F, *fg.shape, pts, niter, bool(interp), True)
     if interp:

@@ -37,18 +37,18 @@ _BATCH = 32
 
 
 @numba.njit(parallel=True, **NUMBA_OPTS)
-def masked_flow(dP, fg):
-    """Foreground flow ``dP * fg / 5`` in float32, channels last (..., ndim) for local gathers."""
+def masked_flow(dP, pts):
+    """Foreground flow ``dP * fg / 5`` in float32, (n_pixels, ndim) (channels last for local
+    gathers); ``pts`` are the foreground's flat indices. Only they are read and written: the
+    zeros come from ``np.zeros``, so a sparse foreground costs little."""
     ndim = dP.shape[0]
-    n = fg.size
-    src = dP.reshape(ndim, n)
-    fgf = fg.reshape(n)
-    out = np.empty((n, ndim), np.float32)
+    src = dP.reshape(ndim, -1)
+    out = np.zeros((src.shape[1], ndim), np.float32)
     five = np.float32(5.0)
-    zero = np.float32(0.0)
-    for i in numba.prange(n):
+    for j in numba.prange(pts.shape[0]):
+        i = pts[j]
         for c in range(ndim):
-            out[i, c] = src[c, i] / five if fgf[i] else zero
+            out[i, c] = src[c, i] / five
     return out
 
 
@@ -75,6 +75,187 @@ def _bilinear_2d(F, Ly, Lx, py, px):
     out1 = np.float32(np.float64(F[a, 1]) * wy * wx + np.float64(F[b, 1]) * wy * np.float64(fx)
                       + np.float64(F[c, 1] * fy) * wx + np.float64(F[d, 1] * fy * fx))
     return out0, out1
+
+
+@numba.njit(parallel=True, **NUMBA_OPTS)
+def grid_sample_flow(F, Lz, Ly, Lx):
+    """3D flow in torch's layout and units: channels (x, y, z), each scaled by 2 / (L - 1)."""
+    n = F.shape[0]
+    G = np.empty((n, 3), np.float32)
+    sx = np.float32(2.0 / (Lx - 1))
+    sy = np.float32(2.0 / (Ly - 1))
+    sz = np.float32(2.0 / (Lz - 1))
+    for i in numba.prange(n):
+        G[i, 0] = F[i, 2] * sx
+        G[i, 1] = F[i, 1] * sy
+        G[i, 2] = F[i, 0] * sz
+    return G
+
+
+@numba.njit(inline="always")
+def _trilinear_zero_pad(G, Lz, Ly, Lx, gx, gy, gz):
+    one = np.float32(1.0)
+    two = np.float32(2.0)
+    ix = ((gx + one) * np.float32(Lx) - one) / two
+    iy = ((gy + one) * np.float32(Ly) - one) / two
+    iz = ((gz + one) * np.float32(Lz) - one) / two
+    x0 = np.int64(np.floor(ix))
+    y0 = np.int64(np.floor(iy))
+    z0 = np.int64(np.floor(iz))
+    fx0 = np.float32(x0)
+    fy0 = np.float32(y0)
+    fz0 = np.float32(z0)
+    fx1 = np.float32(x0 + 1)
+    fy1 = np.float32(y0 + 1)
+    fz1 = np.float32(z0 + 1)
+    ax = fx1 - ix
+    bx = ix - fx0
+    ay = fy1 - iy
+    by = iy - fy0
+    az = fz1 - iz
+    bz = iz - fz0
+    out_x = np.float32(0.0)
+    out_y = np.float32(0.0)
+    out_z = np.float32(0.0)
+    for corner in range(8):
+        cx = corner & 1
+        cy = (corner >> 1) & 1
+        cz = corner >> 2
+        xx = x0 + cx
+        yy = y0 + cy
+        zz = z0 + cz
+        if 0 <= xx < Lx and 0 <= yy < Ly and 0 <= zz < Lz:
+            w = (bx if cx else ax) * (by if cy else ay) * (bz if cz else az)
+            k = (zz * Ly + yy) * Lx + xx
+            out_x += G[k, 0] * w
+            out_y += G[k, 1] * w
+            out_z += G[k, 2] * w
+    return out_x, out_y, out_z
+
+
+@numba.njit(inline="always")
+def _step_3d(grid_sample, F, Lz, Ly, Lx, pos, nxt, j):
+    """One 3D Euler step of point j: ``nxt[j]`` from ``pos[j]``, both (z, y, x)."""
+    z = pos[j, 0]
+    y = pos[j, 1]
+    x = pos[j, 2]
+    if grid_sample:  # normalised coordinates, clamped to [-1, 1]
+        one = np.float32(1.0)
+        sx, sy, sz = _trilinear_zero_pad(F, Lz, Ly, Lx, x, y, z)
+        nxt[j, 0] = min(max(z + sz, -one), one)
+        nxt[j, 1] = min(max(y + sy, -one), one)
+        nxt[j, 2] = min(max(x + sx, -one), one)
+    else:
+        zero = np.float32(0.0)
+        k = (np.int64(z) * Ly + np.int64(y)) * Lx + np.int64(x)
+        nxt[j, 0] = min(max(z + F[k, 0], zero), np.float32(Lz - 1))
+        nxt[j, 1] = min(max(y + F[k, 1], zero), np.float32(Ly - 1))
+        nxt[j, 2] = min(max(x + F[k, 2], zero), np.float32(Lx - 1))
+
+
+@numba.njit(inline="always")
+def _equal(a, b, j):
+    return a[j, 0] == b[j, 0] and a[j, 1] == b[j, 1] and a[j, 2] == b[j, 2]
+
+
+@numba.njit(inline="always")
+def _copy(dst, src, j):
+    dst[j, 0] = src[j, 0]
+    dst[j, 1] = src[j, 1]
+    dst[j, 2] = src[j, 2]
+
+
+@numba.njit(inline="always")
+def _advance(pos, nxt, prev, saved, saved_t, power, j, t, niter):
+    """Move point j to the position of step t (``nxt[j]``) and look for a cycle.
+
+    Returns -1 when ``pos[j]`` already holds the endpoint, k > 0 when the endpoint is k steps
+    further, 0 to keep stepping.
+    """
+    if _equal(nxt, pos, j):  # fixed point
+        return -1
+    if _equal(nxt, prev, j):  # 2-cycle: step t lands on nxt, step t + 1 on pos, ...
+        if (niter - t) % 2 == 0:
+            _copy(pos, nxt, j)
+        return -1
+    _copy(prev, pos, j)
+    _copy(pos, nxt, j)
+    if _equal(pos, saved, j):  # Brent: periodic from saved_t with period t - saved_t
+        left = (niter - t) % (t - saved_t[j])
+        return left if left > 0 else -1
+    if t - saved_t[j] == power[j]:
+        _copy(saved, pos, j)
+        saved_t[j] = t
+        power[j] *= 2
+    return 0
+
+
+@numba.njit(parallel=True, **NUMBA_OPTS)
+def euler_2d(F, Ly, Lx, pts, niter, interp, stop_on_cycles):
+    """2D endpoints (flat indices) from flat pixel indices ``pts``.
+
+    Like :func:`euler_3d` with scalar coordinates, a batch kept compact (a finished point is
+    replaced by the last active one) and without Brent's search: 2D pixels end on fixed points (no
+    longer cycle on any reference case), and the search costs about 10 % per step.
+    """
+    n = pts.shape[0]
+    ends = np.empty(n, np.int64)
+    zero = np.float32(0.0)
+    ymax = np.float32(Ly - 1)
+    xmax = np.float32(Lx - 1)
+    for b in numba.prange((n + _BATCH - 1) // _BATCH):
+        lo = b * _BATCH
+        n_active = min(_BATCH, n - lo)
+        y = np.empty(n_active, np.float32)
+        x = np.empty(n_active, np.float32)
+        prev_y = np.full(n_active, np.float32(np.nan))
+        prev_x = np.full(n_active, np.float32(np.nan))
+        point = np.arange(lo, lo + n_active)
+        for a in range(n_active):
+            y[a] = np.float32(pts[lo + a] // Lx)
+            x[a] = np.float32(pts[lo + a] % Lx)
+        t = 0
+        while n_active > 0 and t < niter:
+            t += 1
+            a = 0
+            while a < n_active:
+                ya = y[a]
+                xa = x[a]
+                if interp:
+                    dy, dx = _bilinear_2d(F, Ly, Lx, ya, xa)
+                else:
+                    k = np.int64(ya) * Lx + np.int64(xa)
+                    dy = F[k, 0]
+                    dx = F[k, 1]
+                ny = min(max(ya + dy, zero), ymax)
+                nx = min(max(xa + dx, zero), xmax)
+                done = False
+                if stop_on_cycles:
+                    if ny == ya and nx == xa:  # fixed point
+                        done = True
+                    elif ny == prev_y[a] and nx == prev_x[a]:
+                        # 2-cycle: step t lands on (ny, nx), step t + 1 on (ya, xa), ...
+                        done = True
+                        if (niter - t) % 2 == 0:
+                            ya = ny
+                            xa = nx
+                if done:
+                    ends[point[a]] = np.int64(ya) * Lx + np.int64(xa)
+                    n_active -= 1
+                    y[a] = y[n_active]
+                    x[a] = x[n_active]
+                    prev_y[a] = prev_y[n_active]
+                    prev_x[a] = prev_x[n_active]
+                    point[a] = point[n_active]
+                else:
+                    prev_y[a] = ya
+                    prev_x[a] = xa
+                    y[a] = ny
+                    x[a] = nx
+                    a += 1
+        for a in range(n_active):
+            ends[point[a]] = np.int64(y[a]) * Lx + np.int64(x[a])
+    return ends
 
 
 @numba.njit(parallel=True, **NUMBA_OPTS)
