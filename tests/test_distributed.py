@@ -216,10 +216,13 @@ def test_blockwise_matches_single_pass_threads(model, canvas_and_reference):
 @pytest.mark.slow
 def test_blockwise_matches_single_pass_local_cluster(model, canvas_and_reference, tmp_path):
     distributed = pytest.importorskip("distributed")
+    import zarr
+
     canvas, reference = canvas_and_reference
+    zarr.create_array(tmp_path / "canvas.zarr", data=canvas, chunks=(128, 128))  # workers read it themselves
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   memory_limit="3GB") as cluster, distributed.Client(cluster) as client:
-        result = segment_large(canvas, model, NUCLEI, blocksize=192, overlap=64, scheduler=client,
+        result = segment_large(tmp_path / "canvas.zarr", model, NUCLEI, blocksize=192, overlap=64, scheduler=client,
                                output=tmp_path / "labels.zarr")
     labels = result.labels.compute()
     check_seam_free(labels, reference, 192)
@@ -259,6 +262,41 @@ def test_ome_zarr_input_gets_multiscale_labels(model, tmp_path):
     level0 = np.asarray(group["cells"]["0"])
     np.testing.assert_array_equal(level0, result.labels.compute())
     np.testing.assert_array_equal(np.asarray(group["cells"]["1"]), level0[::2, ::2])
+
+
+def test_dask_input_matches_numpy_input(model):
+    import dask.array as da
+
+    require_shared()
+    image = tifffile.imread(DSB / "dsb_10_image.tif")
+    kwargs = dict(blocksize=128, overlap=34, scheduler="sync")
+    lazy = segment_large(da.from_array(image, chunks=100), model, NUCLEI, **kwargs)
+    np.testing.assert_array_equal(lazy.labels.compute(), segment_large(image, model, NUCLEI, **kwargs).labels.compute())
+
+
+def test_empty_image_is_skipped_without_running_the_network(model):
+    reports = []
+    result = segment_large(np.zeros((300, 500), np.uint16), model, NUCLEI, blocksize=128, progress=reports.append)
+    assert (result.n_skipped, result.n_blocks, result.n_objects) == (12, 12, 0)
+    assert not result.labels.compute().any()
+    assert [r for r in reports if r.stage == "segment"][-1].skipped == 12
+
+
+def test_command_line_writes_labels(tmp_path):
+    import subprocess
+    import sys
+
+    import zarr
+
+    require_shared()
+    tifffile.imwrite(tmp_path / "big.tif", tifffile.imread(DSB / "dsb_10_image.tif"), tile=(64, 64))
+    run = subprocess.run([sys.executable, "-m", "cellflow_rt.big.command", str(tmp_path / "big.tif"), "--model",
+                          "nuclei_demo", "--diameter", "17", "--blocksize", "128", "--overlap", "34"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "segment: 4/4 blocks" in run.stderr and "cells" in run.stdout
+    labels = zarr.open_array(tmp_path / "big_cp_masks.zarr", mode="r")
+    assert labels.shape == (256, 256) and labels.dtype == np.uint32 and labels[:].max() > 10
 
 
 def test_single_block_is_the_single_pass(model):
@@ -313,3 +351,17 @@ def test_volume_split_in_z_and_xy_with_stitching_matches_single_pass(model, volu
     # appended agrees with itself at AP@0.5 0.90-0.93 (objects away from the new columns). The
     # blockwise result must stay in that range and be seam-free.
     check_seam_free(labels, reference, blocksize, ap_min=0.85)
+
+
+@pytest.mark.slow
+def test_do_3d_volume_split_in_z_joins_cells_taller_than_the_halo(model):
+    require_shared()
+    from cellflow_rt.pipeline import segment
+
+    volume = tifffile.imread(REFERENCE_3D / "nuclei_vol_do3D" / "image.tif")
+    settings = NUCLEI.with_(do_3D=True, z_axis=0)
+    reference = segment(volume, model, settings).masks
+    blocksize = (12, 128, 128)
+    result = segment_large(volume, model, settings, blocksize=blocksize, overlap=(8, 0, 0))
+    assert result.n_joined > 0  # nuclei span more Z planes than the Z halo: joined from two pieces
+    check_seam_free(result.labels.compute(), reference, blocksize, ap_min=0.9)

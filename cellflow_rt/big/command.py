@@ -112,7 +112,8 @@ def large_command(image, blocksize, overlap, scheduler, workers, output, ome_lab
     try:
         settings = EvalSettings(
             channels=(chan, chan2), channel_axis=channel_axis, z_axis=z_axis, normalize=not no_norm,
-            invert=invert and not norm_percentile, percentile=tuple(norm_percentile) if norm_percentile else (1.0, 99.0),
+            invert=invert and not norm_percentile,
+            percentile=tuple(norm_percentile) if norm_percentile else (1.0, 99.0),
             diameter=diameter or None, flow_threshold=flow_threshold, cellprob_threshold=cellprob_threshold,
             min_size=min_size, niter=niter or None, interp=not no_interp, augment=augment, batch_size=batch_size,
             do_3D=do_3D, anisotropy=anisotropy, stitch_threshold=stitch_threshold)

@@ -181,7 +181,8 @@ def _guess_layout(shape: Sequence[int], volume: bool, channel_axis: Optional[int
         if z_axis is None:
             z_axis = next(i for i in range(ndim) if i != channel_axis)
     elif volume:
-        raise ValueError(f"do_3D / stitch_threshold need a volume (Z, Y, X [, C]), got a 2D source of shape {tuple(shape)}")
+        raise ValueError(f"do_3D / stitch_threshold need a volume (Z, Y, X [, C]), got a 2D source of shape "
+                         f"{tuple(shape)}")
     spatial = tuple(i for i in range(ndim) if i != channel_axis)
     if n_spatial == 3 and spatial[0] != z_axis:
         spatial = (z_axis,) + tuple(i for i in spatial if i != z_axis)

@@ -23,7 +23,7 @@ which can collide with earlier planes'), and its tie-break between equal IoUs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 from scipy import sparse
