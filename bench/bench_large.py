@@ -17,6 +17,7 @@ Usage::
 
     python bench/bench_large.py                      # 16384^2, nuclei_demo, blocks 1024
     python bench/bench_large.py --size 8192 --workers 1 --workdir /tmp/cellflow_big
+    python bench/bench_large.py --glass 0.75 --crop 0   # 16384^2 mostly glass: the pipeline at full size
 """
 from __future__ import annotations
 
@@ -63,8 +64,10 @@ def _tiles():
     return tiles
 
 
-def make_canvas(path: Path, size: int, chunk: int = 1024, seed: int = 0):
-    """Write the synthetic canvas to a zarr array, one strip of ``chunk`` rows at a time."""
+def make_canvas(path: Path, size: int, chunk: int = 1024, seed: int = 0, glass: float = 1 / 8):
+    """Write the synthetic canvas to a zarr array, one strip of ``chunk`` rows at a time.
+
+    ``glass``: fraction of the ``chunk``-sized areas left empty."""
     import zarr
 
     rng = np.random.default_rng(seed)
@@ -72,13 +75,13 @@ def make_canvas(path: Path, size: int, chunk: int = 1024, seed: int = 0):
     arr = zarr.create_array(str(path), shape=(size, size), chunks=(chunk, chunk), dtype="uint16", overwrite=True)
     per_strip = chunk // TILE
     n_super = -(-size // chunk)
-    glass = rng.random((n_super, n_super)) < 1 / 8  # empty chunk-sized areas, like a slide's glass
+    empty = rng.random((n_super, n_super)) < glass  # empty chunk-sized areas, like a slide's glass
     for y0 in range(0, size, chunk):
         rows = []
         for _ in range(per_strip):
             row = []
             for j in range(-(-size // TILE)):
-                if glass[y0 // chunk, j * TILE // chunk] or rng.random() < 1 / 16:
+                if empty[y0 // chunk, j * TILE // chunk] or rng.random() < 1 / 16:
                     t = np.zeros((TILE, TILE), np.float32)
                 else:
                     t = np.rot90(tiles[rng.integers(len(tiles))], rng.integers(4))
@@ -174,6 +177,7 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=None, help="threads of the threaded scheduler")
     ap.add_argument("--batch_size", type=int, default=8, help="network tiles per call (memory ~90 MB per tile)")
     ap.add_argument("--scheduler", default="threads", help="'threads' or 'local' (LocalCluster, 2 workers)")
+    ap.add_argument("--glass", type=float, default=1 / 8, help="fraction of empty 1024^2 areas")
     ap.add_argument("--crop", type=int, default=2048, help="side of the single-pass crop (0: skip the match)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/cellflow_big_bench"))
     ap.add_argument("--keep", action="store_true", help="keep the canvas and labels zarr")
@@ -188,7 +192,7 @@ def main(argv=None):
     args.workdir.mkdir(parents=True, exist_ok=True)
     canvas_path, labels_path = args.workdir / "canvas.zarr", args.workdir / "labels.zarr"
     tic = time.perf_counter()
-    canvas = make_canvas(canvas_path, args.size)
+    canvas = make_canvas(canvas_path, args.size, glass=args.glass)
     print(f"canvas {args.size}^2 written in {time.perf_counter() - tic:.1f} s", flush=True)
     model = LoadedModel.load("nuclei_demo")
     settings = EvalSettings(channels=(0, 0), diameter=DIAMETER, batch_size=args.batch_size)
@@ -215,7 +219,7 @@ def main(argv=None):
         cluster.close()
     usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     cpu_seconds = sum(u.ru_utime + u.ru_stime for u in usage) - cpu_before
-    report = {"size": args.size, "blocksize": args.blocksize, "overlap": list(result.overlap),
+    report = {"size": args.size, "glass": args.glass, "blocksize": args.blocksize, "overlap": list(result.overlap),
               "scheduler": args.scheduler, "workers": args.workers, "batch_size": args.batch_size,
               "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
               "megapixels_per_s": round(args.size ** 2 / 1e6 / seconds, 3), "blocks": result.n_blocks,

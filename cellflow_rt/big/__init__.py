@@ -25,6 +25,10 @@ Stages (one module each)
 6. ``tasks.paint_task``: each output chunk is assembled from the kept objects of every crop that
    meets it, written once by one task (no write races); where two kept objects touch, the
    better-seen one keeps the pixel.
+7. ``stitch`` (``stitch_threshold`` only): blocks segment their planes in 2D, without a Z halo;
+   stages 4-6 merge those 2D masks across XY faces; then the plane-to-plane IoU links are counted
+   per chunk and resolved on the driver with Cellpose's rule, so that Z faces are stitched exactly
+   as in a single pass. ``do_3D`` volumes go through stages 1-6 as 3D objects, with a Z halo.
 
 Why the result is the single-pass result, without seams
 -------------------------------------------------------

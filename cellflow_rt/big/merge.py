@@ -203,7 +203,7 @@ def resolve(tables: Dict[int, ObjectTable], overlaps: Sequence[Overlaps], confli
 
     pieces = np.flatnonzero(margin <= 0)
     if pieces.size:
-        blocked = np.asarray(graph[pieces] @ accepted.astype(np.int8)).ravel() > 0
+        blocked = np.asarray(graph[pieces] @ accepted.astype(np.int32)).ravel() > 0
         pieces = pieces[~blocked]
     n_groups, group = 0, np.zeros(0, np.int64)
     if pieces.size:

@@ -187,7 +187,11 @@ def segment_large(source, model, settings: EvalSettings = EvalSettings(),
     ``num_workers=1`` loses little on CPU, where each block's network already uses every core. The
     driver keeps ~100 bytes per cell (object tables) and no pixels, except with ``output=None``.
     """
-    import dask.array as da
+    try:
+        import dask.array as da
+        import zarr
+    except ImportError as exc:
+        raise ImportError(f"segment_large needs dask and zarr 3 ({exc}): pip install 'cellflow-rt[dask]'") from exc
 
     from ..loaded_model import LoadedModel
 
@@ -252,8 +256,6 @@ def segment_large(source, model, settings: EvalSettings = EvalSettings(),
     finally:
         runner.close()
     if targets:
-        import zarr
-
         labels = da.from_zarr(zarr.open_array(targets[0], mode="r"))
     return LargeSegmentation(labels=labels, n_objects=n_objects, diameter=float(diameter),
                              blocksize=grid.blocksize, overlap=grid.overlap, n_blocks=grid.n_blocks,
