@@ -96,6 +96,11 @@ def _copy_example(savedir):
 @click.option("--save_flows", is_flag=True, help="Write the flows image <stem>_flows.tif.")
 @click.option("--save_ome", is_flag=True, help="Write OME-TIFF labels <stem>_cp_masks.ome.tif.")
 @click.option("--skip_existing", is_flag=True, help="Skip inputs whose outputs all exist.")
+@click.option("--blocksize", default=None,
+              help="Blockwise on dask (images larger than memory, .zarr/.tif): block side N or Z,Y,X.")
+@click.option("--overlap", default=None, help="Blockwise: halo around each block, N or Z,Y,X [2 x diameter].")
+@click.option("--scheduler", default="threads", show_default=True,
+              help="Blockwise: 'threads', or a dask.distributed scheduler address.")
 @click.option("--example", is_flag=True,
               help="Segment the bundled example image (copied into --savedir, default ./cellflow-rt-example).")
 @click.pass_context
@@ -103,7 +108,7 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
         channel_axis, z_axis, invert, no_norm, norm_percentile, diameter, flow_threshold, cellprob_threshold,
         min_size, niter, resample, no_interp, augment, tile_overlap, batch_size, do_3D, anisotropy, flow3D_smooth,
         stitch_threshold, use_gpu, provider, threads, savedir, save_png, save_tif, no_npy, save_txt, save_rois,
-        save_geojson, save_flows, save_ome, skip_existing, example):
+        save_geojson, save_flows, save_ome, skip_existing, blocksize, overlap, scheduler, example):
     """Segment image FILES (or every image in --dir) and write Cellpose's output files."""
     from .batch import OutputOptions, run_batch
     from .loaded_model import LoadedModel
@@ -145,6 +150,9 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
                             save_txt=save_txt, save_rois=save_rois, save_geojson=save_geojson,
                             save_flows=save_flows, save_ome=save_ome)
     estimate = not diameter and model.size_model is not None
+    if blocksize is not None:
+        _run_blockwise(paths, model, settings, blocksize, overlap, scheduler, estimate)
+        return
     click.echo(f"cellflow-rt {__version__}: {len(paths)} image(s), model {model.name} "
                f"({', '.join(model.net.providers)})", err=True)
 
@@ -167,6 +175,25 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
         click.echo(f"{len(failed)} of {len(results)} image(s) failed:", err=True)
         for r in failed:
             click.echo(f"  {r.path}: {r.error}", err=True)
+        sys.exit(1)
+
+
+def _run_blockwise(paths, model, settings, blocksize, overlap, scheduler, estimate):
+    """``run --blocksize``: each input segmented block by block on dask (cellflow_rt.big)."""
+    from .big.command import parse_sizes, run_large
+
+    failed = []
+    for path in paths:
+        try:
+            run_large(path, model, settings, blocksize=parse_sizes(blocksize, "--blocksize"),
+                      overlap=parse_sizes(overlap, "--overlap"), scheduler=scheduler, estimate_diameter=estimate)
+        except click.BadParameter:
+            raise
+        except Exception as exc:  # one bad file must not stop the others
+            click.echo(f"{path.name}: FAILED: {type(exc).__name__}: {exc}", err=True)
+            failed.append(path)
+    if failed:
+        click.echo(f"{len(failed)} of {len(paths)} image(s) failed: {', '.join(map(str, failed))}", err=True)
         sys.exit(1)
 
 
@@ -204,6 +231,17 @@ def _add_export_command():
 
 
 _add_export_command()
+
+
+def _add_large_command():
+    try:
+        from .big.command import large_command
+    except ImportError:
+        return
+    main.add_command(large_command, name="run-large")
+
+
+_add_large_command()
 
 
 if __name__ == "__main__":
