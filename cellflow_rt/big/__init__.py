@@ -60,7 +60,15 @@ is not confirmed by the neighbouring block (an edge fragment) is dropped.
 *Memory.* A worker holds one crop and its network outputs at a time (see ``segment_large``'s notes
 and ``bench/bench_large.py``); the driver holds only object tables and per-block lookup tables.
 """
-from .pipeline import LargeSegmentation, default_overlap, segment_large
-from .runner import Progress
-
 __all__ = ["segment_large", "LargeSegmentation", "Progress", "default_overlap"]
+
+
+def __getattr__(name):
+    # lazy, so that ``cellflow-rt``'s command line can list ``run-large`` without importing the stack
+    if name in ("segment_large", "LargeSegmentation", "default_overlap"):
+        from . import pipeline
+        return getattr(pipeline, name)
+    if name == "Progress":
+        from .runner import Progress
+        return Progress
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

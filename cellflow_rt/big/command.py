@@ -14,7 +14,8 @@ from typing import Optional, Sequence
 import click
 
 
-def _sizes(text: Optional[str], name: str):
+def parse_sizes(text: Optional[str], name: str):
+    """``"N"`` -> N, ``"Z,Y,X"`` -> (Z, Y, X) for ``--blocksize`` / ``--overlap``."""
     if text is None:
         return None
     try:
@@ -118,8 +119,8 @@ def large_command(image, blocksize, overlap, scheduler, workers, output, ome_lab
             min_size=min_size, niter=niter or None, interp=not no_interp, augment=augment, batch_size=batch_size,
             do_3D=do_3D, anisotropy=anisotropy, stitch_threshold=stitch_threshold)
         model = LoadedModel.load(model_name, providers=["tensorrt", "cuda"] if use_gpu else "cpu")
-        run_large(image, model, settings, blocksize=_sizes(blocksize, "--blocksize"),
-                  overlap=_sizes(overlap, "--overlap"), scheduler=scheduler, output=output, workers=workers,
+        run_large(image, model, settings, blocksize=parse_sizes(blocksize, "--blocksize"),
+                  overlap=parse_sizes(overlap, "--overlap"), scheduler=scheduler, output=output, workers=workers,
                   ome_labels=ome_labels, skip_threshold=None if skip_threshold < 0 else skip_threshold,
                   temp_dir=temp_dir, estimate_diameter=not diameter and model.size_model is not None)
     except (ValueError, FileNotFoundError) as exc:
