@@ -186,6 +186,8 @@ def segment_large(source, model, settings: EvalSettings = EvalSettings(),
     at batch_size 2. The threaded scheduler runs ``num_workers`` blocks at once in one process;
     ``num_workers=1`` loses little on CPU, where each block's network already uses every core. The
     driver keeps ~100 bytes per cell (object tables) and no pixels, except with ``output=None``.
+    End to end (``bench/bench_large.py``: zarr in and out, blocks 1024, batch_size 8, one worker
+    thread) the peak RSS was 1.30 GB for both an 8192^2 and a 16384^2 canvas.
     """
     try:
         import dask.array as da
