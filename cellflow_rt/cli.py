@@ -151,7 +151,7 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
                             save_flows=save_flows, save_ome=save_ome)
     estimate = not diameter and model.size_model is not None
     if blocksize is not None:
-        _run_blockwise(paths, model, settings, blocksize, overlap, scheduler, estimate)
+        _run_blockwise(paths, model, settings, blocksize, overlap, scheduler, estimate, savedir)
         return
     click.echo(f"cellflow-rt {__version__}: {len(paths)} image(s), model {model.name} "
                f"({', '.join(model.net.providers)})", err=True)
@@ -178,15 +178,18 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
         sys.exit(1)
 
 
-def _run_blockwise(paths, model, settings, blocksize, overlap, scheduler, estimate):
-    """``run --blocksize``: each input segmented block by block on dask (cellflow_rt.big)."""
-    from .big.command import parse_sizes, run_large
+def _run_blockwise(paths, model, settings, blocksize, overlap, scheduler, estimate, savedir):
+    """``run --blocksize``: each input segmented block by block on dask (cellflow_rt.big), written as
+    ``<stem>_cp_masks.zarr`` in ``savedir`` or beside the input."""
+    from .big.command import default_output, parse_sizes, run_large
 
     failed = []
     for path in paths:
         try:
+            output = Path(savedir) / default_output(path).name if savedir else None
             run_large(path, model, settings, blocksize=parse_sizes(blocksize, "--blocksize"),
-                      overlap=parse_sizes(overlap, "--overlap"), scheduler=scheduler, estimate_diameter=estimate)
+                      overlap=parse_sizes(overlap, "--overlap"), scheduler=scheduler, output=output,
+                      estimate_diameter=estimate)
         except click.BadParameter:
             raise
         except Exception as exc:  # one bad file must not stop the others
@@ -231,17 +234,6 @@ def _add_export_command():
 
 
 _add_export_command()
-
-
-def _add_large_command():
-    try:
-        from .big.command import large_command
-    except ImportError:
-        return
-    main.add_command(large_command, name="run-large")
-
-
-_add_large_command()
 
 
 if __name__ == "__main__":

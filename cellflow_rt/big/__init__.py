@@ -64,7 +64,7 @@ __all__ = ["segment_large", "LargeSegmentation", "Progress", "default_overlap"]
 
 
 def __getattr__(name):
-    # lazy, so that ``cellflow-rt``'s command line can list ``run-large`` without importing the stack
+    # lazy, so that ``cellflow-rt``'s command line imports nothing heavy until a blockwise run
     if name in ("segment_large", "LargeSegmentation", "default_overlap"):
         from . import pipeline
         return getattr(pipeline, name)
