@@ -290,7 +290,7 @@ def test_command_line_writes_labels(tmp_path):
 
     require_shared()
     tifffile.imwrite(tmp_path / "big.tif", tifffile.imread(DSB / "dsb_10_image.tif"), tile=(64, 64))
-    run = subprocess.run([sys.executable, "-m", "cellflow_rt.big.command", str(tmp_path / "big.tif"), "--model",
+    run = subprocess.run([sys.executable, "-m", "cellflow_rt.cli", "run", str(tmp_path / "big.tif"), "--model",
                           "nuclei_demo", "--diameter", "17", "--blocksize", "128", "--overlap", "34"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
