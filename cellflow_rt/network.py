@@ -93,6 +93,10 @@ class Network:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # Tiles come in chunks of varying batch size, so ORT's per-shape memory plans only add to the
+        # peak; and idle ORT threads must not spin on the cores numba's dynamics share in batch runs.
+        options.enable_mem_pattern = False
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         chosen = choose_providers(providers, strict=strict_provider)
         provider_options = [self._provider_options(p, cache_dir) for p in chosen]
         try:
@@ -109,6 +113,11 @@ class Network:
             raise ValueError(f"{self.onnx_path}: expected outputs ['flows', 'style'], got {outputs}")
         self.nchan = inputs[0].shape[1] if isinstance(inputs[0].shape[1], int) else 2
         self.providers = self.session.get_providers()
+        #: Tiles per ``session.run`` on the CPU provider, whatever the batch size: MLAS is as fast on
+        #: one 224^2 tile as on eight (measured: 25 tiles in 3.7-4.0 s either way on 2 cores) and
+        #: the activations of one tile need a fraction of the memory (peak RSS 190 vs 820 MiB).
+        #: The outputs are bit-identical (the network has no cross-batch operation).
+        self.cpu_tiles_per_run = 1 if self.providers[0] == "CPUExecutionProvider" else None
 
     @staticmethod
     def _provider_options(provider: str, cache_dir) -> dict:
@@ -120,8 +129,12 @@ class Network:
                 "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache)}
 
     def run(self, tiles: np.ndarray, batch_size: int = 8) -> Tuple[np.ndarray, np.ndarray]:
-        """Run tiles (N, C, ly, lx) in chunks of ``batch_size``; return flows (N, 3, ly, lx) and styles (N, 256)."""
+        """Run tiles (N, C, ly, lx) in chunks of ``batch_size``; return flows (N, 3, ly, lx) and styles (N, 256).
+
+        On the CPU provider the chunks are :attr:`cpu_tiles_per_run` tiles, whatever ``batch_size``.
+        """
         n = tiles.shape[0]
+        batch_size = self.cpu_tiles_per_run or batch_size
         flows = np.empty((n, 3) + tiles.shape[2:], np.float32)
         styles = np.empty((n, 256), np.float32)
         for start in range(0, n, batch_size):
