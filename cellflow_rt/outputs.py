@@ -175,8 +175,10 @@ def _seg_flows(flows: Sequence, masks: np.ndarray) -> list:
     cp8 = cellprob_to_uint8(cellprob)
     if rgb.ndim == 3:
         Ly, Lx = masks.shape[-2:]
-        first = [resize_nearest(rgb, Ly, Lx)[np.newaxis], resize_nearest(cp8, Ly, Lx)[np.newaxis],
-                 np.zeros((1, *rgb.shape), np.uint8)]
+        zeros = np.zeros((1, *rgb.shape), np.uint8)  # the flow picture's own size, as Cellpose's
+        if rgb.shape[:2] != (Ly, Lx):  # flows at another size than the masks
+            rgb, cp8 = resize_nearest(rgb, Ly, Lx), resize_nearest(cp8, Ly, Lx)
+        first = [rgb[np.newaxis], cp8[np.newaxis], zeros]
     else:
         # 3D: dZ as uint8 around 127 (Cellpose casts without clipping; we clip |dZ| > 10)
         dz8 = np.clip(dP[0] / 10 * 127 + 127, 0, 255).astype(np.uint8)

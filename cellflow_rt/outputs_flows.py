@@ -4,13 +4,13 @@
 Arithmetic follows the reference step by step in the input's float type (float32 flows stay
 float32, as numpy 2 computes them in Cellpose), so the uint8 results are the reference's.
 
-Percentiles use :func:`cellflow_rt.percentile.percentile` (numpy 2.0's arithmetic, the reference's).
+Percentiles use :func:`cellflow_rt.percentile.percentiles` (numpy 2.0's arithmetic, the reference's).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .percentile import percentile
+from .percentile import percentiles
 
 __all__ = ["flow_to_rgb", "cellprob_to_uint8", "normalize99"]
 
@@ -21,8 +21,7 @@ def normalize99(x: np.ndarray, lower: float = 1.0, upper: float = 99.0) -> np.nd
     Float32 unless ``x`` is float64; all zeros when the percentiles differ by 1e-3 or less.
     """
     x = np.array(x, dtype=np.float64 if np.asarray(x).dtype == np.float64 else np.float32)
-    lo = percentile(x, lower)
-    hi = percentile(x, upper)
+    lo, hi = percentiles(x, (lower, upper))
     if hi - lo > 1e-3:
         x -= lo
         x /= hi - lo

@@ -11,7 +11,40 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["percentile"]
+__all__ = ["percentile", "percentiles"]
+
+
+def _index_and_weight(n: int, q: float, dtype):
+    quantile = np.true_divide(q, dtype.type(100))
+    index = (n - 1) * quantile
+    below = int(np.floor(index))
+    return below, min(below + 1, n - 1), index - np.floor(index)
+
+
+def _lerp(a, b, weight):
+    diff = b - a
+    # numpy's _lerp: interpolate from the nearer end
+    return b - diff * (1 - weight) if weight >= 0.5 else a + diff * weight
+
+
+def percentiles(x: np.ndarray, qs) -> tuple:
+    """Several :func:`percentile` values from one partition of ``x`` (one copy, one pass).
+
+    Parameters
+    ----------
+    x : ndarray
+        float32 or float64 values (not NaN).
+    qs : sequence of float
+        Percentiles in [0, 100].
+
+    Returns
+    -------
+    tuple of numpy scalars of ``x``'s dtype, in the order of ``qs``
+    """
+    x = np.ravel(x)
+    spots = [_index_and_weight(x.size, q, x.dtype) for q in qs]
+    part = np.partition(x, sorted({i for below, above, _ in spots for i in (below, above)}))
+    return tuple(_lerp(part[below], part[above], weight) for below, above, weight in spots)
 
 
 def percentile(x: np.ndarray, q: float):
@@ -28,14 +61,4 @@ def percentile(x: np.ndarray, q: float):
     -------
     numpy scalar of ``x``'s dtype
     """
-    x = np.ravel(x)
-    quantile = np.true_divide(q, x.dtype.type(100))
-    index = (x.size - 1) * quantile
-    below = int(np.floor(index))
-    above = min(below + 1, x.size - 1)
-    part = np.partition(x, sorted({below, above}))
-    a, b = part[below], part[above]
-    weight = index - np.floor(index)
-    diff = b - a
-    # numpy's _lerp: interpolate from the nearer end
-    return b - diff * (1 - weight) if weight >= 0.5 else a + diff * weight
+    return percentiles(x, (q,))[0]

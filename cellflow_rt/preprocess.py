@@ -10,7 +10,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from .percentile import percentile
+from .percentile import percentiles
 
 #: Above this many elements per channel, percentiles are computed on a strided subsample.
 _PERCENTILE_SUBSAMPLE_SIZE = 224 ** 3
@@ -169,7 +169,7 @@ def _percentiles(channel: np.ndarray, lower: float, upper: float) -> Tuple[np.fl
         if channel.ndim == 3:
             step[0] = max(1, channel.shape[0] // 50)
         channel = channel[tuple(slice(None, None, s) for s in step)]
-    return percentile(channel, lower), percentile(channel, upper)
+    return percentiles(channel, (lower, upper))
 
 
 def _normalize_channel(channel: np.ndarray, lower: float, upper: float) -> None:

@@ -13,7 +13,8 @@ from scipy.ndimage import find_objects
 from cellflow_rt import outputs
 from cellflow_rt.io import OutputWriteError
 from cellflow_rt.outlines import masks_to_outlines, outlines_list
-from cellflow_rt.outputs_flows import cellprob_to_uint8, flow_to_rgb, normalize99, percentile
+from cellflow_rt.outputs_flows import cellprob_to_uint8, flow_to_rgb, normalize99
+from cellflow_rt.percentile import percentile, percentiles
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DSB = SHARED / "data" / "dsb2018_sample"
@@ -165,6 +166,8 @@ def test_percentiles_and_cellprob_as_the_reference_numpy_computes_them():
     # numpy 2.0.2 (the reference) computes these in float32; numpy >= 2.1 gives 16.231655 for the 99th
     assert percentile(x, 1.0).tobytes().hex() == "f14f81c1"
     assert percentile(x, 99.0).tobytes().hex() == "70da8141"
+    lo, hi = percentiles(x, (1.0, 99.0))  # one partition for both
+    assert (lo.tobytes().hex(), hi.tobytes().hex()) == ("f14f81c1", "70da8141")
     cp = (rng.standard_normal((3, 5)) * 4).astype(np.float32)
     assert cellprob_to_uint8(cp).tolist() == [[158, 255, 0, 153, 139], [151, 196, 108, 66, 125],
                                               [225, 111, 119, 239, 106]]

@@ -102,6 +102,15 @@ def test_nan_rejected():
         check_finite(img)
 
 
+def test_percentiles_from_one_partition_equal_separate_calls():
+    from cellflow_rt.percentile import percentile, percentiles
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 5, 100, 4097):
+        x = (rng.standard_normal(n) * 3).astype(np.float32)
+        qs = (99.0, 1.0, 50.0, 0.0, 100.0)
+        assert [v.tobytes() for v in percentiles(x, qs)] == [percentile(x, q).tobytes() for q in qs]
+
+
 def test_percentile_follows_numpy_within_float32_rounding():
     from cellflow_rt.percentile import percentile
     rng = np.random.default_rng(9)
