@@ -69,6 +69,9 @@ def cellflow_worker(spec_path: str) -> None:
         clock.wrap(pipeline, "predict", "_predict")
         clock.wrap(pipeline, "finish", "masks")
     clock.wrap(network.Network, "run", "forward")
+    if spec.get("precision") == "bf16":
+        from cellflow_rt import network_openvino
+        clock.wrap(network_openvino.OpenVINONetwork, "run", "forward")
     clock.wrap(dynamics, "_follow_flows", "euler")
     clock.wrap(dynamics, "_get_masks", "clustering")
     clock.wrap(dynamics, "_remove_bad_flow_masks", "flow_qc")
@@ -77,7 +80,8 @@ def cellflow_worker(spec_path: str) -> None:
 
     threads = int(spec.get("threads") or 0)
     tic = time.perf_counter()
-    model = LoadedModel.load(spec["model"], providers="cpu", num_threads=threads or None)
+    model = LoadedModel.load(spec["model"], providers="cpu", num_threads=threads or None,
+                             precision=spec.get("precision", "fp32"))
     load_seconds = time.perf_counter() - tic
 
     settings = EvalSettings(**case.eval)
@@ -113,6 +117,8 @@ def cellflow_worker(spec_path: str) -> None:
         "versions": {"cellflow_rt": cellflow_rt.__version__, "onnxruntime": onnxruntime.__version__,
                      "numba": numba.__version__, "numpy": np.__version__, "python": sys.version.split()[0]},
         "threads": threads or os.cpu_count(),
+        "precision": model.net.precision,
+        "network_backend": model.net.providers[0],
         "numba_threads": numba.config.NUMBA_NUM_THREADS,
         "numba_cache_dir": os.environ.get("NUMBA_CACHE_DIR"),
         "numba_compiled": compiled,
@@ -160,6 +166,7 @@ def run_worker(side: str, case: Case, image: Path, workdir: Path, args, repeats:
     spec = {
         "case": case_to_dict(case), "image": str(image), "model": case.model,
         "weights": str(Path(args.weights) / case.weights), "repeats": repeats, "threads": args.threads,
+        "precision": getattr(args, "precision", "fp32"),
         "outdir": str(workdir / f"{name}_out"), "masks_out": str(workdir / f"{name}_masks.npy"),
         "result": str(workdir / f"{name}.json"),
     }
@@ -224,6 +231,7 @@ def bench_case(case: Case, args, workdir: Path) -> dict:
     repeats = repeats_for(case, args)
     ours = run_worker("cellflow", case, image, workdir, args, repeats)
     entry["cellflow"] = summarise(ours)
+    entry["precision"] = ours.get("precision", "fp32")
     if args.reference_python:
         log(f"{case.name}: reference ...")
         ref = run_worker("reference", case, image, workdir, args, repeats)
@@ -295,7 +303,7 @@ def case_table(entry: dict) -> str:
     ours, ref = entry["cellflow"], entry.get("reference")
     head = (f"== {entry['case']}: {entry['model']}, {entry['shape']}, "
             f"{', '.join(f'{k}={v}' for k, v in entry['eval'].items())}; "
-            f"median of {ours['n_repeats']} repeat(s); load average {entry['loadavg_before'][0]:.1f} -> "
+            f"cellflow-rt network {entry.get('precision', 'fp32')}; median of {ours['n_repeats']} repeat(s); load average {entry['loadavg_before'][0]:.1f} -> "
             f"{entry['loadavg_after'][0]:.1f}")
     lines = [head, f"{'':52s} {'---------- wall time ----------':>34s}  {'---- CPU time (all threads) ----':>34s}",
              f"{'stage':52s} {'cellflow [s]':>12s} {'reference [s]':>13s} {'ref/cf':>7s}  "
@@ -394,6 +402,7 @@ def conditions(args) -> dict:
         "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "threads": args.threads,
         "loadavg_start": os.getloadavg(), "python": sys.version.split()[0], "onnxruntime": onnxruntime.__version__,
         "numba": numba.__version__, "reference_python": args.reference_python, "repeats": args.repeats,
+        "precision": args.precision,
     }
 
 
@@ -446,6 +455,8 @@ def parse_args(argv=None):
                    help="repeats for the 2048^2 and 3D cases (default: --repeats)")
     p.add_argument("--threads", type=int, default=os.cpu_count(),
                    help="threads for both sides: ORT intra-op / torch, numba, OpenMP (default: all cores)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="cellflow-rt's network precision: fp32 (Cellpose's numbers) or bf16 (OpenVINO, approximate)")
     p.add_argument("--no-numba", action="store_true", help="skip the numba compilation probe")
     p.add_argument("--numba", action="store_true", help="run the numba compilation probe even with --quick")
     p.add_argument("--weights", default=str(SHARED / "weights"), help="folder of the Cellpose checkpoints")
@@ -500,7 +511,8 @@ def main(argv=None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     c = report["conditions"]
-    print(f"conditions: {c['cpu']} x{c['cpu_count']}, {c['threads']} thread(s) per side, load average "
+    print(f"conditions: {c['cpu']} x{c['cpu_count']}, {c['threads']} thread(s) per side, cellflow-rt network "
+          f"{c['precision']}, load average "
           f"{c['loadavg_start'][0]:.2f} at start, {c['loadavg_end'][0]:.2f} at end; {c['date']}")
     if report["numba"]:
         print(numba_table(report["numba"]) + "\n")

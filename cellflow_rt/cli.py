@@ -86,6 +86,9 @@ def _copy_example(savedir):
 @click.option("--use_gpu", is_flag=True, help="Use TensorRT/CUDA if onnxruntime offers them (falls back to CPU).")
 @click.option("--provider", default=None, help="Execution provider to require (cpu, cuda, tensorrt); fails if missing.")
 @click.option("--threads", default=0, type=int, help="CPU threads for the network (0 = onnxruntime's choice).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="Network precision: fp32 gives Cellpose's masks; fp16 (TensorRT) and bf16 (CPU, needs the "
+                   "openvino extra) are faster and approximate.")
 @click.option("--savedir", type=click.Path(path_type=Path), default=None, help="Folder for mask/outline files.")
 @click.option("--save_png", is_flag=True, help="Write <stem>_cp_masks.png.")
 @click.option("--save_tif", is_flag=True, help="Write <stem>_cp_masks.tif.")
@@ -107,7 +110,7 @@ def _copy_example(savedir):
 def run(ctx, files, directory, image_path, img_filter, look_one_level_down, model_name, chan, chan2, all_channels,
         channel_axis, z_axis, invert, no_norm, norm_percentile, diameter, flow_threshold, cellprob_threshold,
         min_size, niter, resample, no_interp, augment, tile_overlap, batch_size, do_3D, anisotropy, flow3D_smooth,
-        stitch_threshold, use_gpu, provider, threads, savedir, save_png, save_tif, no_npy, save_txt, save_rois,
+        stitch_threshold, use_gpu, provider, threads, precision, savedir, save_png, save_tif, no_npy, save_txt, save_rois,
         save_geojson, save_flows, save_ome, skip_existing, blocksize, overlap, scheduler, example):
     """Segment image FILES (or every image in --dir) and write Cellpose's output files."""
     from .batch import OutputOptions, run_batch
@@ -141,7 +144,7 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
             flow3D_smooth=flow3D_smooth, stitch_threshold=stitch_threshold)
         providers = provider or (["tensorrt", "cuda"] if use_gpu else "cpu")
         model = LoadedModel.load(model_name, providers=providers, strict_provider=provider is not None,
-                                 num_threads=threads or None)
+                                 num_threads=threads or None, precision=precision)
     except ProviderUnavailableError as exc:
         raise click.ClickException(str(exc))
     except (ValueError, FileNotFoundError) as exc:
@@ -154,7 +157,7 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
         _run_blockwise(paths, model, settings, blocksize, overlap, scheduler, estimate, savedir)
         return
     click.echo(f"cellflow-rt {__version__}: {len(paths)} image(s), model {model.name} "
-               f"({', '.join(model.net.providers)})", err=True)
+               f"({', '.join(model.net.providers)}, {model.net.precision})", err=True)
 
     def report(i, result):
         head = f"[{i + 1}/{len(paths)}] {result.path.name}"
@@ -215,6 +218,7 @@ def info():
     click.echo(f"python {sys.version.split()[0]}, numpy {numpy.__version__}, numba {numba.__version__}, "
                f"onnxruntime {onnxruntime.__version__}")
     click.echo(f"execution providers: {', '.join(available_providers())}")
+    click.echo(f"bf16 (--precision bf16): {_bf16_status()}")
     click.echo(f"numba cache: {_numba.CACHE_DIR}")
     click.echo(f"numba threading layer: {numba.config.THREADING_LAYER} ({numba.config.NUMBA_NUM_THREADS} threads)")
     click.echo(f"user models: {user_model_dir()}")
@@ -223,6 +227,16 @@ def info():
         size = "size model" if m.size_model is not None else "no size model"
         click.echo(f"  {m.name:24s} diam_mean {float(m.diam_mean):5.1f}  channels {list(m.default_channels)}  "
                    f"{size}  {m.onnx_path}")
+
+
+def _bf16_status() -> str:
+    from .network_openvino import OpenVINOUnavailableError, _import_openvino, cpu_supports_bf16
+    try:
+        ov = _import_openvino()
+    except OpenVINOUnavailableError:
+        return "unavailable (pip install 'cellflow-rt[openvino]')"
+    native = "this CPU has bf16 instructions" if cpu_supports_bf16() else "no bf16 instructions: runs fp32"
+    return f"OpenVINO {ov.__version__}, {native}"
 
 
 def _add_export_command():

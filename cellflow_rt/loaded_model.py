@@ -1,4 +1,4 @@
-"""A model ready to run: its registry entry (metadata) and its ONNX Runtime session."""
+"""A model ready to run: its registry entry (metadata) and its network (ONNX Runtime or OpenVINO)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,7 +6,7 @@ from typing import Optional
 
 import numpy as np
 
-from .network import Network
+from .network import Network, open_network
 from .registry import ModelInfo, resolve_model
 
 #: Cellpose's diam_mean for its built-in models, used by name instead of the checkpoint's value.
@@ -23,14 +23,15 @@ class LoadedModel:
     """
 
     info: ModelInfo
-    net: Network
+    net: Network  # or network_openvino.OpenVINONetwork (bf16), same interface
 
     @classmethod
     def load(cls, name_or_path, providers=None, strict_provider: bool = False,
-             num_threads: Optional[int] = None) -> "LoadedModel":
+             num_threads: Optional[int] = None, precision: str = "fp32") -> "LoadedModel":
+        """Resolve a model name or path and open its network (see :func:`~cellflow_rt.network.open_network`)."""
         info = resolve_model(name_or_path)
-        return cls(info, Network(info.onnx_path, providers=providers, strict_provider=strict_provider,
-                                 num_threads=num_threads))
+        return cls(info, open_network(info.onnx_path, providers=providers, strict_provider=strict_provider,
+                                      num_threads=num_threads, precision=precision))
 
     @property
     def name(self) -> str:

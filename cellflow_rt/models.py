@@ -87,12 +87,15 @@ class CellposeModel:
         onnxruntime execution providers by preference (overrides ``gpu``).
     num_threads : int, optional
         CPU threads for the network.
+    precision : {"fp32", "fp16", "bf16"}
+        fp32 (default) gives Cellpose's masks; fp16 (TensorRT) and bf16 (CPU, needs OpenVINO) are
+        faster and approximate (see the README's precision table).
     **kwargs
         Cellpose-only arguments (``device``, ``mkldnn``, ...): accepted and ignored with a warning.
     """
 
     def __init__(self, gpu: bool = False, pretrained_model=None, model_type: Optional[str] = None,
-                 providers=None, num_threads: Optional[int] = None, **kwargs):
+                 providers=None, num_threads: Optional[int] = None, precision: str = "fp32", **kwargs):
         unknown = set(kwargs) - _IGNORED_INIT_ARGS
         if unknown:
             raise TypeError(f"unexpected argument(s): {sorted(unknown)}")
@@ -100,7 +103,8 @@ class CellposeModel:
         name = pretrained_model or model_type or DEFAULT_MODEL
         if providers is None and gpu:
             providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
-        self.model = LoadedModel.load(name, providers=providers or "cpu", num_threads=num_threads)
+        self.model = LoadedModel.load(name, providers=providers or "cpu", num_threads=num_threads,
+                                      precision=precision)
         self.pretrained_model = str(self.model.info.onnx_path)
         self.diam_mean = self.model.diam_mean
         self.diam_labels = self.model.diam_labels

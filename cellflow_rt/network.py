@@ -2,6 +2,8 @@
 
 Providers are tried in the order TensorRT > CUDA > CPU among those this onnxruntime build offers;
 a requested provider that is unavailable falls back with a warning, or raises with ``strict``.
+:func:`open_network` picks the backend for a precision: ONNX Runtime for fp32 (and fp16 on TensorRT),
+OpenVINO for bf16 on the CPU (:mod:`.network_openvino`).
 """
 from __future__ import annotations
 
@@ -20,6 +22,11 @@ _ALIASES = {
     "cuda": "CUDAExecutionProvider", "gpu": "CUDAExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
+
+
+#: Network precisions: fp32 = the exported float32 model as is (Cellpose's numbers); fp16 = TensorRT
+#: builds float16 engines; bf16 = OpenVINO on the CPU in bfloat16.
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 class ProviderUnavailableError(RuntimeError):
@@ -79,11 +86,19 @@ class Network:
         CPU intra-op threads (default: ``$CELLFLOW_RT_THREADS`` or onnxruntime's choice).
     cache_dir : path, optional
         Where TensorRT keeps its engine and timing caches.
+    precision : {"fp32", "fp16"}
+        fp16 lets TensorRT build float16 engines (inputs and outputs stay float32); it has no effect
+        on the CUDA and CPU providers, which run the model's own float32 (a warning says so).
     """
 
     def __init__(self, onnx_path: Union[str, Path], providers=None, strict_provider: bool = False,
-                 num_threads: Optional[int] = None, cache_dir: Optional[Union[str, Path]] = None):
+                 num_threads: Optional[int] = None, cache_dir: Optional[Union[str, Path]] = None,
+                 precision: str = "fp32"):
         import onnxruntime as ort
+
+        if precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision {precision!r}: ONNX Runtime runs fp32 or fp16 (TensorRT); "
+                             "use open_network() for bf16")
 
         self.onnx_path = Path(onnx_path)
         options = ort.SessionOptions()
@@ -98,7 +113,7 @@ class Network:
         options.enable_mem_pattern = False
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         chosen = choose_providers(providers, strict=strict_provider)
-        provider_options = [self._provider_options(p, cache_dir) for p in chosen]
+        provider_options = [self._provider_options(p, cache_dir, precision) for p in chosen]
         try:
             self.session = ort.InferenceSession(str(self.onnx_path), sess_options=options,
                                                 providers=chosen, provider_options=provider_options)
@@ -113,6 +128,12 @@ class Network:
             raise ValueError(f"{self.onnx_path}: expected outputs ['flows', 'style'], got {outputs}")
         self.nchan = inputs[0].shape[1] if isinstance(inputs[0].shape[1], int) else 2
         self.providers = self.session.get_providers()
+        fp16 = precision == "fp16" and self.providers[0] == "TensorrtExecutionProvider"
+        if precision == "fp16" and not fp16:
+            warnings.warn(f"precision fp16 applies to the TensorRT provider only; {self.providers[0]} "
+                          "runs the model in float32")
+        #: The precision the network runs in.
+        self.precision = "fp16" if fp16 else "fp32"
         #: Tiles per ``session.run`` on the CPU provider, whatever the batch size: MLAS is as fast on
         #: one 224^2 tile as on eight (measured: 25 tiles in 3.7-4.0 s either way on 2 cores) and
         #: the activations of one tile need a fraction of the memory (peak RSS 190 vs 820 MiB).
@@ -120,13 +141,15 @@ class Network:
         self.cpu_tiles_per_run = 1 if self.providers[0] == "CPUExecutionProvider" else None
 
     @staticmethod
-    def _provider_options(provider: str, cache_dir) -> dict:
+    def _provider_options(provider: str, cache_dir, precision: str = "fp32") -> dict:
         if provider != "TensorrtExecutionProvider":
             return {}
         cache = Path(cache_dir or Path.home() / ".cache" / "cellflow-rt" / "trt")
         cache.mkdir(parents=True, exist_ok=True)
+        # Engines are cached per precision by TensorRT itself (the flag is part of the cache key).
         return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
-                "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache)}
+                "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache),
+                "trt_fp16_enable": "True" if precision == "fp16" else "False"}
 
     def run(self, tiles: np.ndarray, batch_size: int = 8) -> Tuple[np.ndarray, np.ndarray]:
         """Run tiles (N, C, ly, lx) in chunks of ``batch_size``; return flows (N, 3, ly, lx) and styles (N, 256).
@@ -143,3 +166,33 @@ class Network:
             flows[start:start + len(batch)] = y
             styles[start:start + len(batch)] = s
         return flows, styles
+
+
+def open_network(onnx_path: Union[str, Path], providers=None, strict_provider: bool = False,
+                 num_threads: Optional[int] = None, precision: str = "fp32",
+                 cache_dir: Optional[Union[str, Path]] = None):
+    """The network for a precision: :class:`Network` (ONNX Runtime) or an OpenVINO network (bf16).
+
+    Parameters
+    ----------
+    onnx_path, providers, strict_provider, num_threads, cache_dir
+        As in :class:`Network`; ``providers`` must be the CPU (or None) for bf16.
+    precision : {"fp32", "fp16", "bf16"}
+        See :data:`PRECISIONS`.
+
+    Raises
+    ------
+    ValueError
+        Unknown precision, bf16 with a GPU provider, or bf16 without OpenVINO installed.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "bf16":
+        return Network(onnx_path, providers=providers, strict_provider=strict_provider, num_threads=num_threads,
+                       cache_dir=cache_dir, precision=precision)
+    wanted = [] if providers is None else [providers] if isinstance(providers, str) else list(providers)
+    if any(_canonical(p) != "CPUExecutionProvider" for p in wanted):
+        raise ValueError(f"precision bf16 runs on the CPU (OpenVINO); it cannot run on {wanted}: "
+                         "use fp16 (TensorRT) or fp32 on a GPU")
+    from .network_openvino import OpenVINONetwork
+    return OpenVINONetwork(onnx_path, num_threads=num_threads, precision="bf16")

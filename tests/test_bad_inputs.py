@@ -392,7 +392,7 @@ def test_use_gpu_falls_back_to_cpu_with_a_warning(two_images):
     result = run_cli(["run", "first.tif", *FAST, "--use_gpu", "--save_tif"], cwd=two_images)
     assert result.returncode == 0, result.output
     assert re.search(r"not available.*falling back to CPU", result.stderr), result.stderr
-    assert "(CPUExecutionProvider)" in result.stderr
+    assert "(CPUExecutionProvider, fp32)" in result.stderr
     assert (two_images / "first_cp_masks.tif").is_file()
 
 

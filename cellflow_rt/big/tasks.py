@@ -13,6 +13,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
+from ..network_openvino import PROVIDER_NAME as OPENVINO_PROVIDER
 from ..settings import EvalSettings
 from .blocks import Region, intersect, region_shape, relative
 from .merge import NO_RANK, ObjectTable, Overlaps
@@ -26,17 +27,22 @@ _PART_CHUNK = {2: 512, 3: 128}
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How a worker loads the model: a registry name or an ONNX path, and the execution providers."""
+    """How a worker loads the model: a registry name or an ONNX path, the execution providers and precision."""
 
     name_or_path: str
     providers: Tuple[str, ...] = ()
     num_threads: Optional[int] = None
+    precision: str = "fp32"
 
     @classmethod
     def of(cls, model, num_threads: Optional[int] = None) -> "ModelSpec":
         info = model.info
         name = info.name if info.source in ("bundled", "user") else str(info.onnx_path)
-        return cls(name, tuple(model.net.providers), num_threads)
+        # OpenVINO (asked for as bf16, even where it fell back to fp32) has no ORT providers to pass on
+        openvino = list(model.net.providers) == [OPENVINO_PROVIDER]
+        precision = "bf16" if openvino else model.net.precision
+        providers = () if openvino else tuple(model.net.providers)
+        return cls(name, providers, num_threads, precision)
 
 
 _MODELS: Dict[ModelSpec, object] = {}
@@ -57,7 +63,7 @@ def worker_model(spec: ModelSpec):
             from ..loaded_model import LoadedModel
 
             model = LoadedModel.load(spec.name_or_path, providers=list(spec.providers) or None,
-                                     num_threads=spec.num_threads)
+                                     num_threads=spec.num_threads, precision=spec.precision)
             _MODELS[spec] = model
         return model
 

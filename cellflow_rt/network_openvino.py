@@ -1,0 +1,106 @@
+"""The network on OpenVINO's CPU plugin in bfloat16: the fast, approximate CPU path (``precision="bf16"``).
+
+ONNX Runtime's CPU kernels have no bfloat16 convolutions, and in float32 they already run CPnet's
+convolutions near the cores' peak (about 185 GFLOP/s on 2 Zen 4 cores), so float32 cannot go much
+faster. CPUs with bfloat16 dot products (AVX512_BF16, AMX) run the same convolutions about twice as
+fast in OpenVINO, at bfloat16's 8-bit mantissa: masks differ slightly from Cellpose's (see the README's
+precision table for the AP against Cellpose). On a CPU without those instructions OpenVINO runs
+float32 and :attr:`OpenVINONetwork.precision` says so.
+
+OpenVINO is an optional dependency (``pip install 'cellflow-rt[openvino]'``), imported only here.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import numpy as np
+
+#: What ``providers`` reports for this backend (there is no ONNX Runtime session).
+PROVIDER_NAME = "OpenVINO-CPU"
+
+
+class OpenVINOUnavailableError(ValueError):
+    """``precision="bf16"`` was asked for but the ``openvino`` package is not installed."""
+
+
+def _import_openvino():
+    try:
+        import openvino
+    except ImportError as exc:
+        raise OpenVINOUnavailableError(
+            "precision bf16 runs on OpenVINO, which is not installed: pip install 'cellflow-rt[openvino]' "
+            f"({exc})") from None
+    return openvino
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin can run bfloat16 on this CPU (False without OpenVINO)."""
+    try:
+        ov = _import_openvino()
+    except OpenVINOUnavailableError:
+        return False
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class OpenVINONetwork:
+    """CPnet compiled by OpenVINO for the CPU, with the interface of :class:`~cellflow_rt.network.Network`.
+
+    Parameters
+    ----------
+    onnx_path : path
+        Exported CPnet (input ``image`` [B, C, H, W]; outputs ``flows``, ``style``).
+    num_threads : int, optional
+        Inference threads (default: OpenVINO's choice, all cores).
+    precision : {"bf16", "fp32"}
+        Inference precision hint; bf16 falls back to float32 on CPUs without bf16 instructions.
+    """
+
+    def __init__(self, onnx_path: Union[str, Path], num_threads: Optional[int] = None, precision: str = "bf16"):
+        ov = _import_openvino()
+        self.onnx_path = Path(onnx_path)
+        config = {"INFERENCE_PRECISION_HINT": {"bf16": "bf16", "fp32": "f32"}[precision],
+                  "PERFORMANCE_HINT": "LATENCY"}
+        if num_threads:
+            config["INFERENCE_NUM_THREADS"] = int(num_threads)
+        core = ov.Core()
+        try:
+            self._compiled = core.compile_model(str(self.onnx_path), "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
+            raise ValueError(f"{self.onnx_path}: OpenVINO cannot compile this model ({exc})") from exc
+        inputs = self._compiled.inputs
+        if len(inputs) != 1 or inputs[0].get_any_name() != "image" or inputs[0].get_partial_shape().rank.get_length() != 4:
+            raise ValueError(f"{self.onnx_path}: expected one input 'image' [B, C, H, W]")
+        names = [o.get_any_name() for o in self._compiled.outputs]
+        if names[:2] != ["flows", "style"]:
+            raise ValueError(f"{self.onnx_path}: expected outputs ['flows', 'style'], got {names}")
+        channels = inputs[0].get_partial_shape()[1]
+        self.nchan = channels.get_length() if channels.is_static else 2
+        used = self._compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type
+        #: The precision OpenVINO actually runs in: "bf16", or "fp32" on CPUs without bf16.
+        self.precision = "bf16" if used == ov.Type.bf16 else "fp32"
+        self.providers = [PROVIDER_NAME]
+        self._local = threading.local()  # one infer request per thread: requests are not thread-safe
+
+    def _request(self):
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        return request
+
+    def run(self, tiles: np.ndarray, batch_size: int = 8) -> Tuple[np.ndarray, np.ndarray]:
+        """Run tiles (N, C, ly, lx) one at a time; return flows (N, 3, ly, lx) and styles (N, 256).
+
+        One tile per inference is as fast as eight here and needs less than half the memory;
+        ``batch_size`` is accepted for the common interface.
+        """
+        n = tiles.shape[0]
+        flows = np.empty((n, 3) + tiles.shape[2:], np.float32)
+        styles = np.empty((n, 256), np.float32)
+        request = self._request()
+        for i in range(n):
+            request.infer({"image": np.ascontiguousarray(tiles[i:i + 1], dtype=np.float32)})
+            flows[i] = request.get_tensor("flows").data[0]
+            styles[i] = request.get_tensor("style").data[0]
+        return flows, styles
