@@ -139,6 +139,8 @@ class Network:
         #: the activations of one tile need a fraction of the memory (peak RSS 190 vs 820 MiB).
         #: The outputs are bit-identical (the network has no cross-batch operation).
         self.cpu_tiles_per_run = 1 if self.providers[0] == "CPUExecutionProvider" else None
+        #: CUDA device of the GPU providers (ONNX Runtime's default, 0).
+        self.device_id = 0
 
     @staticmethod
     def _provider_options(provider: str, cache_dir, precision: str = "fp32") -> dict:
@@ -155,17 +157,32 @@ class Network:
         """Run tiles (N, C, ly, lx) in chunks of ``batch_size``; return flows (N, 3, ly, lx) and styles (N, 256).
 
         On the CPU provider the chunks are :attr:`cpu_tiles_per_run` tiles, whatever ``batch_size``.
+        Inputs and outputs go through an IO binding: ONNX Runtime writes each chunk's outputs
+        straight into the returned arrays, and on CUDA/TensorRT the chunk is copied to the device
+        once, explicitly, before the run.
         """
         n = tiles.shape[0]
         batch_size = self.cpu_tiles_per_run or batch_size
         flows = np.empty((n, 3) + tiles.shape[2:], np.float32)
         styles = np.empty((n, 256), np.float32)
         for start in range(0, n, batch_size):
-            batch = np.ascontiguousarray(tiles[start:start + batch_size], dtype=np.float32)
-            y, s = self.session.run(["flows", "style"], {"image": batch})
-            flows[start:start + len(batch)] = y
-            styles[start:start + len(batch)] = s
+            stop = min(n, start + batch_size)
+            batch = np.ascontiguousarray(tiles[start:stop], dtype=np.float32)
+            self._run_bound(batch, flows[start:stop], styles[start:stop])
         return flows, styles
+
+    def _run_bound(self, batch: np.ndarray, flows_out: np.ndarray, styles_out: np.ndarray) -> None:
+        """One ``run_with_iobinding``: ``batch`` in, outputs written into the C-contiguous ``*_out`` views."""
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        if self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+            binding.bind_ortvalue_input("image", ort.OrtValue.ortvalue_from_numpy(batch, "cuda", self.device_id))
+        else:
+            binding.bind_cpu_input("image", batch)
+        for name, out in (("flows", flows_out), ("style", styles_out)):
+            binding.bind_output(name, "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+        self.session.run_with_iobinding(binding)
 
 
 def open_network(onnx_path: Union[str, Path], providers=None, strict_provider: bool = False,
