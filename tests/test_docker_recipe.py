@@ -88,7 +88,7 @@ class Replay:
 
     def map(self, text: str) -> str:
         for image_path, local in self.paths.items():
-            text = re.sub(rf"(?<![\w/.-]){re.escape(image_path)}(?=[/\s\"':\[]|$)", str(local), text)
+            text = re.sub(rf"(?<![\w/.-]){re.escape(image_path)}(?=[/\s\"':\[$]|$)", str(local), text)
         return text
 
     def expand(self, value: str) -> str:
@@ -204,8 +204,9 @@ def test_dockerfile_orders_its_layers():
         assert not any("pip install" in a or "build-essential" in a or "gcc" in a for _, a in instructions)
     builder_runs = [a for i, a in stages["builder"] if i == "RUN"]
     order = [next(k for k, a in enumerate(builder_runs) if key in a)
-             for key in ("pip install /src", "slim-venv.sh", "warm-cache.py")]
+             for key in ("pip install \"/src${EXTRAS}\"", "slim-venv.sh", "warm-cache.py")]
     assert order == sorted(order), "install, then slim, then warm the numba cache"
+    assert ("ARG", 'EXTRAS=""') in stages["builder"], "a plain build installs no extras (no OpenVINO)"
     cuda_install = next(a for i, a in stages["cuda-builder"] if i == "RUN" and "pip install" in a)
     assert '"/src[gpu]"' in cuda_install and "uninstall -y onnxruntime" in cuda_install
 
