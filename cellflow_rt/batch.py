@@ -165,9 +165,9 @@ def run_batch(paths: Sequence[Path], model: LoadedModel, settings: EvalSettings,
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = start(0)
         for i, path in enumerate(paths):
-            current, pending = pending, None
-            nxt = next((j for j in range(i + 1, len(paths)) if todo[j]), None)
+            current = pending  # None: a skipped file (every file to do was started one step earlier)
             if current is None:
+                pending = start(i + 1)
                 result = FileResult(path, True, skipped=True)
             else:
                 started, future = current
@@ -175,16 +175,13 @@ def run_batch(paths: Sequence[Path], model: LoadedModel, settings: EvalSettings,
                     prediction = future.result()
                 except Exception as exc:  # one bad file must not lose the others' results
                     prediction, result = None, _failure(path, exc)
-                if nxt is not None and nxt == i + 1:
-                    pending = start(nxt)
+                pending = start(i + 1)  # next file's network runs while this one's dynamics do
                 if prediction is not None:
                     try:
                         result = _finish_and_write(path, prediction, options, started)
                     except Exception as exc:
                         result = _failure(path, exc)
                     del prediction
-            if pending is None and nxt is not None and nxt == i + 1:
-                pending = start(nxt)
             results.append(result)
             if on_result is not None:
                 on_result(i, result)
