@@ -212,13 +212,14 @@ def info():
 
     from . import _numba
     from .network import available_providers
+    from .network_openvino import bf16_status
     from .registry import list_models, user_model_dir
 
     click.echo(f"cellflow-rt {__version__}")
     click.echo(f"python {sys.version.split()[0]}, numpy {numpy.__version__}, numba {numba.__version__}, "
                f"onnxruntime {onnxruntime.__version__}")
     click.echo(f"execution providers: {', '.join(available_providers())}")
-    click.echo(f"bf16 (--precision bf16): {_bf16_status()}")
+    click.echo(f"bf16 (--precision bf16): {bf16_status()}")
     click.echo(f"numba cache: {_numba.CACHE_DIR}")
     click.echo(f"numba threading layer: {numba.config.THREADING_LAYER} ({numba.config.NUMBA_NUM_THREADS} threads)")
     click.echo(f"user models: {user_model_dir()}")
@@ -227,16 +228,6 @@ def info():
         size = "size model" if m.size_model is not None else "no size model"
         click.echo(f"  {m.name:24s} diam_mean {float(m.diam_mean):5.1f}  channels {list(m.default_channels)}  "
                    f"{size}  {m.onnx_path}")
-
-
-def _bf16_status() -> str:
-    from .network_openvino import OpenVINOUnavailableError, _import_openvino, cpu_supports_bf16
-    try:
-        ov = _import_openvino()
-    except OpenVINOUnavailableError:
-        return "unavailable (pip install 'cellflow-rt[openvino]')"
-    native = "this CPU has bf16 instructions" if cpu_supports_bf16() else "no bf16 instructions: runs fp32"
-    return f"OpenVINO {ov.__version__}, {native}"
 
 
 def _add_export_command():

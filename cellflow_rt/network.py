@@ -139,8 +139,11 @@ class Network:
         #: the activations of one tile need a fraction of the memory (peak RSS 190 vs 820 MiB).
         #: The outputs are bit-identical (the network has no cross-batch operation).
         self.cpu_tiles_per_run = 1 if self.providers[0] == "CPUExecutionProvider" else None
-        #: CUDA device of the GPU providers (ONNX Runtime's default, 0).
-        self.device_id = 0
+        self._input_on_gpu = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+    def reload_args(self) -> dict:
+        """``providers`` and ``precision`` for :func:`open_network` that open this network again (workers)."""
+        return {"providers": tuple(self.providers), "precision": self.precision}
 
     @staticmethod
     def _provider_options(provider: str, cache_dir, precision: str = "fp32") -> dict:
@@ -173,11 +176,11 @@ class Network:
 
     def _run_bound(self, batch: np.ndarray, flows_out: np.ndarray, styles_out: np.ndarray) -> None:
         """One ``run_with_iobinding``: ``batch`` in, outputs written into the C-contiguous ``*_out`` views."""
-        import onnxruntime as ort
-
         binding = self.session.io_binding()
-        if self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
-            binding.bind_ortvalue_input("image", ort.OrtValue.ortvalue_from_numpy(batch, "cuda", self.device_id))
+        if self._input_on_gpu:
+            import onnxruntime as ort
+            # device 0: the providers' default device_id (we do not set another)
+            binding.bind_ortvalue_input("image", ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0))
         else:
             binding.bind_cpu_input("image", batch)
         for name, out in (("flows", flows_out), ("style", styles_out)):

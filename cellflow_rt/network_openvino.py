@@ -44,6 +44,16 @@ def cpu_supports_bf16() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+def bf16_status() -> str:
+    """One line for ``cellflow-rt info``: whether ``--precision bf16`` can run here, and how."""
+    try:
+        ov = _import_openvino()
+    except OpenVINOUnavailableError:
+        return "unavailable (pip install 'cellflow-rt[openvino]')"
+    native = "this CPU has bf16 instructions" if cpu_supports_bf16() else "no bf16 instructions: runs fp32"
+    return f"OpenVINO {ov.__version__}, {native}"
+
+
 class OpenVINONetwork:
     """CPnet compiled by OpenVINO for the CPU, with the interface of :class:`~cellflow_rt.network.Network`.
 
@@ -82,6 +92,11 @@ class OpenVINONetwork:
         self.precision = "bf16" if used == ov.Type.bf16 else "fp32"
         self.providers = [PROVIDER_NAME]
         self._local = threading.local()  # one infer request per thread: requests are not thread-safe
+
+    def reload_args(self) -> dict:
+        """``providers`` and ``precision`` for :func:`~cellflow_rt.network.open_network` that open this
+        network again (workers): bf16 as asked, even where this CPU made OpenVINO fall back to fp32."""
+        return {"providers": (), "precision": "bf16"}
 
     def _request(self):
         request = getattr(self._local, "request", None)

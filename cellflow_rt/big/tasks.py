@@ -13,7 +13,6 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from ..network_openvino import PROVIDER_NAME as OPENVINO_PROVIDER
 from ..settings import EvalSettings
 from .blocks import Region, intersect, region_shape, relative
 from .merge import NO_RANK, ObjectTable, Overlaps
@@ -38,11 +37,7 @@ class ModelSpec:
     def of(cls, model, num_threads: Optional[int] = None) -> "ModelSpec":
         info = model.info
         name = info.name if info.source in ("bundled", "user") else str(info.onnx_path)
-        # OpenVINO (asked for as bf16, even where it fell back to fp32) has no ORT providers to pass on
-        openvino = list(model.net.providers) == [OPENVINO_PROVIDER]
-        precision = "bf16" if openvino else model.net.precision
-        providers = () if openvino else tuple(model.net.providers)
-        return cls(name, providers, num_threads, precision)
+        return cls(name, num_threads=num_threads, **model.net.reload_args())
 
 
 _MODELS: Dict[ModelSpec, object] = {}
