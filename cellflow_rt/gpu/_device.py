@@ -1,0 +1,99 @@
+"""The device side of the dynamics: simulator or GPU, launch geometry, arrays handed in by callers.
+
+Every element-wise kernel of this package walks its items with a grid-stride loop, so the launch
+geometry is a tuning choice made here and nowhere else:
+
+- on a GPU, enough blocks of :data:`THREADS` threads for one item per thread (capped at
+  :data:`_BLOCKS_PER_SM` blocks per multiprocessor, after which threads loop);
+- under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) every simulated thread is a Python
+  thread, so a single block of a few threads walks all items: same code, same results, minutes
+  become seconds.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from numba import config, cuda
+
+#: True when numba runs CUDA kernels in its Python simulator.
+SIMULATOR = bool(config.ENABLE_CUDASIM)
+
+#: Threads per block of the element-wise kernels.
+THREADS = 8 if SIMULATOR else 256
+#: Threads per block of the one-block-per-mask kernels (flow check, hole filling): a column of the
+#: mask's box per thread; boxes wider than this loop.
+MASK_THREADS = 8 if SIMULATOR else 64
+_BLOCKS_PER_SM = 32
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors() -> int:
+    return int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
+
+
+def grid(n: int, threads: int = THREADS):
+    """``(blocks, threads)`` of a grid-stride launch over ``n`` items."""
+    if SIMULATOR:
+        return 1, threads
+    blocks = max(1, min(math.ceil(max(n, 1) / threads), _BLOCKS_PER_SM * _multiprocessors()))
+    return blocks, threads
+
+
+def blocks_per_item(n: int):
+    """``(blocks, threads)`` with one block per item (per mask), grid-stride beyond the cap."""
+    if SIMULATOR:
+        return 1, MASK_THREADS
+    return max(1, min(n, 64 * _multiprocessors())), MASK_THREADS
+
+
+def device_function(fn=None, **options):
+    """``cuda.jit(device=True, **options)`` on a GPU; the plain Python function in the simulator,
+    whose device-function calls cost tens of microseconds each (a module swap per call)."""
+    if fn is None:
+        return lambda f: device_function(f, **options)
+    return fn if SIMULATOR else cuda.jit(device=True, **options)(fn)
+
+
+def is_device_array(a) -> bool:
+    """Whether ``a`` lives on the device (``__cuda_array_interface__``, or a simulator array)."""
+    if SIMULATOR:
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+        return isinstance(a, FakeCUDAArray)
+    return cuda.is_cuda_array(a)
+
+
+def device_view(a, stream):
+    """A numba device array over ``a`` (no copy when it is already on the device), else a copy of
+    the host array ``a`` on the device. ``as_cuda_array`` synchronises on the producer's stream
+    when its ``__cuda_array_interface__`` names one."""
+    if is_device_array(a):
+        return a if SIMULATOR else cuda.as_cuda_array(a)
+    return cuda.to_device(np.ascontiguousarray(a), stream=stream)
+
+
+def describe() -> dict:
+    """The device numba sees: name, compute capability, multiprocessors, versions (for reports)."""
+    info = {"simulator": SIMULATOR}
+    try:
+        import numba
+        info["numba"] = numba.__version__
+        from importlib.metadata import version
+        info["numba_cuda"] = version("numba-cuda")
+    except Exception:  # noqa: BLE001 - versions are informative only
+        pass
+    if SIMULATOR:
+        info["device"] = "numba CUDA simulator"
+        return info
+    dev = cuda.get_current_device()
+    name = dev.name
+    info.update(device=name.decode() if isinstance(name, bytes) else str(name),
+                compute_capability=".".join(map(str, dev.compute_capability)),
+                multiprocessors=_multiprocessors())
+    try:
+        info["driver"] = ".".join(map(str, cuda.cudadrv.driver.driver.get_version()))
+        info["runtime"] = ".".join(map(str, cuda.runtime.get_version()))
+    except Exception:  # noqa: BLE001
+        pass
+    return info
