@@ -89,6 +89,9 @@ def _copy_example(savedir):
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="Network precision: fp32 gives Cellpose's masks; fp16 (TensorRT) and bf16 (CPU, needs the "
                    "openvino extra) are faster and approximate.")
+@click.option("--dynamics", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+              help="Where flows become masks: auto = the GPU when the network runs on one (TensorRT/CUDA) and "
+                   "numba-cuda sees it; gpu fails without a CUDA device. Same masks either way.")
 @click.option("--savedir", type=click.Path(path_type=Path), default=None, help="Folder for mask/outline files.")
 @click.option("--save_png", is_flag=True, help="Write <stem>_cp_masks.png.")
 @click.option("--save_tif", is_flag=True, help="Write <stem>_cp_masks.tif.")
@@ -110,10 +113,11 @@ def _copy_example(savedir):
 def run(ctx, files, directory, image_path, img_filter, look_one_level_down, model_name, chan, chan2, all_channels,
         channel_axis, z_axis, invert, no_norm, norm_percentile, diameter, flow_threshold, cellprob_threshold,
         min_size, niter, resample, no_interp, augment, tile_overlap, batch_size, do_3D, anisotropy, flow3D_smooth,
-        stitch_threshold, use_gpu, provider, threads, precision, savedir, save_png, save_tif, no_npy, save_txt, save_rois,
+        stitch_threshold, use_gpu, provider, threads, precision, dynamics, savedir, save_png, save_tif, no_npy, save_txt, save_rois,
         save_geojson, save_flows, save_ome, skip_existing, blocksize, overlap, scheduler, example):
     """Segment image FILES (or every image in --dir) and write Cellpose's output files."""
     from .batch import OutputOptions, run_batch
+    from .gpu import DynamicsUnavailableError, choose_dynamics
     from .loaded_model import LoadedModel
     from .network import ProviderUnavailableError
     from .registry import resolve_model
@@ -141,11 +145,12 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
             diameter=diameter or None, flow_threshold=flow_threshold, cellprob_threshold=cellprob_threshold,
             min_size=min_size, niter=niter or None, resample=resample, interp=not no_interp, augment=augment,
             tile_overlap=tile_overlap, batch_size=batch_size, do_3D=do_3D, anisotropy=anisotropy,
-            flow3D_smooth=flow3D_smooth, stitch_threshold=stitch_threshold)
+            flow3D_smooth=flow3D_smooth, stitch_threshold=stitch_threshold, dynamics=dynamics)
         providers = provider or (["tensorrt", "cuda"] if use_gpu else "cpu")
         model = LoadedModel.load(model_name, providers=providers, strict_provider=provider is not None,
                                  num_threads=threads or None, precision=precision)
-    except ProviderUnavailableError as exc:
+        where = choose_dynamics(settings.dynamics, model.net.providers)
+    except (ProviderUnavailableError, DynamicsUnavailableError) as exc:
         raise click.ClickException(str(exc))
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc))
@@ -157,7 +162,7 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
         _run_blockwise(paths, model, settings, blocksize, overlap, scheduler, estimate, savedir)
         return
     click.echo(f"cellflow-rt {__version__}: {len(paths)} image(s), model {model.name} "
-               f"({', '.join(model.net.providers)}, {model.net.precision})", err=True)
+               f"({', '.join(model.net.providers)}, {model.net.precision}), dynamics on the {where.upper()}", err=True)
 
     def report(i, result):
         head = f"[{i + 1}/{len(paths)}] {result.path.name}"
@@ -211,6 +216,7 @@ def info():
     import onnxruntime
 
     from . import _numba
+    from .gpu import cuda_status
     from .network import available_providers
     from .network_openvino import bf16_status
     from .registry import list_models, user_model_dir
@@ -220,6 +226,7 @@ def info():
                f"onnxruntime {onnxruntime.__version__}")
     click.echo(f"execution providers: {', '.join(available_providers())}")
     click.echo(f"bf16 (--precision bf16): {bf16_status()}")
+    click.echo(f"GPU dynamics (--dynamics gpu): {cuda_status() or 'available'}")
     click.echo(f"numba cache: {_numba.CACHE_DIR}")
     click.echo(f"numba threading layer: {numba.config.THREADING_LAYER} ({numba.config.NUMBA_NUM_THREADS} threads)")
     click.echo(f"user models: {user_model_dir()}")

@@ -116,14 +116,18 @@ class CellposeModel:
              cellprob_threshold: float = 0.0, do_3D: bool = False, anisotropy=None, flow3D_smooth=0,
              stitch_threshold: float = 0.0, min_size: int = 15, max_size_fraction: float = 0.4, niter=None,
              augment: bool = False, tile_overlap: float = 0.1, bsize: int = 224, interp: bool = True,
-             compute_masks: bool = True, progress=None):
-        """Segment an image or a list of images; returns ``masks, flows, styles`` as Cellpose."""
+             compute_masks: bool = True, progress=None, dynamics: str = "auto"):
+        """Segment an image or a list of images; returns ``masks, flows, styles`` as Cellpose.
+
+        ``dynamics`` ("auto", "cpu", "gpu") is cellflow-rt's: where flows become masks (see
+        :class:`~cellflow_rt.settings.EvalSettings`).
+        """
         args = dict(batch_size=batch_size, resample=resample, channel_axis=channel_axis, z_axis=z_axis,
                     normalize=normalize, invert=invert, flow_threshold=flow_threshold,
                     cellprob_threshold=cellprob_threshold, do_3D=do_3D, anisotropy=anisotropy,
                     flow3D_smooth=flow3D_smooth, stitch_threshold=stitch_threshold, min_size=min_size,
                     max_size_fraction=max_size_fraction, niter=niter, augment=augment, tile_overlap=tile_overlap,
-                    bsize=bsize, interp=interp, compute_masks=compute_masks)
+                    bsize=bsize, interp=interp, compute_masks=compute_masks, dynamics=dynamics)
         if isinstance(x, list):
             out = [self.eval(xi, channels=_channels_for(channels, i, len(x)),
                              rescale=_per_image(rescale, i), diameter=_per_image(diameter, i),

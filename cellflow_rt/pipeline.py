@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from . import dynamics
 from .flows import run_network
+from .gpu import choose_dynamics
 from .loaded_model import LoadedModel
 from .preprocess import check_finite, convert_image, normalize_image
 from .resize import resize_bilinear
@@ -87,7 +88,8 @@ class Prediction:
     """The network stage's result for one image, before dynamics (see :func:`predict`).
 
     ``dP`` is (2, N, Y, X) for N planes, or (3, Z, Y, X) with ``do_3D``; ``shape`` is the spatial
-    shape the masks must have.
+    shape the masks must have; ``providers`` are the network's execution providers (they decide
+    where ``dynamics="auto"`` runs the dynamics).
     """
 
     dP: np.ndarray
@@ -98,6 +100,7 @@ class Prediction:
     diameter: float
     settings: EvalSettings
     timings: Dict[str, float] = field(default_factory=dict)
+    providers: Sequence[str] = ()
 
 
 def predict(image: np.ndarray, model: LoadedModel, settings: EvalSettings = EvalSettings()) -> Prediction:
@@ -126,7 +129,16 @@ def predict(image: np.ndarray, model: LoadedModel, settings: EvalSettings = Eval
         shape = (Ly, Lx)
     timings["network"] = time.perf_counter() - tic
     return Prediction(dP=dP, cellprob=cellprob, styles=styles, shape=shape, rescale=rescale, diameter=diameter,
-                      settings=settings, timings=timings)
+                      settings=settings, timings=timings, providers=tuple(getattr(model.net, "providers", ())))
+
+
+def dynamics_for(settings: EvalSettings, providers: Sequence[str] = ()) -> Callable[..., np.ndarray]:
+    """``resize_and_compute_masks`` of the CPU path or of the GPU path, as ``settings.dynamics``
+    and the network's ``providers`` decide (:func:`cellflow_rt.gpu.choose_dynamics`); same masks."""
+    if choose_dynamics(settings.dynamics, providers) == "gpu":
+        from .gpu.dynamics import resize_and_compute_masks
+        return resize_and_compute_masks
+    return dynamics.resize_and_compute_masks
 
 
 def finish(prediction: Prediction) -> Segmentation:
@@ -138,14 +150,15 @@ def finish(prediction: Prediction) -> Segmentation:
     else:
         tic = time.perf_counter()
         niter = euler_iterations(settings, p.rescale)
+        compute = dynamics_for(settings, p.providers)
         if settings.do_3D:
-            masks = dynamics.resize_and_compute_masks(
+            masks = compute(
                 p.dP, p.cellprob, niter=niter, cellprob_threshold=settings.cellprob_threshold,
                 flow_threshold=settings.flow_threshold, interp=settings.interp, do_3D=True,
                 resize=None if p.dP.shape[1:] == tuple(p.shape) else list(p.shape),
                 min_size=settings.min_size, max_size_fraction=settings.max_size_fraction)
         else:
-            masks = masks_from_flows(p.dP, p.cellprob, p.shape, settings, niter)
+            masks = masks_from_flows(p.dP, p.cellprob, p.shape, settings, niter, compute=compute)
         timings["dynamics"] = time.perf_counter() - tic
     # Cellpose squeezes every singleton axis (a 1-row image loses its row); drop only the plane axis
     dP, cellprob, styles = p.dP, p.cellprob, np.asarray(p.styles)
@@ -175,14 +188,17 @@ def segment(image: np.ndarray, model: LoadedModel, settings: EvalSettings = Eval
     return finish(predict(image, model, settings))
 
 
-def masks_from_flows(dP: np.ndarray, cellprob: np.ndarray, shape, settings: EvalSettings, niter) -> np.ndarray:
-    """Dynamics on each plane's flows, masks at ``shape``; stitched across planes if asked."""
+def masks_from_flows(dP: np.ndarray, cellprob: np.ndarray, shape, settings: EvalSettings, niter,
+                     compute: Optional[Callable[..., np.ndarray]] = None) -> np.ndarray:
+    """Dynamics on each plane's flows, masks at ``shape``; stitched across planes (on the host) if
+    asked. ``compute`` is :func:`dynamics_for`'s choice (default: for a network on the CPU)."""
+    compute = compute or dynamics_for(settings)
     nimg = cellprob.shape[0]
     resize = None if cellprob.shape[1:] == tuple(shape) else list(shape)
     stitching = settings.stitch_threshold > 0 and nimg > 1
     planes: List[np.ndarray] = []
     for i in range(nimg):
-        planes.append(dynamics.resize_and_compute_masks(
+        planes.append(compute(
             dP[:, i], cellprob[i], niter=niter, cellprob_threshold=settings.cellprob_threshold,
             flow_threshold=settings.flow_threshold, interp=settings.interp, resize=resize,
             # the reference turns min_size off per plane when stitching, and applies it in 3D after

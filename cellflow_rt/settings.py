@@ -10,6 +10,9 @@ from typing import Optional, Sequence, Tuple
 #: Tile side used by Cellpose (the network was trained on 224 x 224 crops).
 BSIZE = 224
 
+#: Where the dynamics may run (``EvalSettings.dynamics``; chosen by ``cellflow_rt.gpu.choose_dynamics``).
+DYNAMICS = ("auto", "cpu", "gpu")
+
 
 @dataclass(frozen=True)
 class EvalSettings:
@@ -64,6 +67,10 @@ class EvalSettings:
         With ``do_3D=False`` on a stack: IoU threshold linking 2D masks across Z (0 = off).
     compute_masks : bool
         False returns flows and styles only.
+    dynamics : {"auto", "cpu", "gpu"}
+        Where flows become masks: ``auto`` = the GPU when the network runs on a GPU provider and
+        numba sees a CUDA device, else the CPU; ``gpu`` fails without a CUDA device. Not a
+        Cellpose option; the masks are the same either way.
     """
 
     channels: Optional[Tuple[int, int]] = None
@@ -90,6 +97,7 @@ class EvalSettings:
     flow3D_smooth: float = 0.0
     stitch_threshold: float = 0.0
     compute_masks: bool = True
+    dynamics: str = "auto"
 
     def __post_init__(self):
         if self.channels is not None:
@@ -107,6 +115,8 @@ class EvalSettings:
             raise ValueError(f"tile_overlap must be in [0, 1), got {self.tile_overlap}")
         if self.anisotropy is not None and not (self.anisotropy > 0):
             raise ValueError(f"anisotropy must be > 0, got {self.anisotropy}")
+        if self.dynamics not in DYNAMICS:
+            raise ValueError(f"dynamics must be one of {', '.join(DYNAMICS)}, got {self.dynamics!r}")
 
     def with_(self, **changes) -> "EvalSettings":
         """Copy with some options changed."""

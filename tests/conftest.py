@@ -1,7 +1,14 @@
 """Shared test fixtures: paths to ../shared and the bundled models."""
+import os
 from pathlib import Path
 
 import pytest
+
+# The GPU kernels (cellflow_rt.gpu) run on the CPU in numba's CUDA simulator: it must be chosen
+# before numba.cuda is first imported, hence here. CPU code never imports numba.cuda (it only asks
+# for a device when the network runs on a GPU provider), so the rest of the suite is unaffected.
+# On a machine with an NVIDIA GPU, NUMBA_ENABLE_CUDASIM=0 runs the same tests on the device.
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

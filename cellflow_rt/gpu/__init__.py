@@ -16,8 +16,8 @@ from __future__ import annotations
 import functools
 from typing import Sequence
 
-#: Values of ``EvalSettings.dynamics`` / ``--dynamics``.
-DYNAMICS = ("auto", "cpu", "gpu")
+from ..settings import DYNAMICS
+
 
 #: ONNX Runtime providers that run the network on an NVIDIA GPU.
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")

@@ -11,8 +11,10 @@ geometry is a tuning choice made here and nowhere else:
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import sys
 
 import numpy as np
 from numba import config, cuda
@@ -46,6 +48,22 @@ def blocks_per_item(n: int):
     if SIMULATOR:
         return 1, MASK_THREADS
     return max(1, min(n, 64 * _multiprocessors())), MASK_THREADS
+
+
+@contextlib.contextmanager
+def simulator_pace():
+    """In the simulator, a short GIL switch interval while kernels run: its block manager polls
+    the Python threads of a block at every ``syncthreads``, and with the default 5 ms interval a
+    block-wide barrier costs milliseconds (kernels run 5-10x faster). No effect on a GPU."""
+    if not SIMULATOR:
+        yield
+        return
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(2e-5)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def device_function(fn=None, **options):

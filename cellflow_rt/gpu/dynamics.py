@@ -40,10 +40,10 @@ from ..dynamics import _sort
 from ..resize import nearest_indices
 from ..settings import EvalSettings
 from . import _clusters, _euler, _fill, _flow_check, _labels
-from ._device import blocks_per_item, device_view, grid, is_device_array
+from ._device import blocks_per_item, device_view, grid, is_device_array, simulator_pace
 from ._scan import compact, exclusive_scan
 
-__all__ = ["compute_masks", "resize_and_compute_masks", "FILL_HOLES"]
+__all__ = ["compute_masks", "flow_errors", "resize_and_compute_masks", "FILL_HOLES"]
 
 _DEFAULTS = EvalSettings()
 
@@ -154,28 +154,34 @@ def _get_masks(pts, n_points_dev, ends, hist, shape, max_size_fraction: float, s
     return masks.reshape(shape), _scalar(n_kept_dev, stream)
 
 
-def _remove_bad_flow_masks(masks, dP, n_labels: int, flow_threshold: float, stream) -> int:
-    """Masks (2D int32, device, in place) with flow error above the threshold set to 0; returns
-    the largest id kept."""
-    Ly, Lx = masks.shape
+def _flow_errors(masks, dP, n_labels: int, stream):
+    """Device float64 flow errors of labels 1..n_labels of 2D int32 device ``masks``."""
     big = np.iinfo(np.int64).max
     lo_y, lo_x = _zeros(n_labels + 1, np.int64, stream, big), _zeros(n_labels + 1, np.int64, stream, big)
     hi_y, hi_x = _zeros(n_labels + 1, np.int64, stream, -1), _zeros(n_labels + 1, np.int64, stream, -1)
     npix, sum_y, sum_x = (_zeros(n_labels + 1, np.int64, stream) for _ in range(3))
-    blocks, threads = grid(Ly * Lx)
-    _flow_check.mask_stats[blocks, threads, stream](masks, lo_y, hi_y, lo_x, hi_x, npix, sum_y, sum_x)
+    n = math.prod(masks.shape)
+    _flow_check.mask_stats[grid(n)[0], grid(n)[1], stream](masks, lo_y, hi_y, lo_x, hi_x, npix, sum_y, sum_x)
     offsets = cuda.device_array(n_labels, np.int64, stream=stream)
     _flow_check.box_areas[grid(n_labels)[0], grid(n_labels)[1], stream](lo_y, hi_y, lo_x, hi_x, n_labels, offsets)
-    scratch = _scalar(exclusive_scan(offsets, n_labels, stream), stream)
+    scratch = max(_scalar(exclusive_scan(offsets, n_labels, stream), stream), 1)
     T0 = cuda.device_array(scratch, np.float64, stream=stream)
     T1 = cuda.device_array(scratch, np.float64, stream=stream)
     inside = cuda.device_array(scratch, np.uint8, stream=stream)
     err = cuda.device_array(n_labels, np.float64, stream=stream)
-    mb, mt = blocks_per_item(n_labels)
-    _flow_check.mask_errors[mb, mt, stream](masks, dP, n_labels, lo_y, hi_y, lo_x, hi_x, npix, sum_y, sum_x,
-                                            offsets, T0, T1, inside, err)
+    blocks, threads = blocks_per_item(n_labels)
+    _flow_check.mask_errors[blocks, threads, stream](masks, dP, n_labels, lo_y, hi_y, lo_x, hi_x, npix, sum_y, sum_x,
+                                                     offsets, T0, T1, inside, err)
+    return err
+
+
+def _remove_bad_flow_masks(masks, dP, n_labels: int, flow_threshold: float, stream) -> int:
+    """Masks (2D int32, device, in place) with flow error above the threshold set to 0; returns
+    the largest id kept."""
+    err = _flow_errors(masks, dP, n_labels, stream)
     max_kept = _zeros(1, np.int64, stream)
-    _flow_check.drop_bad_masks[blocks, threads, stream](masks, err, np.float64(flow_threshold), max_kept)
+    n = math.prod(masks.shape)
+    _flow_check.drop_bad_masks[grid(n)[0], grid(n)[1], stream](masks, err, np.float64(flow_threshold), max_kept)
     return _scalar(max_kept, stream)
 
 
@@ -247,9 +253,28 @@ def compute_masks(dP, cellprob, *, niter=200, cellprob_threshold: float = _DEFAU
     a numba CUDA stream (default: the default stream).
     """
     stream = cuda.default_stream() if stream is None else stream
-    masks, max_label = _masks_on_device(dP, cellprob, niter, cellprob_threshold, flow_threshold, interp, do_3D,
-                                        max_size_fraction, stream)
-    return _download(masks, max_label, stream)
+    with simulator_pace():
+        masks, max_label = _masks_on_device(dP, cellprob, niter, cellprob_threshold, flow_threshold, interp, do_3D,
+                                            max_size_fraction, stream)
+        return _download(masks, max_label, stream)
+
+
+def flow_errors(masks, dP, stream=None) -> np.ndarray:
+    """:func:`cellflow_rt.dynamics.flow_errors` on the GPU: float64 error of labels 1..max of 2D
+    ``masks`` against flows ``dP`` (2, Ly, Lx) (NaN for absent ids); ``dP`` may be on the device."""
+    labels = np.asarray(masks.copy_to_host() if is_device_array(masks) else masks)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"masks must be 2D integer labels, got shape {labels.shape}, dtype {labels.dtype}")
+    if tuple(dP.shape) != (2, *labels.shape):
+        raise ValueError(f"dP must have shape {(2, *labels.shape)}, got {tuple(dP.shape)}")
+    n_labels = int(labels.max()) if labels.size else 0
+    if n_labels == 0:
+        return np.zeros(0, np.float64)
+    stream = cuda.default_stream() if stream is None else stream
+    with simulator_pace():
+        labels = cuda.to_device(np.ascontiguousarray(labels, np.int32), stream=stream)
+        dP = device_view(dP if is_device_array(dP) else np.asarray(dP, np.float32), stream)
+        return _flow_errors(labels, dP, n_labels, stream).copy_to_host(stream=stream)
 
 
 def resize_and_compute_masks(dP, cellprob, *, niter, cellprob_threshold: float, flow_threshold: Optional[float],
@@ -282,14 +307,16 @@ def resize_and_compute_masks(dP, cellprob, *, niter, cellprob_threshold: float, 
         if len(resize) != len(cellprob.shape) or min(resize) < 1:
             raise ValueError(f"resize must be {len(cellprob.shape)} positive sizes, got {resize}")
     stream = cuda.default_stream() if stream is None else stream
-    masks, max_label = _masks_on_device(dP, cellprob, niter, cellprob_threshold, flow_threshold, interp, do_3D,
-                                        max_size_fraction, stream)
-    if resize is not None:
-        masks = _resize_on_device(masks, resize, stream)
-    if fill_holes == "device" and max_label > 0:
-        filled, nested = _fill.fill_holes(masks.reshape((1, *masks.shape)) if masks.ndim == 2 else masks,
-                                          max_label, int(min_size), stream)
-        if _scalar(nested, stream) == 0:
-            return _download(filled.reshape(masks.shape), max_label, stream)
-        # nested masks: only the sequential rule gives the reference's ids (see _fill)
-    return cpu_dynamics.fill_holes_and_remove_small_masks(_download(masks, max_label, stream), min_size=min_size)
+    with simulator_pace():
+        masks, max_label = _masks_on_device(dP, cellprob, niter, cellprob_threshold, flow_threshold, interp, do_3D,
+                                            max_size_fraction, stream)
+        if resize is not None:
+            masks = _resize_on_device(masks, resize, stream)
+        if fill_holes == "device" and max_label > 0:
+            filled, nested = _fill.fill_holes(masks.reshape((1, *masks.shape)) if masks.ndim == 2 else masks,
+                                              max_label, int(min_size), stream)
+            if _scalar(nested, stream) == 0:
+                return _download(filled.reshape(masks.shape), max_label, stream)
+            # nested masks: only the sequential rule gives the reference's ids (see _fill)
+        host = _download(masks, max_label, stream)
+    return cpu_dynamics.fill_holes_and_remove_small_masks(host, min_size=min_size)
