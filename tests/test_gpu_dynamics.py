@@ -48,11 +48,11 @@ def assert_identical(ours, ref):
 
 # (case, crop, resize): crops with several masks; each exercises a different option set
 CASES_2D = [
-    ("nuclei_256", (slice(96, 160), slice(96, 160)), None),                 # defaults
+    ("nuclei_256", (slice(96, 144), slice(96, 152)), None),                 # defaults
     ("cyto_300_2ch", (slice(184, 232), slice(96, 160)), None),              # larger masks
     ("nuclei_200_small_diam8", (slice(0, 48), slice(0, 64)), None),         # niter 94, min_size 5
     ("nuclei_256_augment_noqc", (slice(64, 112), slice(64, 128)), None),    # no flow check, cellprob -1
-    ("cyto_480_rgb_flow0.8_cp-2", (slice(424, 480), slice(160, 216)), None),  # flow 0.8, cellprob -2
+    ("cyto_480_rgb_flow0.8_cp-2", (slice(432, 480), slice(168, 216)), None),  # flow 0.8, cellprob -2
     ("nuclei_1024_diam25_noresample", (slice(300, 348), slice(300, 348)), (71, 70)),  # resized masks
 ]
 
@@ -82,8 +82,8 @@ def test_device_arrays_are_read_in_place_and_holes_filled_on_the_device():
 
 def test_no_interp_and_tied_seeds_match_the_reference_fixture():
     fx = np.load(FIXTURES)
-    dP = fx["ties_dP_int8"].astype(np.float32)[:, :64, :64] / 16
-    cellprob = fx["ties_cellprob_int8"].astype(np.float32)[:64, :64] / 16
+    dP = fx["ties_dP_int8"].astype(np.float32)[:, :48, :48] / 16
+    cellprob = fx["ties_cellprob_int8"].astype(np.float32)[:48, :48] / 16
     for interp in (True, False):
         kwargs = dict(niter=200, cellprob_threshold=0.0, flow_threshold=0.0, interp=interp)
         assert_identical(gpu_dynamics.resize_and_compute_masks(dP, cellprob, **kwargs),
@@ -172,7 +172,7 @@ def test_cli_run_with_gpu_dynamics_writes_the_cpu_masks(tmp_path):
     import tifffile
     from cellflow_rt.examples import example_image_path
     image = tmp_path / "small.tif"
-    tifffile.imwrite(image, tifffile.imread(example_image_path())[:72, :80])
+    tifffile.imwrite(image, tifffile.imread(example_image_path())[:64, :64])
     masks = {}
     for where in ("gpu", "cpu"):
         out = tmp_path / where
@@ -197,3 +197,27 @@ def test_cli_gpu_dynamics_without_a_device_fails_clearly(tmp_path):
     if run.returncode == 0:
         pytest.skip("numba sees a CUDA device on this machine")
     assert "--dynamics gpu" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_gpu_dynamics_check_script_runs(tmp_path):
+    # bench/gpu/dynamics_check.py: --prepare from ../shared, then the check on a small crop and a
+    # small synthetic case (in the simulator here; on a GPU machine it is step 1 of the GPU check)
+    require_shared()
+    script = REPO / "bench" / "gpu" / "dynamics_check.py"
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    data, results = tmp_path / "data", tmp_path / "results"
+    run = subprocess.run([sys.executable, str(script), "--prepare", str(REFERENCE_2D.parent), "--data", str(data),
+                          "--cases", "nuclei_256"], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in (data / "nuclei_256").iterdir()) == ["dynamics_0.json", "dynamics_0.npz"]
+    run = subprocess.run([sys.executable, str(script), "--data", str(data), "--crop", "32", "--size", "40",
+                          "--repeats", "1", "--out", str(results)], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "synthetic_40" in run.stdout and "nuclei_256" in run.stdout
+    (report,) = results.glob("dynamics_check_*.json")
+    raw = json.loads(report.read_text())
+    assert raw["device"]["simulator"] is True and raw["device"]["numba_cuda"]
+    assert [c["case"] for c in raw["cases"]] == ["nuclei_256", "synthetic_40"]
+    assert all(c["identical"] and c["masks_cpu"] == c["masks_gpu"] for c in raw["cases"])
+    assert raw["cases"][1]["masks_cpu"] >= 2
