@@ -11,7 +11,9 @@ Stages, each in its own private module of numba kernels:
 - ``_stitch``: 2.5D stitching of per-plane masks across Z.
 
 The public functions below validate their inputs, chain the kernels and keep the reference's names,
-defaults and dtypes. The results are bit-identical to Cellpose 3.1.1.1 on CPU on every recorded
+defaults and dtypes. :mod:`cellflow_rt.gpu.dynamics` is the GPU sibling: the same stages as numba
+CUDA kernels with the same arithmetic and results (``resize_and_compute_masks``, ``compute_masks``,
+``flow_errors``), chosen by ``--dynamics`` / ``EvalSettings.dynamics``. The results are bit-identical to Cellpose 3.1.1.1 on CPU on every recorded
 reference call (2D, 3D, stitching) and on the fixtures of ``tests/data``: the kernels reproduce
 the reference's float32/float64 arithmetic operation by operation (see the modules).
 
