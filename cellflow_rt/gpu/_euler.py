@@ -10,6 +10,8 @@ endpoint histogram with an integer atomic (order-independent, so exact).
 Points are the foreground pixels in row-major order (``_scan.compact``); endpoints are flat indices
 into the (Lz,) Ly, Lx grid.
 """
+import math
+
 import numpy as np
 from numba import cuda
 
@@ -146,9 +148,9 @@ def _trilinear_zero_pad(G, Lz, Ly, Lx, gx, gy, gz):
     ix = (mul32(gx + one, np.float32(Lx)) - one) / two
     iy = (mul32(gy + one, np.float32(Ly)) - one) / two
     iz = (mul32(gz + one, np.float32(Lz)) - one) / two
-    x0 = np.int64(np.floor(ix))
-    y0 = np.int64(np.floor(iy))
-    z0 = np.int64(np.floor(iz))
+    x0 = np.int64(math.floor(ix))
+    y0 = np.int64(math.floor(iy))
+    z0 = np.int64(math.floor(iz))
     ax = np.float32(x0 + 1) - ix
     bx = ix - np.float32(x0)
     ay = np.float32(y0 + 1) - iy

@@ -90,8 +90,15 @@ def _zeros(n: int, dtype, stream, value=0):
     return a
 
 
+def _host(device_array, stream) -> np.ndarray:
+    """A small device array on the host (a synchronisation point)."""
+    out = device_array.copy_to_host(stream=stream)
+    stream.synchronize()
+    return out
+
+
 def _scalar(device_array, stream) -> int:
-    return int(device_array.copy_to_host(stream=stream)[0])
+    return int(_host(device_array, stream)[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,7 +139,7 @@ def _get_masks(pts, n_points_dev, ends, hist, shape, max_size_fraction: float, s
     n_points = _scalar(n_points_dev, stream)
     keys = cuda.device_array(n_seeds, np.int32, stream=stream)
     _clusters.gather_counts[grid(n_seeds)[0], grid(n_seeds)[1], stream](hist, seeds, n_seeds, keys)
-    order = _sort.torch_cpu_argsort(keys.copy_to_host(stream=stream))
+    order = _sort.torch_cpu_argsort(_host(keys, stream))
     rank = np.empty(n_seeds, np.int32)
     rank[order] = np.arange(n_seeds, dtype=np.int32)
     label_grid = _zeros(n, np.int32, stream)
@@ -274,7 +281,7 @@ def flow_errors(masks, dP, stream=None) -> np.ndarray:
     with simulator_pace():
         labels = cuda.to_device(np.ascontiguousarray(labels, np.int32), stream=stream)
         dP = device_view(dP if is_device_array(dP) else np.asarray(dP, np.float32), stream)
-        return _flow_errors(labels, dP, n_labels, stream).copy_to_host(stream=stream)
+        return _host(_flow_errors(labels, dP, n_labels, stream), stream)
 
 
 def resize_and_compute_masks(dP, cellprob, *, niter, cellprob_threshold: float, flow_threshold: Optional[float],
