@@ -113,8 +113,8 @@ def _copy_example(savedir):
 def run(ctx, files, directory, image_path, img_filter, look_one_level_down, model_name, chan, chan2, all_channels,
         channel_axis, z_axis, invert, no_norm, norm_percentile, diameter, flow_threshold, cellprob_threshold,
         min_size, niter, resample, no_interp, augment, tile_overlap, batch_size, do_3D, anisotropy, flow3D_smooth,
-        stitch_threshold, use_gpu, provider, threads, precision, dynamics, savedir, save_png, save_tif, no_npy, save_txt, save_rois,
-        save_geojson, save_flows, save_ome, skip_existing, blocksize, overlap, scheduler, example):
+        stitch_threshold, use_gpu, provider, threads, precision, dynamics, savedir, save_png, save_tif, no_npy,
+        save_txt, save_rois, save_geojson, save_flows, save_ome, skip_existing, blocksize, overlap, scheduler, example):
     """Segment image FILES (or every image in --dir) and write Cellpose's output files."""
     from .batch import OutputOptions, run_batch
     from .gpu import DynamicsUnavailableError, choose_dynamics

@@ -66,7 +66,7 @@ def test_recorded_2d_calls_give_the_cpu_masks(case, window, resize):
     assert_identical(gpu_dynamics.resize_and_compute_masks(dP, cellprob, **kwargs), ref)
 
 
-def test_device_arrays_are_read_in_place_and_holes_filled_on_the_device():
+def test_device_arrays_are_read_in_place_and_holes_filled_on_the_host():
     # flows and cell probability as strided views of one device array, like a padded network output
     dP, cellprob, kwargs = recorded_call(REFERENCE_2D, "nuclei_256_float_invert", (slice(8, 56), slice(8, 56)))
     padded = np.zeros((3, 48, 56), np.float32)
@@ -74,7 +74,7 @@ def test_device_arrays_are_read_in_place_and_holes_filled_on_the_device():
     net_out = cuda.to_device(padded)
     dP_dev, cellprob_dev = net_out[:2, :, 4:52], net_out[2, :, 4:52]
     assert not dP_dev.is_c_contiguous()
-    ours = gpu_dynamics.resize_and_compute_masks(dP_dev, cellprob_dev, fill_holes="device", **kwargs)
+    ours = gpu_dynamics.resize_and_compute_masks(dP_dev, cellprob_dev, fill_holes="host", **kwargs)
     assert_identical(ours, dynamics.resize_and_compute_masks(dP, cellprob, **kwargs))
     with pytest.raises(ValueError, match="float32"):
         gpu_dynamics.compute_masks(cuda.to_device(dP.astype(np.float64)), cellprob)

@@ -18,11 +18,16 @@ holes holds the other label's pixels, so checking for a foreign label inside a h
 case where the two rules can differ; the kernel raises a flag and the caller redoes the image with
 the sequential CPU kernel. On the reference cases nested masks are rare.
 
-Why the host is the default: the masks come down once anyway, and the CPU kernel is a single
-pass over each box (about 10-20 ms for a 2048^2 image of a few thousand masks on one core, see
-``bench/bench_dynamics.py``), while the device version costs several kernel launches, a flag
-plane per box and a few dozen block-wide passes per plane. Which one is faster on a given GPU and
-CPU is measured by ``bench/gpu/dynamics_check.py`` (``fill_holes="host"`` vs ``"device"``).
+Why the device is the default (``fill_holes="device"``; ``"host"`` runs the CPU kernel on the
+downloaded masks): the CPU kernel is one sequential pass over every box, measured at 19 ms of CPU
+time for a synthetic 2048^2 image with 5994 masks (one Zen 4 core, median of 5,
+``bench/gpu/dynamics_check.py``'s synthetic case), two thirds of the 30 ms budget for the whole
+dynamics. On the device the same work is a few element-wise kernels and one block per mask doing a
+handful of block-wide passes over a box of a few hundred pixels: estimated well under a millisecond
+on an H100-class GPU, not measured (no GPU here). The host can still win where the CPU is idle
+while the GPU works (a streaming batch could fill one image on the host while the next runs on the
+device), and when masks are nested (the sequential redo). ``bench/gpu/dynamics_check.py`` times
+both (``gpu_dev`` and ``gpu_dev_hostfill``).
 """
 import numpy as np
 from numba import cuda

@@ -5,9 +5,10 @@ in :mod:`cellflow_rt.dynamics` and return the same host arrays (shape, dtype, id
 as numba CUDA kernels (private modules beside this one): foreground and masked flow, Euler
 integration with the endpoint histogram (``_euler``), seeds, growth and labels (``_clusters``),
 the flow-error check (``_flow_check``), the nearest resize and the casts (``_labels``), hole
-filling and ``min_size`` (``_fill``, or the CPU's, see ``fill_holes``). The arithmetic is the CPU
-path's, operation by operation (``_exact`` keeps FMA contraction out), so the masks are the CPU
-path's; the one host step inside is the seed sort (torch's CPU tie order, ``_clusters``).
+filling and ``min_size`` (``_fill``, or the CPU kernel with ``fill_holes="host"``). The
+arithmetic is the CPU path's, operation by operation (``_exact`` keeps FMA contraction out), so the
+masks are the CPU path's; the one host step inside is the seed sort (torch's CPU tie order,
+``_clusters``).
 
 Inputs: host numpy arrays, or device arrays, i.e. anything with ``__cuda_array_interface__``
 (numba, CuPy, torch, an ONNX Runtime ``OrtValue`` wrapped by the caller, ...), read in place
@@ -47,9 +48,9 @@ __all__ = ["compute_masks", "flow_errors", "resize_and_compute_masks", "FILL_HOL
 
 _DEFAULTS = EvalSettings()
 
-#: Where hole filling and ``min_size`` run: "host" (the CPU kernel on the downloaded masks, the
-#: default) or "device" (``_fill``). See ``_fill`` for why the host is the default.
-FILL_HOLES = ("host", "device")
+#: Where hole filling and ``min_size`` run: "device" (``_fill``, the default) or "host" (the CPU
+#: kernel on the downloaded masks). Same result; see ``_fill`` for the trade.
+FILL_HOLES = ("device", "host")
 
 _INT64_MAX = np.iinfo(np.int64).max
 
@@ -288,7 +289,7 @@ def resize_and_compute_masks(dP, cellprob, *, niter, cellprob_threshold: float, 
                              interp: bool, resize: Optional[Sequence[int]] = None,
                              min_size: int = _DEFAULTS.min_size,
                              max_size_fraction: float = _DEFAULTS.max_size_fraction,
-                             do_3D: bool = False, fill_holes: str = "host", stream=None) -> np.ndarray:
+                             do_3D: bool = False, fill_holes: str = "device", stream=None) -> np.ndarray:
     """:func:`cellflow_rt.dynamics.resize_and_compute_masks` on the GPU: same arguments and the
     same host masks (shape, dtype, ids).
 
@@ -297,7 +298,7 @@ def resize_and_compute_masks(dP, cellprob, *, niter, cellprob_threshold: float, 
     dP, cellprob, niter, cellprob_threshold, flow_threshold, interp, resize, min_size, max_size_fraction, do_3D
         As in :func:`cellflow_rt.dynamics.resize_and_compute_masks`; ``dP`` and ``cellprob`` may be
         device arrays (module docstring).
-    fill_holes : {"host", "device"}
+    fill_holes : {"device", "host"}
         Where hole filling and ``min_size`` run (same result; see ``_fill`` for the trade).
     stream : numba CUDA stream, optional
         Stream of the kernels and copies (default: the default stream).
