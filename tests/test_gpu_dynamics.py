@@ -133,6 +133,20 @@ def test_device_hole_filling_matches_the_cpu_rule():
     assert nested.copy_to_host()[0] == 1
 
 
+def test_big_masks_are_removed_like_on_the_cpu():
+    # two disks with ideal flows; max_size_fraction 0.1 of 32 x 32 = 102 px drops the larger (~150 px)
+    yy, xx = np.mgrid[:32, :32]
+    masks = np.zeros((32, 32), np.int32)
+    masks[(yy - 9) ** 2 + (xx - 9) ** 2 <= 16] = 1
+    masks[(yy - 20) ** 2 + (xx - 20) ** 2 <= 49] = 2
+    dP = (5 * dynamics.masks_to_flows(masks)).astype(np.float32)
+    cellprob = np.where(masks > 0, 3.0, -3.0).astype(np.float32)
+    kwargs = dict(niter=50, cellprob_threshold=0.0, flow_threshold=0.4, interp=True, max_size_fraction=0.1)
+    ref = dynamics.compute_masks(dP, cellprob, **kwargs)
+    assert ref.max() == 1 and np.array_equal(ref > 0, masks == 1)
+    assert_identical(gpu_dynamics.compute_masks(dP, cellprob, **kwargs), ref)
+
+
 def test_empty_foreground_and_bad_arguments():
     dP = np.zeros((2, 16, 16), np.float32)
     out = gpu_dynamics.resize_and_compute_masks(dP, np.full((16, 16), -5, np.float32), niter=200,
