@@ -16,14 +16,18 @@ parallel, with the same result.
 import numpy as np
 from numba import cuda
 
+from ._device import device_function, kernel
+
 _SEED_MIN_COUNT = 10
 _GROW_MIN_COUNT = 2
 _SEED_RADIUS = 2
 _GROW_STEPS = 5
 _W = 2 * _GROW_STEPS + 1
+_WINDOW_2D = _W * _W  # local array sizes must be module constants
+_WINDOW_3D = _W * _W * _W
 
 
-@cuda.jit
+@kernel
 def seed_flags(hist, Lz, Ly, Lx, flags):
     r = _SEED_RADIUS
     start, stride = cuda.grid(1), cuda.gridsize(1)
@@ -43,80 +47,86 @@ def seed_flags(hist, Lz, Ly, Lx, flags):
         flags[idx] = 1 if is_max else 0
 
 
-@cuda.jit
+@kernel
 def gather_counts(hist, seeds, n_seeds, keys):
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for s in range(start, n_seeds, stride):
         keys[s] = hist[seeds[s]]
 
 
-def _make_grow_and_paint(depth: int):
-    """The growth kernel for windows of ``depth`` planes (1 in 2D, 11 in 3D): local arrays need
-    sizes known when the kernel is compiled."""
+@device_function
+def _grow_and_paint(hist, Lz, Ly, Lx, seed, label, grid, region, queue, depth):
+    """Grow one seed in its (depth, 11, 11) window (``region`` / ``queue``: the thread's local
+    arrays of that size) and atomic-max ``label`` into ``grid`` over the region."""
     size = depth * _W * _W
     rz = _GROW_STEPS if depth > 1 else 0
     centre = (rz * _W + _GROW_STEPS) * _W + _GROW_STEPS
-
-    @cuda.jit
-    def grow_and_paint(hist, Lz, Ly, Lx, seeds, n_seeds, rank, grid):
-        start, stride = cuda.grid(1), cuda.gridsize(1)
-        for s in range(start, n_seeds, stride):
-            region = cuda.local.array(size, np.uint8)
-            queue = cuda.local.array(size, np.int16)
-            for q in range(size):
-                region[q] = 0
-            seed = seeds[s]
-            sz = seed // (Ly * Lx)
-            sy = (seed // Lx) % Ly
-            sx = seed % Lx
-            region[centre] = 1
-            queue[0] = centre
-            head = 0
-            tail = 1
-            for _ in range(_GROW_STEPS):
-                layer_end = tail
-                while head < layer_end:
-                    q = np.int64(queue[head])
-                    head += 1
-                    qz = q // (_W * _W)
-                    qy = (q // _W) % _W
-                    qx = q % _W
-                    for dz in range(-1, 2):
-                        wz = qz + dz
-                        z = sz + wz - rz
-                        if wz < 0 or wz >= depth or z < 0 or z >= Lz:
+    for q in range(size):
+        region[q] = 0
+    sz = seed // (Ly * Lx)
+    sy = (seed // Lx) % Ly
+    sx = seed % Lx
+    region[centre] = 1
+    queue[0] = centre
+    head = 0
+    tail = 1
+    for _ in range(_GROW_STEPS):
+        layer_end = tail
+        while head < layer_end:
+            q = np.int64(queue[head])
+            head += 1
+            qz = q // (_W * _W)
+            qy = (q // _W) % _W
+            qx = q % _W
+            for dz in range(-1, 2):
+                wz = qz + dz
+                z = sz + wz - rz
+                if wz < 0 or wz >= depth or z < 0 or z >= Lz:
+                    continue
+                for dy in range(-1, 2):
+                    wy = qy + dy
+                    y = sy + wy - _GROW_STEPS
+                    if y < 0 or y >= Ly:
+                        continue
+                    for dx in range(-1, 2):
+                        wx = qx + dx
+                        x = sx + wx - _GROW_STEPS
+                        w = (wz * _W + wy) * _W + wx
+                        if x < 0 or x >= Lx or region[w] != 0:
                             continue
-                        for dy in range(-1, 2):
-                            wy = qy + dy
-                            y = sy + wy - _GROW_STEPS
-                            if y < 0 or y >= Ly:
-                                continue
-                            for dx in range(-1, 2):
-                                wx = qx + dx
-                                x = sx + wx - _GROW_STEPS
-                                w = (wz * _W + wy) * _W + wx
-                                if x < 0 or x >= Lx or region[w] != 0:
-                                    continue
-                                if hist[(z * Ly + y) * Lx + x] > _GROW_MIN_COUNT:
-                                    region[w] = 1
-                                    queue[tail] = w
-                                    tail += 1
-            label = rank[s] + 1
-            for a in range(tail):
-                q = np.int64(queue[a])
-                z = sz + q // (_W * _W) - rz
-                y = sy + (q // _W) % _W - _GROW_STEPS
-                x = sx + q % _W - _GROW_STEPS
-                cuda.atomic.max(grid, (z * Ly + y) * Lx + x, label)
-
-    return grow_and_paint
+                        if hist[(z * Ly + y) * Lx + x] > _GROW_MIN_COUNT:
+                            region[w] = 1
+                            queue[tail] = w
+                            tail += 1
+    for a in range(tail):
+        q = np.int64(queue[a])
+        z = sz + q // (_W * _W) - rz
+        y = sy + (q // _W) % _W - _GROW_STEPS
+        x = sx + q % _W - _GROW_STEPS
+        cuda.atomic.max(grid, (z * Ly + y) * Lx + x, label)
 
 
-grow_and_paint_2d = _make_grow_and_paint(1)
-grow_and_paint_3d = _make_grow_and_paint(_W)
+@kernel
+def grow_and_paint_2d(hist, Lz, Ly, Lx, seeds, n_seeds, rank, grid):
+    """Regions of seeds ``s < n_seeds`` painted with ``rank[s] + 1`` (11 x 11 windows)."""
+    region = cuda.local.array(_WINDOW_2D, np.uint8)
+    queue = cuda.local.array(_WINDOW_2D, np.int16)
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for s in range(start, n_seeds, stride):
+        _grow_and_paint(hist, Lz, Ly, Lx, seeds[s], rank[s] + 1, grid, region, queue, 1)
 
 
-@cuda.jit
+@kernel
+def grow_and_paint_3d(hist, Lz, Ly, Lx, seeds, n_seeds, rank, grid):
+    """3D variant (11 x 11 x 11 windows; local arrays sized at compile time, hence two kernels)."""
+    region = cuda.local.array(_WINDOW_3D, np.uint8)
+    queue = cuda.local.array(_WINDOW_3D, np.int16)
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for s in range(start, n_seeds, stride):
+        _grow_and_paint(hist, Lz, Ly, Lx, seeds[s], rank[s] + 1, grid, region, queue, _W)
+
+
+@kernel
 def label_points(grid, ends, n_points, point_label, counts, first):
     """Label of each point (at its endpoint), per-label point counts and first point index."""
     start, stride = cuda.grid(1), cuda.gridsize(1)
@@ -128,7 +138,7 @@ def label_points(grid, ends, n_points, point_label, counts, first):
             cuda.atomic.min(first, k, j)
 
 
-@cuda.jit
+@kernel
 def first_of_kept(point_label, n_points, counts, first, max_count, flags):
     """flags[j] = 1 where point j is the first point of a label small enough to keep."""
     start, stride = cuda.grid(1), cuda.gridsize(1)
@@ -137,7 +147,7 @@ def first_of_kept(point_label, n_points, counts, first, max_count, flags):
         flags[j] = 1 if k > 0 and first[k] == j and np.float64(counts[k]) <= max_count else 0
 
 
-@cuda.jit
+@kernel
 def number_labels(firsts, n_kept, point_label, new_id):
     """new_id[label] = r + 1 for the label whose first point is the r-th kept first point
     (r < n_kept[0], a device count)."""
@@ -146,7 +156,7 @@ def number_labels(firsts, n_kept, point_label, new_id):
         new_id[point_label[firsts[r]]] = r + 1
 
 
-@cuda.jit
+@kernel
 def write_labels(pts, n_points, point_label, new_id, masks):
     """masks[pts[j]] = new id of point j's label (masks zeroed beforehand)."""
     start, stride = cuda.grid(1), cuda.gridsize(1)

@@ -66,6 +66,13 @@ def simulator_pace():
         sys.setswitchinterval(previous)
 
 
+def kernel(fn):
+    """``cuda.jit`` with numba's on-disk cache (compiled once per GPU architecture, not per process;
+    ``cellflow_rt._numba`` chose the cache directory). Kernels must be module-level functions: the
+    cache keys on their qualified name."""
+    return cuda.jit(fn) if SIMULATOR else cuda.jit(cache=True)(fn)
+
+
 def device_function(fn=None, **options):
     """``cuda.jit(device=True, **options)`` on a GPU; the plain Python function in the simulator,
     whose device-function calls cost tens of microseconds each (a module swap per call)."""

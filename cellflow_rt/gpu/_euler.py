@@ -15,11 +15,11 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._device import device_function
+from ._device import device_function, kernel
 from ._exact import mul32, mul64
 
 
-@cuda.jit
+@kernel
 def masked_flow_2d(dP, cellprob, threshold, F, flags):
     """Foreground flags and flow ``dP * fg / 5`` (n_pixels, 2) from (2, Ly, Lx) / (Ly, Lx) arrays
     of any strides; ``threshold`` has ``cellprob``'s dtype (numpy compares in that dtype)."""
@@ -39,7 +39,7 @@ def masked_flow_2d(dP, cellprob, threshold, F, flags):
             F[i, 1] = np.float32(0.0)
 
 
-@cuda.jit
+@kernel
 def masked_flow_3d(dP, cellprob, threshold, grid_sample, F, flags):
     """3D variant: (dZ, dY, dX) / 5, or with ``grid_sample`` torch's layout (x, y, z) scaled by
     2 / (L - 1) (``dynamics._euler.grid_sample_flow``)."""
@@ -99,7 +99,7 @@ def _bilinear_2d(F, Ly, Lx, py, px):
     return np.float32(out0), np.float32(out1)
 
 
-@cuda.jit
+@kernel
 def euler_2d(F, Ly, Lx, pts, count, niter, interp, ends, hist):
     """Endpoint of each point ``pts[j]`` (j < count[0]) into ``ends[j]``; ``hist[end] += 1``."""
     n = count[0]
@@ -189,7 +189,7 @@ def _step_3d(grid_sample, F, Lz, Ly, Lx, z, y, x):
             min(max(x + F[k, 2], zero), np.float32(Lx - 1)))
 
 
-@cuda.jit
+@kernel
 def euler_3d(grid_sample, F, Lz, Ly, Lx, pts, count, niter, ends, hist):
     """3D endpoints: ``dynamics._euler.euler_3d`` per thread (fixed points, 2-cycles, Brent)."""
     n = count[0]

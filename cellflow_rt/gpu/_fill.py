@@ -32,12 +32,12 @@ both (``gpu_dev`` and ``gpu_dev_hostfill``).
 import numpy as np
 from numba import cuda
 
-from ._device import blocks_per_item, grid
+from ._device import blocks_per_item, grid, kernel
 from ._labels import fill
 from ._scan import compact, exclusive_scan
 
 
-@cuda.jit
+@kernel
 def label_boxes(masks, lo, hi, npix):
     """Per label k: box (z, y, x) into lo[k], hi[k] (start large / -1) and voxel count."""
     Lz, Ly, Lx = masks.shape
@@ -57,7 +57,7 @@ def label_boxes(masks, lo, hi, npix):
             cuda.atomic.add(npix, k, 1)
 
 
-@cuda.jit
+@kernel
 def kept_labels(npix, n_labels, min_size, flags):
     """flags[k] = 1 for a label present and kept by ``min_size``."""
     start, stride = cuda.grid(1), cuda.gridsize(1)
@@ -66,7 +66,7 @@ def kept_labels(npix, n_labels, min_size, flags):
         flags[k] = 1 if k > 0 and n > 0 and (min_size <= 0 or n >= min_size) else 0
 
 
-@cuda.jit
+@kernel
 def plane_areas(lo, hi, flags, n_labels, areas):
     """areas[k] = Y x X area of a kept label's box (the flag plane it needs), else 0."""
     start, stride = cuda.grid(1), cuda.gridsize(1)
@@ -74,14 +74,14 @@ def plane_areas(lo, hi, flags, n_labels, areas):
         areas[k] = (hi[k, 1] - lo[k, 1] + 1) * (hi[k, 2] - lo[k, 2] + 1) if flags[k] != 0 else 0
 
 
-@cuda.jit
+@kernel
 def number_kept(kept, n_kept, new_id):
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for r in range(start, n_kept[0], stride):
         new_id[kept[r]] = r + 1
 
 
-@cuda.jit
+@kernel
 def fill_boxes(masks, n_labels, lo, hi, new_id, offsets, outside, out, nested):
     """One block per kept label: holes of each Z plane of its box filled with its new id in ``out``
     (zeroed beforehand); ``nested[0] = 1`` if a hole holds another label."""

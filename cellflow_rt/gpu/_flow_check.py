@@ -25,11 +25,11 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._device import MASK_THREADS, device_function
+from ._device import MASK_THREADS, device_function, kernel
 from ._exact import mul64
 
 
-@cuda.jit
+@kernel
 def mask_stats(masks, lo_y, hi_y, lo_x, hi_x, npix, sum_y, sum_x):
     """Per label k (arrays indexed by k): box, pixel count, sums of Y and X (image coordinates).
     ``lo_*`` start at a large value, ``hi_*`` at -1, the rest at 0."""
@@ -49,7 +49,7 @@ def mask_stats(masks, lo_y, hi_y, lo_x, hi_x, npix, sum_y, sum_x):
             cuda.atomic.add(sum_x, k, x)
 
 
-@cuda.jit
+@kernel
 def box_areas(lo_y, hi_y, lo_x, hi_x, n_labels, areas):
     """Padded box area of labels 1..n_labels into ``areas[k - 1]`` (0 for an absent label)."""
     start, stride = cuda.grid(1), cuda.gridsize(1)
@@ -117,7 +117,7 @@ def _ordered_sum(E, inside, off, area):
     return s
 
 
-@cuda.jit
+@kernel
 def mask_errors(masks, dP, n_labels, lo_y, hi_y, lo_x, hi_x, npix, sum_y, sum_x, offsets, T0, T1, inside, err):
     """Flow error of labels 1..n_labels into ``err[k - 1]`` (NaN for an absent label); one block
     per label (grid-stride over labels)."""
@@ -190,7 +190,7 @@ def mask_errors(masks, dP, n_labels, lo_y, hi_y, lo_x, hi_x, npix, sum_y, sum_x,
         cuda.syncthreads()
 
 
-@cuda.jit
+@kernel
 def drop_bad_masks(masks, err, threshold, max_kept):
     """Labels whose error exceeds ``threshold`` set to 0; ``max_kept[0]`` = largest kept label."""
     Ly, Lx = masks.shape

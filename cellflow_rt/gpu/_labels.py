@@ -1,8 +1,10 @@
 """Small element-wise kernels on label arrays: fill, nearest resize, cast for the download."""
 from numba import cuda
 
+from ._device import kernel
 
-@cuda.jit
+
+@kernel
 def fill(a, value):
     """a[:] = value (1D)."""
     start, stride = cuda.grid(1), cuda.gridsize(1)
@@ -10,7 +12,7 @@ def fill(a, value):
         a[i] = value
 
 
-@cuda.jit
+@kernel
 def gather_2d(src, rows, cols, dst):
     """dst[y, x] = src[rows[y], cols[x]]: OpenCV's INTER_NEAREST with precomputed indices."""
     Ly, Lx = dst.shape
@@ -21,7 +23,7 @@ def gather_2d(src, rows, cols, dst):
         dst[y, x] = src[rows[y], cols[x]]
 
 
-@cuda.jit
+@kernel
 def gather_3d(src, planes, rows, cols, dst):
     """dst[z, y, x] = src[planes[z], rows[y], cols[x]]."""
     Lz, Ly, Lx = dst.shape
@@ -33,7 +35,7 @@ def gather_3d(src, planes, rows, cols, dst):
         dst[z, y, x] = src[planes[z], rows[y], cols[x]]
 
 
-@cuda.jit
+@kernel
 def cast(src, dst):
     """dst[i] = src[i] in dst's dtype (1D views)."""
     start, stride = cuda.grid(1), cuda.gridsize(1)

@@ -15,14 +15,14 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._device import SIMULATOR, grid
+from ._device import SIMULATOR, grid, kernel
 
 #: Items per thread in a chunk (small on a GPU for parallelism; larger in the simulator, where
 #: every simulated thread costs a Python thread).
 CHUNK = 1024 if SIMULATOR else 256
 
 
-@cuda.jit
+@kernel
 def _count_chunks(flags, n, chunk, counts):
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for c in range(start, counts.shape[0], stride):
@@ -33,7 +33,7 @@ def _count_chunks(flags, n, chunk, counts):
         counts[c] = s
 
 
-@cuda.jit
+@kernel
 def _sum_chunks(values, n, chunk, sums):
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for c in range(start, sums.shape[0], stride):
@@ -43,7 +43,7 @@ def _sum_chunks(values, n, chunk, sums):
         sums[c] = s
 
 
-@cuda.jit
+@kernel
 def _scan_chunks(values, n, chunk, offsets):
     """values[i] <- offsets[chunk of i] + sum of the chunk's values before i."""
     start, stride = cuda.grid(1), cuda.gridsize(1)
@@ -55,7 +55,7 @@ def _scan_chunks(values, n, chunk, offsets):
             run += v
 
 
-@cuda.jit
+@kernel
 def _scan_one_thread(values, n, total):
     if cuda.grid(1) == 0:
         run = 0
@@ -66,7 +66,7 @@ def _scan_one_thread(values, n, total):
         total[0] = run
 
 
-@cuda.jit
+@kernel
 def _scatter_flagged(flags, n, chunk, offsets, out):
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for c in range(start, offsets.shape[0], stride):
