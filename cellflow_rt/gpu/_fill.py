@@ -19,9 +19,9 @@ case where the two rules can differ; the kernel raises a flag and the caller red
 the sequential CPU kernel. On the reference cases nested masks are rare.
 
 Why the device is the default (``fill_holes="device"``; ``"host"`` runs the CPU kernel on the
-downloaded masks): the CPU kernel is one sequential pass over every box, measured at 19 ms of CPU
-time for a synthetic 2048^2 image with 5994 masks (one Zen 4 core, median of 5,
-``bench/gpu/dynamics_check.py``'s synthetic case), two thirds of the 30 ms budget for the whole
+downloaded masks): the CPU kernel is one sequential pass over every box, measured at 20 ms of CPU
+time (median of 5: 18.8-25.4 ms) for ``bench/gpu/dynamics_check.py``'s synthetic 2048^2 case with
+5994 masks, on one Zen 4 core of a shared machine: two thirds of the 30 ms budget for the whole
 dynamics. On the device the same work is a few element-wise kernels and one block per mask doing a
 handful of block-wide passes over a box of a few hundred pixels: estimated well under a millisecond
 on an H100-class GPU, not measured (no GPU here). The host can still win where the CPU is idle
