@@ -1,5 +1,10 @@
 """Shared test fixtures: paths to ../shared and the bundled models."""
+import os
 from pathlib import Path
+
+# numba.cuda kernels run on numba's CUDA simulator (CI has no GPU) unless the caller chose otherwise;
+# set before anything imports numba.
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 import pytest
 
