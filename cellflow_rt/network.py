@@ -127,6 +127,8 @@ class Network:
             # CUDA and cuDNN from the nvidia-* pip packages, when that is where they are
             ort.preload_dlls()
         options_per_provider = [self._provider_options(p, cache_dir, precision, batch_size, nchan) for p in chosen]
+        #: The options each requested provider was given (:mod:`.provider_options`).
+        self.session_provider_options = dict(zip(chosen, options_per_provider))
         try:
             self.session = ort.InferenceSession(str(self.onnx_path), sess_options=options,
                                                 providers=chosen, provider_options=options_per_provider)
