@@ -125,4 +125,17 @@ def test_device_path_is_chosen_for_a_gpu_network_with_gpu_dynamics(model):
     assert not pipeline.device_resident(model, gpu_dynamics)  # the network runs on the CPU
     assert not pipeline.device_resident(gpu_model, types.SimpleNamespace(do_3D=False, dynamics="cpu"))
     assert not pipeline.device_resident(gpu_model, types.SimpleNamespace(do_3D=True, dynamics="gpu"))
-    assert not pipeline.device_resident(gpu_model, EvalSettings())  # no dynamics option: the CPU's
+
+
+def test_the_device_buffers_go_with_their_network(model):
+    import gc
+
+    from cellflow_rt.gpu.flows import _RUNNERS, device_flows
+
+    net = Network(model.info.onnx_path, providers="cpu", num_threads=1)
+    device_flows(net)
+    assert net in _RUNNERS
+    count = len(_RUNNERS)
+    del net
+    gc.collect()
+    assert len(_RUNNERS) == count - 1

@@ -9,11 +9,12 @@ Standard library only (it runs under any python3, here and on the GPU machine).
   (Cellpose 3.1.1.1 and the packages it needs that the machine lacks), ``manifest.json`` and the
   first slice of the payload;
 - ``call2/`` .. ``callN/``: one slice each;
-- the payload is one xz-compressed tar: the shared reference images, parameters and masks of the
-  2D cases, ``shared/tools/synth.py``, the bundled ONNX models with their manifests next to the
-  Cellpose checkpoints they were exported from (adjacent, so that xz stores their common weights
-  once: about 106 MB -> 57 MB), and the unpacked onnxruntime-gpu wheel (xz packs its libraries
-  far tighter than the wheel's zip does);
+- the payload is two xz-compressed tars, one after the other: ``data`` (the shared reference
+  images, parameters and masks of the 2D cases, ``shared/tools/synth.py``, the bundled ONNX models
+  with their manifests next to the Cellpose checkpoints they were exported from: adjacent, so that
+  xz stores their common weights once, about 106 MB -> 57 MB) and ``ort`` (the unpacked
+  onnxruntime-gpu wheel, through xz's x86 filter: its libraries come out far smaller than in the
+  wheel's zip, 244 -> about 195 MiB);
 - ``CALLS.md``: the exact sequence of ``run`` calls for this preparation.
 
 A call may carry 64 MiB in all, the checkout included; ``pack`` measures the checkout as it will
@@ -41,8 +42,12 @@ from pathlib import Path
 
 LIMIT = 64 * 2**20
 #: Left free in every call: the checkout can grow a little between ``pack`` and the calls.
-MARGIN = 2**20
-PAYLOAD = "payload.tar.xz"
+MARGIN = 2**19
+PAYLOAD = "payload.bin"
+#: The payload's archives, in order, and their xz filters (x86 branch conversion for machine code).
+ARCHIVES = ("data", "ort")
+_LZMA2 = {"id": lzma.FILTER_LZMA2, "preset": 9}
+FILTERS = {"data": [_LZMA2], "ort": [{"id": lzma.FILTER_X86}, _LZMA2]}
 
 
 def checkout_bytes(repo: Path) -> int:
@@ -84,25 +89,28 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def build_payload(repo: Path, shared: Path, ort_wheel: Path, target: Path) -> None:
-    """The xz-compressed tar of everything the last call unpacks (see the module docstring)."""
+def build_archive(name: str, repo: Path, shared: Path, ort_wheel: Path, target: Path) -> None:
+    """One of the payload's xz-compressed tars (see the module docstring)."""
     tmp = target.with_suffix(".partial")
-    with lzma.open(tmp, "wb", preset=9 | lzma.PRESET_EXTREME) as xz, tarfile.open(fileobj=xz, mode="w") as tar:
-        tar.add(shared / "tools" / "synth.py", "shared/tools/synth.py")
-        for case in sorted((shared / "reference" / "2d").iterdir()):
-            for name in ("image.tif", "params.json"):
-                tar.add(case / name, f"ref2d/{case.name}/{name}")
-            with zipfile.ZipFile(case / "outputs.npz") as npz:  # the masks alone, as .npy
-                _add_bytes(tar, f"ref2d/{case.name}/masks.npy", npz.read("masks.npy"))
-        for model, checkpoint in (("nuclei_demo", "cellflow_nuclei_demo"), ("cyto_demo", "cellflow_cyto_demo")):
-            tar.add(repo / "models" / f"{model}.json", f"models/{model}.json")
-            onnx = repo / "models" / f"{model}.onnx"
-            tar.add(onnx if onnx.is_file() else repo / ".gpu" / "stash" / onnx.name, f"models/{model}.onnx")
-            tar.add(shared / "weights" / checkpoint, f"weights/{checkpoint}")
-        with zipfile.ZipFile(ort_wheel) as wheel:
-            for member in wheel.infolist():
-                if not member.is_dir():
-                    _add_bytes(tar, f"site/{member.filename}", wheel.read(member))
+    with lzma.open(tmp, "wb", format=lzma.FORMAT_XZ, filters=FILTERS[name]) as xz, \
+            tarfile.open(fileobj=xz, mode="w") as tar:
+        if name == "ort":
+            with zipfile.ZipFile(ort_wheel) as wheel:
+                for member in wheel.infolist():
+                    if not member.is_dir():
+                        _add_bytes(tar, f"site/{member.filename}", wheel.read(member))
+        else:
+            tar.add(shared / "tools" / "synth.py", "shared/tools/synth.py")
+            for case in sorted((shared / "reference" / "2d").iterdir()):
+                for file in ("image.tif", "params.json"):
+                    tar.add(case / file, f"ref2d/{case.name}/{file}")
+                with zipfile.ZipFile(case / "outputs.npz") as npz:  # the masks alone, as .npy
+                    _add_bytes(tar, f"ref2d/{case.name}/masks.npy", npz.read("masks.npy"))
+            for model, checkpoint in (("nuclei_demo", "cellflow_nuclei_demo"), ("cyto_demo", "cellflow_cyto_demo")):
+                tar.add(repo / "models" / f"{model}.json", f"models/{model}.json")
+                onnx = repo / "models" / f"{model}.onnx"
+                tar.add(onnx if onnx.is_file() else repo / ".gpu" / "stash" / onnx.name, f"models/{model}.onnx")
+                tar.add(shared / "weights" / checkpoint, f"weights/{checkpoint}")
     tmp.replace(target)
 
 
@@ -115,8 +123,12 @@ def _sha256(paths) -> str:
     return digest.hexdigest()
 
 
-def split_payload(payload: Path, gpu_dir: Path, checkout: int) -> int:
-    """Cut the payload into the calls' slices; write manifest.json and CALLS.md. Returns the number of calls."""
+def split_payload(payload: Path, gpu_dir: Path, checkout: int, archive_sizes=None) -> int:
+    """Cut the payload into the calls' slices; write manifest.json and CALLS.md. Returns the number of calls.
+
+    ``archive_sizes`` lists (name, bytes) of the archives joined in ``payload``, in order.
+    """
+    archive_sizes = [list(a) for a in (archive_sizes or [("data", payload.stat().st_size)])]
     for old in gpu_dir.glob("call*/stream.part*"):
         old.unlink()
     for old in gpu_dir.glob("call[0-9]*"):
@@ -141,6 +153,7 @@ def split_payload(payload: Path, gpu_dir: Path, checkout: int) -> int:
             src.seek(a)
             (folder / f"stream.part{k:02d}").write_bytes(src.read(b - a))
     manifest = {"slices": len(slices), "payload_bytes": size, "payload_sha256": _sha256([payload]),
+                "archives": archive_sizes,
                 "checkout_bytes": checkout, "call_bytes": {f"call{k}": _tree_bytes(gpu_dir / f"call{k}")
                                                            for k, _, _ in slices}}
     (call1 / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -183,8 +196,13 @@ def unpack(state: Path) -> None:
                 shutil.copyfileobj(f, out, 1 << 22)
             part.unlink()
     target = state / "payload"
-    with tarfile.open(joined, "r:xz") as tar:
-        tar.extractall(target, filter="data") if sys.version_info >= (3, 12) else tar.extractall(target)
+    offset = 0
+    with open(joined, "rb") as f:
+        for name, size in manifest["archives"]:
+            f.seek(offset)
+            with tarfile.open(fileobj=lzma.LZMAFile(io.BytesIO(f.read(size))), mode="r:") as tar:
+                tar.extractall(target, filter="data") if sys.version_info >= (3, 12) else tar.extractall(target)
+            offset += size
     joined.unlink()
 
 
@@ -207,15 +225,27 @@ def main(argv=None) -> None:
     gpu_dir = (args.gpu_dir or repo / ".gpu").resolve()
     ort_wheel = next(args.wheels.glob("onnxruntime_gpu-*.whl"))
     build_call1(shared, args.wheels, gpu_dir / "call1")
-    payload = gpu_dir / "build" / PAYLOAD
-    payload.parent.mkdir(parents=True, exist_ok=True)
-    stamp = payload.with_suffix(".inputs")
-    inputs = json.dumps([ort_wheel.name, ort_wheel.stat().st_size, checkout_inputs(repo, shared)])
-    if not payload.is_file() or not stamp.is_file() or stamp.read_text() != inputs:
-        print(f"compressing the payload (xz -9e, several minutes) into {payload}", file=sys.stderr, flush=True)
-        build_payload(repo, shared, ort_wheel, payload)
+    build = gpu_dir / "build"
+    build.mkdir(parents=True, exist_ok=True)
+    stamp = build / "inputs.json"
+    inputs = json.dumps([ort_wheel.name, ort_wheel.stat().st_size, checkout_inputs(repo, shared),
+                         {k: str(v) for k, v in FILTERS.items()}])
+    archives = [build / f"{name}.tar.xz" for name in ARCHIVES]
+    if not all(a.is_file() for a in archives) or not stamp.is_file() or stamp.read_text() != inputs:
+        print(f"compressing the payload (xz -9, minutes) into {build}", file=sys.stderr, flush=True)
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(len(ARCHIVES)) as pool:
+            for done in [pool.submit(build_archive, name, repo, shared, ort_wheel, archive)
+                         for name, archive in zip(ARCHIVES, archives)]:
+                done.result()
         stamp.write_text(inputs)
-    n = split_payload(payload, gpu_dir, checkout_bytes(repo))
+    payload = build / PAYLOAD
+    with open(payload, "wb") as out:
+        for archive in archives:
+            with open(archive, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 22)
+    n = split_payload(payload, gpu_dir, checkout_bytes(repo), [(a.name.split(".")[0], a.stat().st_size) for a in archives])
+    payload.unlink()
     print((gpu_dir / "CALLS.md").read_text())
     print(f"{n} calls prepared in {gpu_dir}", file=sys.stderr)
 

@@ -47,9 +47,14 @@ class DeviceFlows:
     """
 
     def __init__(self, net):
-        self.net = net
+        # weakly: _RUNNERS maps the network to this object, which must not keep the network alive
+        self._net = weakref.ref(net)
         self._buffers = {}
         self._lock = threading.Lock()
+
+    @property
+    def net(self):
+        return self._net()
 
     def run(self, planes, rescale=None, augment: bool = False, batch_size: int = 8, tile_overlap: float = 0.1,
             bsize: int = BSIZE) -> Tuple[object, np.ndarray]:
