@@ -216,7 +216,8 @@ class Network:
         its stream at the end of a run).
         """
         if not self.on_gpu:
-            raise RuntimeError(f"run_on_device needs the CUDA or TensorRT provider; this session runs on {self.providers[0]}")
+            raise RuntimeError("run_on_device needs the CUDA or TensorRT provider; this session runs on "
+                               f"{self.providers[0]}")
         binding = self.session.io_binding()
         for name, array, bind in (("image", tiles, binding.bind_input), ("flows", flows_out, binding.bind_output),
                                   ("style", styles_out, binding.bind_output)):
@@ -230,7 +231,8 @@ def _device_buffer(array, name: str) -> Tuple[int, list]:
     """Pointer and shape of a C-contiguous float32 device array, from its ``__cuda_array_interface__``."""
     interface = getattr(array, "__cuda_array_interface__", None)
     if interface is None:
-        raise TypeError(f"{name}: expected a CUDA device array (with __cuda_array_interface__), got {type(array).__name__}")
+        raise TypeError(f"{name}: expected a CUDA device array (with __cuda_array_interface__), "
+                        f"got {type(array).__name__}")
     shape = [int(d) for d in interface["shape"]]
     if interface["typestr"] != "<f4":
         raise TypeError(f"{name}: expected float32, got {interface['typestr']}")

@@ -283,7 +283,8 @@ class Check:
         for kind in E2E:
             image_path = self.scratch / f"image_{kind}.npy"
             np.save(image_path, self.image(kind))
-            spec["cases"][kind] = {"image": str(image_path), "weights": str(self.payload / "weights" / E2E[kind]["weights"]),
+            weights = self.payload / "weights" / E2E[kind]["weights"]
+            spec["cases"][kind] = {"image": str(image_path), "weights": str(weights),
                                    "eval": E2E[kind]["eval"], "masks_out": str(self.scratch / f"cellpose_{kind}.npy")}
         spec_path = self.scratch / "cellpose_spec.json"
         spec_path.write_text(json.dumps(spec))
@@ -301,7 +302,8 @@ class Check:
                 mine = ours.get(f"{kind}_{precision}", {})
                 if "raw_in_ms" in mine:
                     theirs[f"speedup_raw_in_{precision}"] = round(theirs["median_ms"] / mine["raw_in_ms"], 2)
-                    theirs[f"speedup_normalised_in_{precision}"] = round(theirs["median_ms"] / mine["normalised_in_ms"], 2)
+                    theirs[f"speedup_normalised_in_{precision}"] = round(
+                        theirs["median_ms"] / mine["normalised_in_ms"], 2)
                 ours_masks = self.scratch / f"ours_{kind}_{precision}.npy"
                 if ours_masks.is_file():
                     theirs[f"ap_vs_ours_{precision}"] = ap(np.load(spec["cases"][kind]["masks_out"]),

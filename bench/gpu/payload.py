@@ -41,8 +41,9 @@ import zipfile
 from pathlib import Path
 
 LIMIT = 64 * 2**20
-#: Left free in every call: the checkout can grow a little between ``pack`` and the calls.
-MARGIN = 2**19
+#: Left free in every call (``$GPU_CALL_MARGIN_MIB``, default 0.5): the checkout may change a little
+#: between ``pack`` and the calls.
+MARGIN = int(float(os.environ.get("GPU_CALL_MARGIN_MIB", "0.5")) * 2**20)
 PAYLOAD = "payload.bin"
 #: The payload's archives, in order, and their xz filters (x86 branch conversion for machine code).
 ARCHIVES = ("data", "ort")
@@ -244,7 +245,8 @@ def main(argv=None) -> None:
         for archive in archives:
             with open(archive, "rb") as f:
                 shutil.copyfileobj(f, out, 1 << 22)
-    n = split_payload(payload, gpu_dir, checkout_bytes(repo), [(a.name.split(".")[0], a.stat().st_size) for a in archives])
+    sizes = [(name, archive.stat().st_size) for name, archive in zip(ARCHIVES, archives)]
+    n = split_payload(payload, gpu_dir, checkout_bytes(repo), sizes)
     payload.unlink()
     print((gpu_dir / "CALLS.md").read_text())
     print(f"{n} calls prepared in {gpu_dir}", file=sys.stderr)
