@@ -2,10 +2,18 @@
 
 Used by ``cellflow-rt run``. Each input is handled in isolation: an exception is recorded as a
 failure for that file (with a one-line reason) and the batch moves on.
+
+Two schedules. On the CPU (or with the dynamics on the CPU) the network of file i+1 runs in a
+worker thread while file i's dynamics and outputs run in the caller's thread. On the GPU path
+(network and dynamics both on the device, :func:`~cellflow_rt.pipeline.device_resident`) the device
+does all the computing, so the host's share is taken off its way: a reader thread reads and
+normalises the next files, the caller's thread runs the network and dynamics of one file after
+another, and a writer thread writes each result while the next one computes (streaming).
 """
 from __future__ import annotations
 
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +23,7 @@ import numpy as np
 
 from .io import image_stem
 from .loaded_model import LoadedModel
-from .pipeline import Prediction, Segmentation, finish, predict
+from .pipeline import Prediction, Segmentation, device_resident, finish, predict, predict_prepared, prepare_image
 from .settings import EvalSettings
 
 
@@ -108,11 +116,7 @@ def _read_and_predict(path: Path, model: LoadedModel, settings: EvalSettings, es
 
 def _finish_and_write(path: Path, prediction: Prediction, options: OutputOptions, started: float) -> FileResult:
     """Dynamics half of one file: masks from the flows, then the output files."""
-    seg = finish(prediction)
-    files = write_outputs(path, seg, prediction.settings, options)
-    n_masks = int(np.count_nonzero(np.unique(seg.masks))) if seg.masks.size else 0
-    return FileResult(path, True, n_masks=n_masks, diameter=seg.diameter, seconds=time.perf_counter() - started,
-                      outputs=files)
+    return _write(path, finish(prediction), prediction.settings, options, started)
 
 
 def segment_file(path: Path, model: LoadedModel, settings: EvalSettings, options: OutputOptions,
@@ -120,6 +124,32 @@ def segment_file(path: Path, model: LoadedModel, settings: EvalSettings, options
     """Read, segment (estimating the diameter if asked) and write one file."""
     started = time.perf_counter()
     return _finish_and_write(path, _read_and_predict(path, model, settings, estimate), options, started)
+
+
+def _read_and_prepare(path: Path, model: LoadedModel, settings: EvalSettings):
+    """Streaming reader: the image and its normalised planes (the host's share of the network half)."""
+    from .io import imread
+
+    image = imread(path)
+    tic = time.perf_counter()
+    return image, prepare_image(image, settings, model.nchan), time.perf_counter() - tic
+
+
+def _compute(image, x, preprocess_seconds: float, model: LoadedModel, settings: EvalSettings, estimate: bool):
+    """Streaming compute: diameter estimate if asked, network and dynamics (on the device)."""
+    if estimate and not settings.do_3D and model.size_model is not None and np.asarray(image).ndim < 4:
+        from .diameter import estimate_diameter
+        diameter, _ = estimate_diameter(image, model, settings)
+        settings = settings.with_(diameter=diameter)
+    return finish(predict_prepared(x, model, settings, {"preprocess": preprocess_seconds}))
+
+
+def _write(path: Path, seg: Segmentation, settings: EvalSettings, options: OutputOptions, started: float) -> FileResult:
+    """The output files of one result (the streaming writer thread's job)."""
+    files = write_outputs(path, seg, settings, options)
+    n_masks = int(np.count_nonzero(np.unique(seg.masks))) if seg.masks.size else 0
+    return FileResult(path, True, n_masks=n_masks, diameter=seg.diameter, seconds=time.perf_counter() - started,
+                      outputs=files)
 
 
 def _failure(path: Path, exc: BaseException) -> FileResult:
@@ -130,11 +160,13 @@ def _failure(path: Path, exc: BaseException) -> FileResult:
 
 def run_batch(paths: Sequence[Path], model: LoadedModel, settings: EvalSettings, options: OutputOptions,
               estimate: bool = False, skip_existing: bool = False,
-              on_result: Optional[Callable[[int, FileResult], None]] = None) -> List[FileResult]:
+              on_result: Optional[Callable[[int, FileResult], None]] = None,
+              streaming: Optional[bool] = None) -> List[FileResult]:
     """Segment every file; failures are recorded, never raised.
 
     The network of file i+1 runs in a worker thread while file i's dynamics and outputs run here
-    (ONNX Runtime and the numba kernels release the GIL), so a GPU is kept busy in batch runs.
+    (ONNX Runtime and the numba kernels release the GIL); on the GPU path the files stream through
+    a reader thread, the device and a writer thread instead (see the module docstring).
 
     Parameters
     ----------
@@ -151,10 +183,16 @@ def run_batch(paths: Sequence[Path], model: LoadedModel, settings: EvalSettings,
     skip_existing : bool
         Skip inputs whose outputs all exist already.
     on_result : callable, optional
-        Called with (index, FileResult) after each file (progress reporting).
+        Called with (index, FileResult) after each file, in input order (progress reporting).
+    streaming : bool, optional
+        Force (True) or forbid (False) the streaming schedule; default: streaming on the GPU path.
     """
     paths = [Path(p) for p in paths]
     todo = [not (skip_existing and all(p.exists() for p in expected_outputs(path, options))) for path in paths]
+    if streaming is None:
+        streaming = device_resident(model, settings)
+    if streaming:
+        return _run_streaming(paths, todo, model, settings, options, estimate, on_result)
 
     def start(i):
         if i >= len(paths) or not todo[i]:
@@ -186,3 +224,69 @@ def run_batch(paths: Sequence[Path], model: LoadedModel, settings: EvalSettings,
             if on_result is not None:
                 on_result(i, result)
     return results
+
+
+#: Files read and normalised ahead of the one computing (each holds an image and its float32 planes).
+READ_AHEAD = 2
+
+
+def _run_streaming(paths: List[Path], todo: List[bool], model: LoadedModel, settings: EvalSettings,
+                   options: OutputOptions, estimate: bool,
+                   on_result: Optional[Callable[[int, FileResult], None]]) -> List[FileResult]:
+    """Read (thread) -> network and dynamics (here, on the device) -> write (thread), in input order.
+
+    At most :data:`READ_AHEAD` files are read ahead and one result waits to be written, so memory
+    stays bounded; a failure at any stage is that file's alone.
+    """
+    results: List[Optional[FileResult]] = [None if wanted else FileResult(path, True, skipped=True)
+                                           for path, wanted in zip(paths, todo)]
+    reported = 0
+
+    def report_ready():
+        nonlocal reported
+        while reported < len(paths) and results[reported] is not None:
+            if on_result is not None:
+                on_result(reported, results[reported])
+            reported += 1
+
+    queue = deque(i for i, wanted in enumerate(todo) if wanted)
+    with ThreadPoolExecutor(1, thread_name_prefix="cellflow-read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="cellflow-write") as writer:
+        reads = deque()
+
+        def read_next():
+            if queue:
+                i = queue.popleft()
+                reads.append((i, time.perf_counter(), reader.submit(_read_and_prepare, paths[i], model, settings)))
+
+        for _ in range(READ_AHEAD):
+            read_next()
+        writing = None
+        while reads:
+            i, started, future = reads.popleft()
+            read_next()
+            seg = None
+            try:
+                image, x, preprocess_seconds = future.result()
+                seg = _compute(image, x, preprocess_seconds, model, settings, estimate)
+            except Exception as exc:  # one bad file must not lose the others' results
+                results[i] = _failure(paths[i], exc)
+            del future
+            if writing is not None:
+                results[writing[0]] = _collect(*writing)
+            writing = (i, paths[i], writer.submit(_write, paths[i], seg, settings, options, started)) \
+                if seg is not None else None
+            del seg
+            report_ready()
+        if writing is not None:
+            results[writing[0]] = _collect(*writing)
+        report_ready()
+    return results
+
+
+def _collect(i: int, path: Path, future) -> FileResult:
+    """The written file's result, or its failure."""
+    try:
+        return future.result()
+    except Exception as exc:
+        return _failure(path, exc)

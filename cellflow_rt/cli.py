@@ -86,9 +86,9 @@ def _copy_example(savedir):
 @click.option("--use_gpu", is_flag=True, help="Use TensorRT/CUDA if onnxruntime offers them (falls back to CPU).")
 @click.option("--provider", default=None, help="Execution provider to require (cpu, cuda, tensorrt); fails if missing.")
 @click.option("--threads", default=0, type=int, help="CPU threads for the network (0 = onnxruntime's choice).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
-              help="Network precision: fp32 gives Cellpose's masks; fp16 (TensorRT) and bf16 (CPU, needs the "
-                   "openvino extra) are faster and approximate.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "tf32"]), default="fp32", show_default=True,
+              help="Network precision: fp32 gives Cellpose's masks; fp16 (TensorRT), tf32 (CUDA) and bf16 (CPU, "
+                   "needs the openvino extra) are faster and approximate.")
 @click.option("--dynamics", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
               help="Where flows become masks: auto = the GPU when the network runs on one (TensorRT/CUDA) and "
                    "numba-cuda sees it; gpu fails without a CUDA device. Same masks either way.")
@@ -148,7 +148,7 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
             flow3D_smooth=flow3D_smooth, stitch_threshold=stitch_threshold, dynamics=dynamics)
         providers = provider or (["tensorrt", "cuda"] if use_gpu else "cpu")
         model = LoadedModel.load(model_name, providers=providers, strict_provider=provider is not None,
-                                 num_threads=threads or None, precision=precision)
+                                 num_threads=threads or None, precision=precision, batch_size=batch_size)
         where = choose_dynamics(settings.dynamics, model.net.providers)
     except (ProviderUnavailableError, DynamicsUnavailableError) as exc:
         raise click.ClickException(str(exc))
@@ -206,6 +206,31 @@ def _run_blockwise(paths, model, settings, blocksize, overlap, scheduler, estima
     if failed:
         click.echo(f"{len(failed)} of {len(paths)} image(s) failed: {', '.join(map(str, failed))}", err=True)
         sys.exit(1)
+
+
+@main.command()
+@click.option("--pretrained_model", "--model", "model_name", default="cyto_demo", show_default=True,
+              help="Bundled or exported model name, or a path to an exported .onnx.")
+@click.option("--use_gpu", is_flag=True, help="Warm up the GPU path (TensorRT if offered, else CUDA).")
+@click.option("--provider", type=click.Choice(["tensorrt", "cuda"]), default=None,
+              help="GPU provider to warm up (default: TensorRT if offered, else CUDA).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "tf32"]), default="fp32", show_default=True,
+              help="Precision the runs will use (fp16: TensorRT float16 engines; tf32: CUDA TensorFloat-32).")
+@click.option("--batch_size", default=8, show_default=True, type=click.IntRange(min=1),
+              help="The runs' --batch_size (TensorRT's profile covers batches 1..this).")
+def warmup(model_name, use_gpu, provider, precision, batch_size):
+    """Build and cache a model's TensorRT engines and compile the GPU kernels ahead of a run."""
+    from .warmup import NoGpuError, warmup as warm
+
+    if not (use_gpu or provider):
+        raise click.UsageError("warmup prepares the GPU path: pass --use_gpu (or --provider tensorrt|cuda)")
+    try:
+        warm(model_name, precision=precision, batch_size=batch_size, provider=provider,
+             progress=lambda line: click.echo(line, err=True))
+    except NoGpuError as exc:
+        raise click.ClickException(f"warmup: {exc}")
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc))
 
 
 @main.command()

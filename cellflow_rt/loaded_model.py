@@ -27,11 +27,15 @@ class LoadedModel:
 
     @classmethod
     def load(cls, name_or_path, providers=None, strict_provider: bool = False,
-             num_threads: Optional[int] = None, precision: str = "fp32") -> "LoadedModel":
-        """Resolve a model name or path and open its network (see :func:`~cellflow_rt.network.open_network`)."""
+             num_threads: Optional[int] = None, precision: str = "fp32", batch_size: int = 8) -> "LoadedModel":
+        """Resolve a model name or path and open its network (see :func:`~cellflow_rt.network.open_network`).
+
+        ``batch_size`` is the most tiles per network run (it sizes TensorRT's optimisation profile).
+        """
         info = resolve_model(name_or_path)
         return cls(info, open_network(info.onnx_path, providers=providers, strict_provider=strict_provider,
-                                      num_threads=num_threads, precision=precision))
+                                      num_threads=num_threads, precision=precision, batch_size=batch_size,
+                                      nchan=int(info.nchan)))
 
     @property
     def name(self) -> str:

@@ -14,6 +14,8 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from . import provider_options
+
 #: Preference order when the caller does not choose.
 DEFAULT_PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -25,8 +27,9 @@ _ALIASES = {
 
 
 #: Network precisions: fp32 = the exported float32 model as is (Cellpose's numbers); fp16 = TensorRT
-#: builds float16 engines; bf16 = OpenVINO on the CPU in bfloat16.
-PRECISIONS = ("fp32", "fp16", "bf16")
+#: builds float16 engines; bf16 = OpenVINO on the CPU in bfloat16; tf32 = the CUDA provider's
+#: convolutions in TensorFloat-32 (see :mod:`.provider_options`).
+PRECISIONS = ("fp32", "fp16", "bf16", "tf32")
 
 
 class ProviderUnavailableError(RuntimeError):
@@ -85,19 +88,26 @@ class Network:
     num_threads : int, optional
         CPU intra-op threads (default: ``$CELLFLOW_RT_THREADS`` or onnxruntime's choice).
     cache_dir : path, optional
-        Where TensorRT keeps its engine and timing caches.
-    precision : {"fp32", "fp16"}
-        fp16 lets TensorRT build float16 engines (inputs and outputs stay float32); it has no effect
-        on the CUDA and CPU providers, which run the model's own float32 (a warning says so).
+        Where TensorRT keeps its engine and timing caches (default ``~/.cache/cellflow-rt/trt``).
+    precision : {"fp32", "fp16", "tf32"}
+        fp16 lets TensorRT build float16 engines (inputs and outputs stay float32); tf32 lets the
+        CUDA provider's convolutions use TensorFloat-32. Each has no effect on the other providers,
+        which run the model's own float32 (a warning says so).
+    batch_size : int
+        Most tiles per run: the TensorRT profile's largest batch (larger requests are split).
+    nchan : int
+        Input channels, for the TensorRT profile (every Cellpose CPnet has 2).
+
+    Provider options are built by :mod:`.provider_options`.
     """
 
     def __init__(self, onnx_path: Union[str, Path], providers=None, strict_provider: bool = False,
                  num_threads: Optional[int] = None, cache_dir: Optional[Union[str, Path]] = None,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", batch_size: int = 8, nchan: int = 2):
         import onnxruntime as ort
 
-        if precision not in ("fp32", "fp16"):
-            raise ValueError(f"precision {precision!r}: ONNX Runtime runs fp32 or fp16 (TensorRT); "
+        if precision not in ("fp32", "fp16", "tf32"):
+            raise ValueError(f"precision {precision!r}: ONNX Runtime runs fp32, tf32 (CUDA) or fp16 (TensorRT); "
                              "use open_network() for bf16")
 
         self.onnx_path = Path(onnx_path)
@@ -113,10 +123,15 @@ class Network:
         options.enable_mem_pattern = False
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         chosen = choose_providers(providers, strict=strict_provider)
-        provider_options = [self._provider_options(p, cache_dir, precision) for p in chosen]
+        if chosen[0] in provider_options.GPU_PROVIDERS and hasattr(ort, "preload_dlls"):
+            # CUDA and cuDNN from the nvidia-* pip packages, when that is where they are
+            ort.preload_dlls()
+        options_per_provider = [self._provider_options(p, cache_dir, precision, batch_size, nchan) for p in chosen]
+        #: The options each requested provider was given (:mod:`.provider_options`).
+        self.session_provider_options = dict(zip(chosen, options_per_provider))
         try:
             self.session = ort.InferenceSession(str(self.onnx_path), sess_options=options,
-                                                providers=chosen, provider_options=provider_options)
+                                                providers=chosen, provider_options=options_per_provider)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ValueError(f"{self.onnx_path}: not a loadable ONNX model ({exc})") from exc
         inputs = self.session.get_inputs()
@@ -128,33 +143,35 @@ class Network:
             raise ValueError(f"{self.onnx_path}: expected outputs ['flows', 'style'], got {outputs}")
         self.nchan = inputs[0].shape[1] if isinstance(inputs[0].shape[1], int) else 2
         self.providers = self.session.get_providers()
-        fp16 = precision == "fp16" and self.providers[0] == "TensorrtExecutionProvider"
-        if precision == "fp16" and not fp16:
-            warnings.warn(f"precision fp16 applies to the TensorRT provider only; {self.providers[0]} "
-                          "runs the model in float32")
+        applies = {"fp16": (provider_options.TENSORRT, "TensorRT"), "tf32": (provider_options.CUDA, "CUDA")}
+        if precision in applies and self.providers[0] != applies[precision][0]:
+            warnings.warn(f"precision {precision} applies to the {applies[precision][1]} provider only; "
+                          f"{self.providers[0]} runs the model in float32")
+            precision = "fp32"
         #: The precision the network runs in.
-        self.precision = "fp16" if fp16 else "fp32"
+        self.precision = precision
+        #: The network runs on a CUDA device (CUDA or TensorRT provider): :meth:`run_on_device` works.
+        self.on_gpu = self.providers[0] in provider_options.GPU_PROVIDERS
+        #: Most tiles per run (the TensorRT profile's batch range); None = any number.
+        self.max_batch = max(1, int(batch_size)) if self.providers[0] == provider_options.TENSORRT else None
         #: Tiles per ``session.run`` on the CPU provider, whatever the batch size: MLAS is as fast on
         #: one 224^2 tile as on eight (measured: 25 tiles in 3.7-4.0 s either way on 2 cores) and
         #: the activations of one tile need a fraction of the memory (peak RSS 190 vs 820 MiB).
         #: The outputs are bit-identical (the network has no cross-batch operation).
         self.cpu_tiles_per_run = 1 if self.providers[0] == "CPUExecutionProvider" else None
-        self._input_on_gpu = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
     def reload_args(self) -> dict:
         """``providers`` and ``precision`` for :func:`open_network` that open this network again (workers)."""
         return {"providers": tuple(self.providers), "precision": self.precision}
 
-    @staticmethod
-    def _provider_options(provider: str, cache_dir, precision: str = "fp32") -> dict:
-        if provider != "TensorrtExecutionProvider":
-            return {}
-        cache = Path(cache_dir or Path.home() / ".cache" / "cellflow-rt" / "trt")
-        cache.mkdir(parents=True, exist_ok=True)
-        # Engines are cached per precision by TensorRT itself (the flag is part of the cache key).
-        return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
-                "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache),
-                "trt_fp16_enable": "True" if precision == "fp16" else "False"}
+    def _provider_options(self, provider: str, cache_dir, precision: str, batch_size: int, nchan: int) -> dict:
+        if provider == provider_options.CUDA:
+            return provider_options.cuda_options(precision)
+        if provider == provider_options.TENSORRT:
+            from .registry import sha256_file
+            return provider_options.tensorrt_options(sha256_file(self.onnx_path), nchan, precision=precision,
+                                                     batch_size=batch_size, cache_dir=cache_dir)
+        return {}
 
     def run(self, tiles: np.ndarray, batch_size: int = 8) -> Tuple[np.ndarray, np.ndarray]:
         """Run tiles (N, C, ly, lx) in chunks of ``batch_size``; return flows (N, 3, ly, lx) and styles (N, 256).
@@ -165,7 +182,7 @@ class Network:
         once, explicitly, before the run.
         """
         n = tiles.shape[0]
-        batch_size = self.cpu_tiles_per_run or batch_size
+        batch_size = self.cpu_tiles_per_run or min(batch_size, self.max_batch or batch_size)
         flows = np.empty((n, 3) + tiles.shape[2:], np.float32)
         styles = np.empty((n, 256), np.float32)
         for start in range(0, n, batch_size):
@@ -177,7 +194,7 @@ class Network:
     def _run_bound(self, batch: np.ndarray, flows_out: np.ndarray, styles_out: np.ndarray) -> None:
         """One ``run_with_iobinding``: ``batch`` in, outputs written into the C-contiguous ``*_out`` views."""
         binding = self.session.io_binding()
-        if self._input_on_gpu:
+        if self.on_gpu:
             import onnxruntime as ort
             # device 0: the providers' default device_id (we do not set another)
             binding.bind_ortvalue_input("image", ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0))
@@ -187,17 +204,54 @@ class Network:
             binding.bind_output(name, "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
         self.session.run_with_iobinding(binding)
 
+    def run_on_device(self, tiles, flows_out, styles_out) -> None:
+        """One run on device memory: ``tiles`` (n, C, ly, lx) in, outputs written into ``flows_out``
+        (n, 3, ly, lx) and ``styles_out`` (n, 256); no copy, no host round trip.
+
+        The three are C-contiguous float32 CUDA arrays on device 0 exposing
+        ``__cuda_array_interface__`` (numba, CuPy, PyTorch); ``n`` must not exceed :attr:`max_batch`.
+        ONNX Runtime reads and writes them by pointer through an IO binding. It does not wait for
+        work queued on other CUDA streams before it starts, so the caller synchronises whatever
+        wrote ``tiles``; the run itself returns when its outputs are complete (ORT synchronises
+        its stream at the end of a run).
+        """
+        if not self.on_gpu:
+            raise RuntimeError("run_on_device needs the CUDA or TensorRT provider; this session runs on "
+                               f"{self.providers[0]}")
+        binding = self.session.io_binding()
+        for name, array, bind in (("image", tiles, binding.bind_input), ("flows", flows_out, binding.bind_output),
+                                  ("style", styles_out, binding.bind_output)):
+            pointer, shape = _device_buffer(array, name)
+            # device 0: the providers' device_id (provider_options sets "0")
+            bind(name, "cuda", 0, np.float32, shape, pointer)
+        self.session.run_with_iobinding(binding)
+
+
+def _device_buffer(array, name: str) -> Tuple[int, list]:
+    """Pointer and shape of a C-contiguous float32 device array, from its ``__cuda_array_interface__``."""
+    interface = getattr(array, "__cuda_array_interface__", None)
+    if interface is None:
+        raise TypeError(f"{name}: expected a CUDA device array (with __cuda_array_interface__), "
+                        f"got {type(array).__name__}")
+    shape = [int(d) for d in interface["shape"]]
+    if interface["typestr"] != "<f4":
+        raise TypeError(f"{name}: expected float32, got {interface['typestr']}")
+    strides = interface.get("strides")
+    if strides is not None and tuple(strides) != tuple(4 * int(np.prod(shape[i + 1:])) for i in range(len(shape))):
+        raise ValueError(f"{name}: the device array must be C-contiguous")
+    return int(interface["data"][0]), shape
+
 
 def open_network(onnx_path: Union[str, Path], providers=None, strict_provider: bool = False,
                  num_threads: Optional[int] = None, precision: str = "fp32",
-                 cache_dir: Optional[Union[str, Path]] = None):
+                 cache_dir: Optional[Union[str, Path]] = None, batch_size: int = 8, nchan: int = 2):
     """The network for a precision: :class:`Network` (ONNX Runtime) or an OpenVINO network (bf16).
 
     Parameters
     ----------
-    onnx_path, providers, strict_provider, num_threads, cache_dir
+    onnx_path, providers, strict_provider, num_threads, cache_dir, batch_size, nchan
         As in :class:`Network`; ``providers`` must be the CPU (or None) for bf16.
-    precision : {"fp32", "fp16", "bf16"}
+    precision : {"fp32", "fp16", "bf16", "tf32"}
         See :data:`PRECISIONS`.
 
     Raises
@@ -209,7 +263,7 @@ def open_network(onnx_path: Union[str, Path], providers=None, strict_provider: b
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "bf16":
         return Network(onnx_path, providers=providers, strict_provider=strict_provider, num_threads=num_threads,
-                       cache_dir=cache_dir, precision=precision)
+                       cache_dir=cache_dir, precision=precision, batch_size=batch_size, nchan=nchan)
     wanted = [] if providers is None else [providers] if isinstance(providers, str) else list(providers)
     if any(_canonical(p) != "CPUExecutionProvider" for p in wanted):
         raise ValueError(f"precision bf16 runs on the CPU (OpenVINO); it cannot run on {wanted}: "

@@ -105,12 +105,39 @@ class Prediction:
 
 def predict(image: np.ndarray, model: LoadedModel, settings: EvalSettings = EvalSettings()) -> Prediction:
     """First half of :func:`segment`: preprocessing and the network (flows, cell probability, style)."""
-    timings = {}
     tic = time.perf_counter()
     x = prepare_image(image, settings, model.nchan)
+    return predict_prepared(x, model, settings, {"preprocess": time.perf_counter() - tic})
+
+
+def device_resident(model: LoadedModel, settings: EvalSettings) -> bool:
+    """Whether :func:`predict_prepared` leaves the flows on the GPU for the GPU dynamics.
+
+    Yes when the network runs on CUDA or TensorRT, the dynamics run on the GPU (``settings.dynamics``
+    is not ``cpu`` and numba sees a CUDA device) and the image is 2D or a stack of planes (do_3D
+    runs on the host path).
+    """
+    if settings.do_3D or not getattr(model.net, "on_gpu", False):
+        return False
+    if getattr(settings, "dynamics", "cpu") == "cpu":
+        return False
+    from numba import cuda
+    return cuda.is_available()
+
+
+def predict_prepared(x: np.ndarray, model: LoadedModel, settings: EvalSettings = EvalSettings(),
+                     timings: Optional[Dict[str, float]] = None) -> Prediction:
+    """The network half of :func:`predict` on a prepared image (:func:`prepare_image`).
+
+    On the GPU path (:func:`device_resident`) the returned ``dP`` and ``cellprob`` are device arrays
+    (:func:`cellflow_rt.gpu.predict.predict_on_device`).
+    """
+    timings = dict(timings or {})
     rescale = rescale_for(model, settings)
     diameter = float(model.diam_mean / rescale)
-    timings["preprocess"] = time.perf_counter() - tic
+    if device_resident(model, settings):
+        from .gpu.predict import predict_on_device
+        return predict_on_device(x, model, settings, rescale, diameter, timings)
 
     tic = time.perf_counter()
     if settings.do_3D:

@@ -76,15 +76,26 @@ def resize_bilinear(img: np.ndarray, Ly: int, Lx: int) -> np.ndarray:
     if src.shape[:2] == (Ly, Lx):
         out = src.copy()
     else:
-        # Measured on opencv 5.0 (the reference's): float32 images with 1, 3 or 4 channels take a
-        # path that computes sample positions in float64; other channel counts (Cellpose's 2-channel
-        # images) round positions to float32 first. The weights differ by up to 2e-4 between the two.
-        float64_positions = src.shape[2] in (1, 3, 4)
-        y0, fy = _linear_taps(src.shape[0], Ly, False, float64_positions)
-        x0, fx = _linear_taps(src.shape[1], Lx, True, float64_positions)
+        y0, fy, x0, fx = bilinear_taps(src.shape[0], src.shape[1], Ly, Lx, src.shape[2])
         out = np.empty((Ly, Lx, src.shape[2]), np.float32)
         _bilinear_kernel(src, y0, fy, x0, fx, out)
     return out[..., 0] if squeeze else out
+
+
+def bilinear_taps(Ly0: int, Lx0: int, Ly: int, Lx: int, nchan: int):
+    """First source row/column and float32 weight of every output row/column of a bilinear resize.
+
+    Returns ``(y0, fy, x0, fx)`` for resizing ``Ly0 x Lx0`` to ``Ly x Lx`` with ``nchan`` channels
+    (the channel count picks OpenCV's position arithmetic, see below). Shared by the CPU kernel and
+    the device kernels (:mod:`cellflow_rt.gpu.resize`), so both sample at the same positions.
+    """
+    # Measured on opencv 5.0 (the reference's): float32 images with 1, 3 or 4 channels take a
+    # path that computes sample positions in float64; other channel counts (Cellpose's 2-channel
+    # images) round positions to float32 first. The weights differ by up to 2e-4 between the two.
+    float64_positions = nchan in (1, 3, 4)
+    y0, fy = _linear_taps(Ly0, Ly, False, float64_positions)
+    x0, fx = _linear_taps(Lx0, Lx, True, float64_positions)
+    return y0, fy, x0, fx
 
 
 def nearest_indices(n_src: int, n_dst: int) -> np.ndarray:

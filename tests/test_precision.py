@@ -50,16 +50,6 @@ def test_fp16_without_tensorrt_warns_and_runs_fp32():
     assert net.precision == "fp32"
 
 
-def test_tensorrt_options_keep_caches_on_disk_and_carry_fp16(tmp_path):
-    from cellflow_rt.network import Network
-    fp16 = Network._provider_options("TensorrtExecutionProvider", tmp_path / "trt", "fp16")
-    fp32 = Network._provider_options("TensorrtExecutionProvider", tmp_path / "trt", "fp32")
-    assert fp16["trt_fp16_enable"] == "True" and fp32["trt_fp16_enable"] == "False"
-    assert fp16["trt_engine_cache_path"] == fp16["trt_timing_cache_path"] == str(tmp_path / "trt")
-    assert (tmp_path / "trt").is_dir()
-    assert Network._provider_options("CUDAExecutionProvider", tmp_path, "fp16") == {}
-
-
 def test_bf16_is_refused_on_gpu_providers():
     from cellflow_rt.network import open_network
     with pytest.raises(ValueError, match="bf16 runs on the CPU"):

@@ -1,0 +1,23 @@
+"""cellflow-rt warmup without a GPU (CI): a clear message and a non-zero exit; the shapes it runs."""
+from cellflow_rt import provider_options as po
+from cellflow_rt.warmup import warmup_shapes
+from cli_helpers import run_cli
+
+
+def test_warmup_without_a_gpu_says_so_and_fails(tmp_path):
+    result = run_cli(["warmup", "--model", "nuclei_demo", "--use_gpu", "--precision", "fp16"], cwd=tmp_path)
+    assert result.returncode == 1
+    assert "no GPU" in result.stderr and "onnxruntime-gpu" in result.stderr
+
+
+def test_warmup_needs_the_gpu_flag(tmp_path):
+    result = run_cli(["warmup", "--model", "nuclei_demo"], cwd=tmp_path)
+    assert result.returncode == 2 and "--use_gpu" in result.stderr
+
+
+def test_warmup_runs_the_corners_of_the_tensorrt_profile():
+    shapes = warmup_shapes(2, 8)
+    profile = po.trt_profile_shapes(2, 8)
+    as_text = {f"image:{'x'.join(map(str, s))}" for s in shapes}
+    assert {profile[0], profile[2]} <= as_text
+    assert (1, 2, po.TILE, po.TILE) in shapes
