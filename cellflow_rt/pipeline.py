@@ -113,16 +113,13 @@ def predict(image: np.ndarray, model: LoadedModel, settings: EvalSettings = Eval
 def device_resident(model: LoadedModel, settings: EvalSettings) -> bool:
     """Whether :func:`predict_prepared` leaves the flows on the GPU for the GPU dynamics.
 
-    Yes when the network runs on CUDA or TensorRT, the dynamics run on the GPU (``settings.dynamics``
-    is not ``cpu`` and numba sees a CUDA device) and the image is 2D or a stack of planes (do_3D
-    runs on the host path).
+    Yes when the dynamics run on the GPU (:func:`cellflow_rt.gpu.choose_dynamics`: the network runs
+    on CUDA or TensorRT and numba sees a CUDA device, unless ``settings.dynamics`` is ``cpu``) and
+    the image is 2D or a stack of planes (do_3D runs on the host path).
     """
     if settings.do_3D or not getattr(model.net, "on_gpu", False):
         return False
-    if getattr(settings, "dynamics", "cpu") == "cpu":
-        return False
-    from numba import cuda
-    return cuda.is_available()
+    return choose_dynamics(settings.dynamics, tuple(getattr(model.net, "providers", ()))) == "gpu"
 
 
 def predict_prepared(x: np.ndarray, model: LoadedModel, settings: EvalSettings = EvalSettings(),
@@ -187,6 +184,9 @@ def finish(prediction: Prediction) -> Segmentation:
         else:
             masks = masks_from_flows(p.dP, p.cellprob, p.shape, settings, niter, compute=compute)
         timings["dynamics"] = time.perf_counter() - tic
+    if hasattr(p.dP, "copy_to_host"):  # the GPU path's flows come down once, for the outputs
+        from .gpu.predict import prediction_to_host
+        p = prediction_to_host(p)
     # Cellpose squeezes every singleton axis (a 1-row image loses its row); drop only the plane axis
     dP, cellprob, styles = p.dP, p.cellprob, np.asarray(p.styles)
     if settings.do_3D:

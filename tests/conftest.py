@@ -2,10 +2,6 @@
 import os
 from pathlib import Path
 
-# numba.cuda kernels run on numba's CUDA simulator (CI has no GPU) unless the caller chose otherwise;
-# set before anything imports numba.
-os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
-
 import pytest
 
 # The GPU kernels (cellflow_rt.gpu) run on the CPU in numba's CUDA simulator: it must be chosen

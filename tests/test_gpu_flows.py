@@ -119,12 +119,13 @@ def test_run_on_device_refuses_what_it_cannot_bind(model, bad, message):
 
 
 def test_device_path_is_chosen_for_a_gpu_network_with_gpu_dynamics(model):
-    gpu_model = types.SimpleNamespace(net=types.SimpleNamespace(on_gpu=True))
+    gpu_model = types.SimpleNamespace(net=types.SimpleNamespace(on_gpu=True, providers=("CUDAExecutionProvider",)))
     gpu_dynamics = types.SimpleNamespace(do_3D=False, dynamics="gpu")
     assert pipeline.device_resident(gpu_model, gpu_dynamics)  # the simulator counts as a CUDA device
     assert not pipeline.device_resident(model, gpu_dynamics)  # the network runs on the CPU
     assert not pipeline.device_resident(gpu_model, types.SimpleNamespace(do_3D=False, dynamics="cpu"))
     assert not pipeline.device_resident(gpu_model, types.SimpleNamespace(do_3D=True, dynamics="gpu"))
+    assert pipeline.device_resident(gpu_model, types.SimpleNamespace(do_3D=False, dynamics="auto"))
 
 
 def test_the_device_buffers_go_with_their_network(model):

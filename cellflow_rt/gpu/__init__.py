@@ -4,6 +4,9 @@
   :mod:`cellflow_rt.dynamics` functions as numba CUDA kernels, same arguments, same host masks;
   ``dP`` / ``cellprob`` may be device arrays (``__cuda_array_interface__``: numba, CuPy, torch, ONNX
   Runtime's CUDA outputs), read in place.
+- the network half with its data kept on the device (:mod:`.predict`, :mod:`.flows`,
+  :mod:`.tiles`, :mod:`.resize`): the normalised image goes up once, tiles, network (ONNX Runtime
+  IO binding), blending and resizing run on device arrays handed to the dynamics without a copy;
 - :func:`choose_dynamics`: the one place that decides whether a run's dynamics use the CPU or
   the GPU (``--dynamics auto|cpu|gpu``, ``EvalSettings.dynamics``).
 

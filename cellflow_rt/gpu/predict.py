@@ -59,7 +59,8 @@ def predict_on_device(x: np.ndarray, model, settings: EvalSettings, rescale, dia
     cuda.synchronize()
     timings["network"] = time.perf_counter() - tic
     return Prediction(dP=flows[:2], cellprob=flows[2], styles=styles, shape=(Ly, Lx), rescale=rescale,
-                      diameter=diameter, settings=settings, timings=timings)
+                      diameter=diameter, settings=settings, timings=timings,
+                      providers=tuple(model.net.providers))
 
 
 def prediction_to_host(prediction):
