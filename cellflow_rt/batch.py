@@ -51,7 +51,7 @@ class FileResult:
 def expected_outputs(path: Path, options: OutputOptions) -> List[Path]:
     """Files a run with ``options`` writes for ``path`` (used by ``--skip_existing``).
 
-    Names follow :mod:`cellflow_rt.outputs`: the seg file and ROI zip go next to the image (as in
+    Names follow :mod:`cellflow_rt.io`: the seg file and ROI zip go next to the image (as in
     Cellpose), everything else to ``savedir`` when given.
     """
     folder = Path(options.savedir) if options.savedir else path.parent
@@ -69,7 +69,7 @@ def expected_outputs(path: Path, options: OutputOptions) -> List[Path]:
 
 def write_outputs(path: Path, seg: Segmentation, settings: EvalSettings, options: OutputOptions) -> List[Path]:
     """Write the requested output files for one segmented image; returns their paths."""
-    from . import outputs
+    from . import io as outputs
 
     masks, savedir = seg.masks, options.savedir
     flows = [None, seg.dP, seg.cellprob]

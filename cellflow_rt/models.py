@@ -61,7 +61,7 @@ def _settings_from_eval_kwargs(kwargs: dict) -> EvalSettings:
 
 
 def _flows_for_user(seg: Segmentation):
-    from .outputs_flows import flow_to_rgb
+    from .io.flows import flow_to_rgb
     return [flow_to_rgb(seg.dP), seg.dP, seg.cellprob]
 
 
