@@ -8,9 +8,10 @@ from typing import List, Optional
 import numpy as np
 
 from .._labels import as_label_image
-from .atomic import write_bytes, write_tiff
+from .atomic import write_tiff
 from .errors import PathLike
 from .paths import MASKS_SUFFIX, output_path
+from .png import write_png
 
 __all__ = ["save_masks", "label_dtype"]
 
@@ -71,10 +72,7 @@ def save_masks(masks, file_name: PathLike, png: bool = True, tif: bool = False,
         png, tif = False, True
     written = []
     if png:
-        import imagecodecs
-
-        written.append(write_bytes(output_path(file_name, f"{suffix}.png", savedir),
-                                    imagecodecs.png_encode(masks.astype(np.uint16, copy=False))))
+        written.append(write_png(output_path(file_name, f"{suffix}.png", savedir), masks.astype(np.uint16, copy=False)))
     if tif:
         written.append(write_tiff(output_path(file_name, f"{suffix}.tif", savedir),
                                    masks.astype(dtype, copy=False), photometric="minisblack",

@@ -1,8 +1,10 @@
-"""Reading images: TIFF through tifffile, PNG and JPEG, plain ``.npy`` arrays.
+"""Reading images: TIFF through tifffile, PNG and JPEG through Pillow, plain ``.npy`` arrays.
 
 Follows Cellpose 3.1.1.1's ``io.imread`` (TIFF through tifffile, other images with the colour order RGB
-and any alpha channel dropped) without OpenCV: PNG and JPEG are decoded by imagecodecs. Problems are
-reported at this boundary as :class:`~cellflow_rt.io.errors.ImageReadError`, naming the file.
+and any alpha channel dropped) without OpenCV. tifffile decodes uncompressed, Deflate/zlib, PackBits,
+LZMA and Zstandard TIFFs by itself; LZW- and JPEG-compressed TIFFs need imagecodecs, and when it is not
+installed they are read through Pillow's libtiff instead (:mod:`.pillow_read`). Problems are reported at
+this boundary as :class:`~cellflow_rt.io.errors.ImageReadError`, naming the file.
 """
 from __future__ import annotations
 
@@ -101,7 +103,13 @@ def _read_tiff(path: Path) -> np.ndarray:
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
                 raise ImageReadError(path, "the TIFF holds no image series")
-            img = tif.asarray()
+            try:
+                img = tif.asarray()
+            except ValueError as exc:
+                if "imagecodecs" not in str(exc):  # tifffile: "<COMPRESSION.LZW: 5> requires the 'imagecodecs' package"
+                    raise
+                from .pillow_read import read_tiff_series
+                img = read_tiff_series(path, tif.series[0], str(exc))
     finally:
         logger.removeHandler(errors)
     if errors.messages:
@@ -123,17 +131,11 @@ def _read_npy(path: Path) -> np.ndarray:
 
 
 def _read_png_jpeg(path: Path, ext: str) -> np.ndarray:
-    import imagecodecs
+    from .pillow_read import read_png_jpeg
 
-    data = path.read_bytes()
-    if ext in PNG_EXTENSIONS:
-        try:
-            img = imagecodecs.png_decode(data)
-        except UnicodeDecodeError:  # imagecodecs' error text for some corrupt chunks
-            raise ImageReadError(path, "corrupt or truncated PNG") from None
-    else:
-        _check_jpeg_complete(path, data)
-        img = imagecodecs.jpeg8_decode(data)
+    if ext in JPEG_EXTENSIONS:
+        _check_jpeg_complete(path, path.read_bytes())
+    img = read_png_jpeg(path)
     if img.ndim == 3 and img.shape[-1] in (2, 4):
         # gray + alpha or RGB + alpha: drop alpha (Cellpose keeps the colour channels of BGRA)
         img = img[..., :-1]
