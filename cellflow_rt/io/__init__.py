@@ -7,8 +7,10 @@ One module per format or concern, so that a new format has an obvious home:
 module             job
 =================  ====================================================================================
 ``read``           :func:`imread`: TIFF, PNG, JPEG, ``.npy``
+``pillow_read``    PNG/JPEG, and LZW/JPEG TIFFs without imagecodecs, through Pillow
 ``discovery``      :func:`find_images`: a folder's images with Cellpose's rules
-``paths``          :func:`image_stem`, :func:`output_path`: ``<savedir>/<stem><suffix>``
+``paths``          :func:`image_stem`, :func:`output_path`, :class:`OutputLayout` (``--savedir``,
+                   ``--dir_above``, ``--in_folders``, ``--output_name``)
 ``atomic``         :func:`atomic_write` and its two helpers (bytes, TIFF)
 ``errors``         :class:`ImageReadError`, :class:`OutputWriteError`
 ``masks``          ``<stem>_cp_masks.png`` / ``.tif``: :func:`save_masks`
@@ -17,6 +19,10 @@ module             job
 ``imagej``         ``<stem>_cp_outlines.txt``, ``<stem>_rois.zip``: :func:`save_outlines_txt`, :func:`save_rois_zip`
 ``geojson``        ``<stem>.geojson`` (QuPath): :func:`save_geojson`
 ``flows``          flow pictures (:func:`flow_to_rgb`) and ``<stem>_flows_cp_masks.tif``, ``<stem>_dP_cp_masks.tif``
+``pictures``       ``<stem>_outlines_cp_masks.png``, ``<stem>_cp_output_cp_masks.png``: :func:`save_outlines_png`,
+                   :func:`save_summary_png`
+``large_masks``    labels larger than memory, streamed into a tiled BigTIFF or a PNG: :func:`save_large_masks`
+``png``            the PNG encoder (whole images or bands of rows)
 ``outlines``       mask outlines (:func:`masks_to_outlines`, :func:`outlines_list`; numba kernels in
                    ``_outline_kernels``)
 =================  ====================================================================================
@@ -32,7 +38,7 @@ import importlib
 from .atomic import atomic_write
 from .discovery import IMAGE_EXTENSIONS, find_images
 from .errors import ImageReadError, OutputWriteError, PathLike
-from .paths import MASKS_SUFFIX, image_stem, output_path
+from .paths import MASKS_SUFFIX, OutputLayout, image_stem, output_path
 from .read import imread
 
 #: Names imported from their module on first use: ``name -> module``.
@@ -41,10 +47,11 @@ _LAZY = {
     "save_outlines_txt": "imagej", "save_rois_zip": "imagej", "save_geojson": "geojson",
     "save_flows": "flows", "flow_to_rgb": "flows", "cellprob_to_uint8": "flows",
     "masks_to_outlines": "outlines", "outlines_list": "outlines",
+    "save_outlines_png": "pictures", "save_summary_png": "pictures", "save_large_masks": "large_masks",
 }
 
 __all__ = ["ImageReadError", "OutputWriteError", "PathLike", "imread", "find_images", "atomic_write",
-           "image_stem", "output_path", "IMAGE_EXTENSIONS", "MASKS_SUFFIX", *_LAZY]
+           "image_stem", "output_path", "OutputLayout", "IMAGE_EXTENSIONS", "MASKS_SUFFIX", *_LAZY]
 
 
 def __getattr__(name):
