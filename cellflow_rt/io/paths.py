@@ -91,6 +91,7 @@ class OutputLayout:
         if self.savedir is not None:
             base = Path(self.savedir)
         else:
-            base = Path(image).parent.parent if self.dir_above else Path(image).parent
+            # absolute first: the folder above "cells.tif" is "..", not "."
+            base = Path(image).absolute().parent.parent if self.dir_above else Path(image).parent
         sub = _SUBFOLDERS[kind]
         return base / sub if self.in_folders and sub else base

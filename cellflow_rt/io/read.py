@@ -1,8 +1,8 @@
 """Reading images: TIFF through tifffile, PNG and JPEG through Pillow, plain ``.npy`` arrays.
 
 Follows Cellpose 3.1.1.1's ``io.imread`` (TIFF through tifffile, other images with the colour order RGB
-and any alpha channel dropped) without OpenCV. tifffile decodes uncompressed, Deflate/zlib, PackBits,
-LZMA and Zstandard TIFFs by itself; LZW- and JPEG-compressed TIFFs need imagecodecs, and when it is not
+and any alpha channel dropped) without OpenCV. tifffile decodes uncompressed, Deflate/zlib, PackBits
+and LZMA TIFFs by itself; LZW- and JPEG-compressed TIFFs need imagecodecs, and when it is not
 installed they are read through Pillow's libtiff instead (:mod:`.pillow_read`). Problems are reported at
 this boundary as :class:`~cellflow_rt.io.errors.ImageReadError`, naming the file.
 """
