@@ -22,7 +22,7 @@ def main():
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
 
 
-def _collect_inputs(files, directory, img_filter, look_one_level_down):
+def _collect_inputs(files, directory, img_filter, look_one_level_down, mask_filter="_masks"):
     from .io import find_images
 
     paths = [Path(f) for f in files]
@@ -31,7 +31,7 @@ def _collect_inputs(files, directory, img_filter, look_one_level_down):
         if not directory.is_dir():
             raise click.UsageError(f"--dir {directory}: not a directory")
         try:
-            paths += [Path(p) for p in find_images(directory, img_filter=img_filter,
+            paths += [Path(p) for p in find_images(directory, img_filter=img_filter, mask_filter=mask_filter,
                                                    look_one_level_down=look_one_level_down)]
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
@@ -95,6 +95,16 @@ def _masks_suffix(output_name, savedir, directory) -> str:
     return output_name
 
 
+def _cellpose_only_flags(gpu_device, check_mkl, transformer) -> None:
+    """Flags of ``python -m cellpose`` about torch: accepted so that its command lines run, or refused."""
+    if transformer:
+        raise click.UsageError("--transformer: Cellpose 3's transformer network is not a CPnet and is not supported")
+    if gpu_device not in (None, "0"):
+        click.echo(f"warning: --gpu_device {gpu_device} ignored: ONNX Runtime runs on GPU 0 (--use_gpu)", err=True)
+    if check_mkl:
+        click.echo("warning: --check_mkl ignored: there is no torch/MKL here", err=True)
+
+
 def _add_model(path: Path) -> None:
     """``--add_model``: copy an exported model into the user model folder."""
     from .registry import ModelFileError, ModelNotFoundError, add_model
@@ -113,6 +123,8 @@ def _add_model(path: Path) -> None:
 @click.option("--image_path", "image_path", type=click.Path(path_type=Path), help="One image (Cellpose's flag).")
 @click.option("--img_filter", default=None, help="Only images whose file stem ends with this.")
 @click.option("--look_one_level_down", is_flag=True, help="Also search the sub-folders of --dir.")
+@click.option("--mask_filter", default="_masks", show_default=True,
+              help="Skip files of --dir whose stem ends with this (label images).")
 @click.option("--pretrained_model", "--model", "model_name", default="cyto_demo", show_default=True,
               help="Bundled or exported model name, or a path to an exported .onnx.")
 @click.option("--pretrained_model_ortho", "ortho_model_name", default=None,
@@ -170,6 +182,9 @@ def _add_model(path: Path) -> None:
 @click.option("--save_mpl", is_flag=True,
               help="Write a figure of image, outlines, masks, flows and cell probability, <stem>_cp_output_cp_masks.png.")
 @click.option("--verbose", is_flag=True, help="Also print the model, settings and each image's stage timings.")
+@click.option("--gpu_device", default=None, help="Cellpose's torch device: accepted; ONNX Runtime uses GPU 0.")
+@click.option("--check_mkl", is_flag=True, help="Cellpose's MKL check: accepted; there is no MKL here.")
+@click.option("--transformer", is_flag=True, help="Cellpose's transformer model: not supported (refused).")
 @click.option("--skip_existing", is_flag=True, help="Skip inputs whose outputs all exist.")
 @click.option("--blocksize", default=None,
               help="Blockwise on dask (images larger than memory, .zarr/.tif): block side N or Z,Y,X.")
@@ -184,7 +199,8 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
         min_size, niter, resample, no_interp, augment, tile_overlap, batch_size, do_3D, anisotropy, flow3D_smooth,
         stitch_threshold, use_gpu, provider, threads, precision, savedir, save_png, save_tif, no_npy, save_txt, save_rois,
         save_geojson, save_flows, save_ome, skip_existing, blocksize, overlap, scheduler, example, ortho_model_name,
-        add_model, exclude_on_edges, dir_above, in_folders, output_name, save_outlines, save_mpl, verbose):
+        add_model, exclude_on_edges, dir_above, in_folders, output_name, save_outlines, save_mpl, verbose,
+        mask_filter, gpu_device, check_mkl, transformer):
     """Segment image FILES (or every image in --dir) and write Cellpose's output files."""
     from .batch import OutputOptions, run_batch
     from .loaded_model import LoadedModel
@@ -193,6 +209,7 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
     from .registry import resolve_model
     from .settings import EvalSettings
 
+    _cellpose_only_flags(gpu_device, check_mkl, transformer)
     if add_model is not None:
         _add_model(add_model)
         if not (files or directory or image_path or example):
@@ -206,7 +223,7 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
             if ctx.get_parameter_source("diameter") == click.core.ParameterSource.DEFAULT:
                 diameter = EXAMPLE_DIAMETER
     paths = _collect_inputs(list(files) + ([image_path] if image_path else []), directory, img_filter,
-                            look_one_level_down)
+                            look_one_level_down, mask_filter)
     _make_savedir(savedir)
     suffix = _masks_suffix(output_name, savedir, directory)
     if diameter < 0:

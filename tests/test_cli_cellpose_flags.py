@@ -29,14 +29,15 @@ def runs(tmp_path_factory):
     for folder in ("a", "b", "c"):
         (root / folder).mkdir()
         tifffile.imwrite(root / folder / "cells.tif", image)
+    tifffile.imwrite(root / "c" / "cells_lbl.tif", np.zeros((16, 16), np.uint16))  # a label file for --mask_filter
     every = ["--save_png", "--save_tif", "--save_outlines", "--save_mpl", "--save_txt", "--save_flows", "--save_rois"]
     return root, {
         "a": run_cli(["run", "--dir", "a", *FAST, *every, "--exclude_on_edges", "--in_folders", "--dir_above",
                       "--output_name", "_mine"], cwd=root),
         "b": run_cli(["run", "--image_path", "b/cells.tif", *FAST, "--save_png", "--save_outlines",
                       "--savedir", "new/deeper", "--output_name", ""], cwd=root),
-        "c": run_cli(["run", "--dir", "c", *FAST, "--save_png", "--savedir", "c", "--output_name", "_ignored"],
-                     cwd=root),
+        "c": run_cli(["run", "--dir", "c", *FAST, "--save_png", "--savedir", "c", "--output_name", "_ignored",
+                      "--mask_filter", "_lbl", "--gpu_device", "1", "--check_mkl"], cwd=root),
     }
 
 
@@ -83,11 +84,14 @@ def test_savedir_created_and_empty_output_name(runs):
     assert (root / "b" / "cells_seg.npy").is_file()
 
 
-def test_output_name_ignored_when_savedir_is_the_dir(runs):
+def test_output_name_ignored_when_savedir_is_the_dir_and_mask_filter(runs):
     root, result = runs[0], runs[1]["c"]
     assert result.returncode == 0, result.output
-    assert sorted(p.name for p in (root / "c").iterdir()) == ["cells.tif", "cells_cp_masks.png", "cells_seg.npy"]
+    assert sorted(p.name for p in (root / "c").iterdir()) == ["cells.tif", "cells_cp_masks.png", "cells_lbl.tif",
+                                                              "cells_seg.npy"]  # the _lbl file was skipped
     assert "--output_name is ignored" in result.stderr
+    # Cellpose's torch flags are accepted, with a word that they do nothing here
+    assert "--gpu_device 1 ignored" in result.stderr and "--check_mkl ignored" in result.stderr
 
 
 def test_add_model_copies_an_exported_model(tmp_path):
