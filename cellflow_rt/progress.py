@@ -47,10 +47,9 @@ class Reporter:
 
     def line(self, text: str, err: bool = False) -> None:
         """Print a line (above any bar)."""
-        from tqdm import tqdm
-
         stream = self.err if err else self.out
         if self.interactive:
+            from tqdm import tqdm
             tqdm.write(text, file=stream)
         else:
             print(text, file=stream, flush=True)
