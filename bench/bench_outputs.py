@@ -50,9 +50,9 @@ def best_of(fn, repeat: int) -> float:
 
 
 def bench_cellflow(masks: np.ndarray, repeat: int, outdir: Path) -> None:
-    from cellflow_rt import outputs
+    from cellflow_rt import io as outputs
     from cellflow_rt.metrics import average_precision
-    from cellflow_rt.outlines import masks_to_outlines, outlines_list
+    from cellflow_rt.io.outlines import masks_to_outlines, outlines_list
 
     rng = np.random.default_rng(1)
     dP = rng.standard_normal((2, *masks.shape)).astype(np.float32)

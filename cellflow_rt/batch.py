@@ -22,6 +22,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 
 from .io import image_stem
+from .io.paths import MASKS_SUFFIX, OutputLayout
 from .loaded_model import LoadedModel
 from .pipeline import Prediction, Segmentation, device_resident, finish, predict, predict_prepared, prepare_image
 from .settings import EvalSettings
@@ -29,7 +30,11 @@ from .settings import EvalSettings
 
 @dataclass(frozen=True)
 class OutputOptions:
-    """Which files to write and where (Cellpose's flags)."""
+    """Which files to write and where (Cellpose's flags; see :class:`~cellflow_rt.io.paths.OutputLayout`
+    for ``savedir``, ``dir_above``, ``in_folders`` and ``suffix``, Cellpose's ``--output_name``).
+
+    ``exclude_on_edges`` drops the masks touching the border before anything is written.
+    """
 
     savedir: Optional[Path] = None
     save_npy: bool = True
@@ -40,6 +45,21 @@ class OutputOptions:
     save_geojson: bool = False
     save_flows: bool = False
     save_ome: bool = False
+    save_outlines: bool = False
+    save_mpl: bool = False
+    exclude_on_edges: bool = False
+    dir_above: bool = False
+    in_folders: bool = False
+    suffix: str = MASKS_SUFFIX
+
+    @property
+    def layout(self) -> OutputLayout:
+        return OutputLayout(self.savedir, self.dir_above, self.in_folders, self.suffix)
+
+    @property
+    def pictures(self) -> bool:
+        """Whether the outputs need a picture of the image (outline picture, summary figure)."""
+        return self.save_outlines or self.save_mpl
 
 
 @dataclass
@@ -54,20 +74,23 @@ class FileResult:
     outputs: List[Path] = field(default_factory=list)
     error: str = ""
     skipped: bool = False
+    timings: dict = field(default_factory=dict)
 
 
 def expected_outputs(path: Path, options: OutputOptions) -> List[Path]:
-    """Files a run with ``options`` writes for ``path`` (used by ``--skip_existing``).
+    """Files a run with ``options`` writes for a 2D ``path`` (used by ``--skip_existing``).
 
-    Names follow :mod:`cellflow_rt.outputs`: the seg file and ROI zip go next to the image (as in
-    Cellpose), everything else to ``savedir`` when given.
+    Names and folders follow :func:`write_outputs`: the seg file and ROI zip next to the image (as in
+    Cellpose), everything else in the folders of ``options.layout``.
     """
-    folder = Path(options.savedir) if options.savedir else path.parent
-    suffixes = [(options.save_png, "_cp_masks.png"), (options.save_tif, "_cp_masks.tif"),
-                (options.save_txt, "_cp_outlines.txt"), (options.save_geojson, ".geojson"),
-                (options.save_flows, "_flows_cp_masks.tif"), (options.save_ome, "_cp_masks.ome.tif")]
+    layout, suffix = options.layout, options.suffix
+    wanted = [(options.save_png, "masks", f"{suffix}.png"), (options.save_tif, "masks", f"{suffix}.tif"),
+              (options.save_ome, "masks", f"{suffix}.ome.tif"), (options.save_txt, "txt", "_cp_outlines.txt"),
+              (options.save_geojson, "txt", ".geojson"), (options.save_flows, "flows", f"_flows{suffix}.tif"),
+              (options.save_outlines, "outlines", f"_outlines{suffix}.png"),
+              (options.save_mpl, "figure", f"_cp_output{suffix}.png")]
     stem = image_stem(path)
-    files = [folder / f"{stem}{suffix}" for wanted, suffix in suffixes if wanted]
+    files = [layout.folder(path, kind) / f"{stem}{ending}" for on, kind, ending in wanted if on]
     if options.save_npy:
         files.append(path.parent / f"{stem}_seg.npy")
     if options.save_rois:
@@ -75,81 +98,145 @@ def expected_outputs(path: Path, options: OutputOptions) -> List[Path]:
     return files
 
 
-def write_outputs(path: Path, seg: Segmentation, settings: EvalSettings, options: OutputOptions) -> List[Path]:
-    """Write the requested output files for one segmented image; returns their paths."""
-    from . import outputs
+def picture_of(image: np.ndarray, model: LoadedModel, settings: EvalSettings) -> Optional[np.ndarray]:
+    """uint8 RGB picture of a 2D image's segmented channels (for the outline picture and figure)."""
+    from .io.pictures import image_to_rgb
+    from .preprocess import convert_image
 
-    masks, savedir = seg.masks, options.savedir
+    if settings.do_3D or settings.stitch_threshold > 0:
+        return None
+    planes = convert_image(image, settings.channels, channel_axis=settings.channel_axis, z_axis=settings.z_axis,
+                           nchan=model.nchan)
+    return image_to_rgb(planes, settings.channels) if planes.ndim == 3 else None
+
+
+def _at_mask_size(picture: np.ndarray, shape) -> np.ndarray:
+    from .resize import resize_nearest
+
+    return picture if picture.shape[:2] == tuple(shape) else resize_nearest(picture, *shape)
+
+
+def write_outputs(path: Path, seg: Segmentation, settings: EvalSettings, options: OutputOptions,
+                  picture: Optional[np.ndarray] = None) -> List[Path]:
+    """Write the requested output files for one segmented image; returns their paths.
+
+    ``picture`` (:func:`picture_of`) is needed for ``save_outlines`` / ``save_mpl``; 3D masks get
+    no pictures, ImageJ outlines, ROIs or GeoJSON (2D formats), as in Cellpose.
+    """
+    from . import io
+
+    masks, layout, suffix = seg.masks, options.layout, options.suffix
     flows = [None, seg.dP, seg.cellprob]
     planar = masks.ndim == 2
     written: List[Path] = []
     if options.save_png or options.save_tif:
-        written += outputs.save_masks(masks, path, png=options.save_png and planar,
-                                      tif=options.save_tif or not planar, savedir=savedir)
+        written += io.save_masks(masks, path, png=options.save_png and planar, tif=options.save_tif or not planar,
+                                 savedir=layout.folder(path, "masks"), suffix=suffix)
     if options.save_npy:
-        written.append(outputs.save_seg_npy(masks, flows, path, diameter=seg.diameter,
-                                            channels=settings.channels or (0, 0)))
+        written.append(io.save_seg_npy(masks, flows, path, diameter=seg.diameter,
+                                       channels=settings.channels or (0, 0)))
     if options.save_txt and planar:
-        written.append(outputs.save_outlines_txt(masks, path, savedir=savedir))
+        written.append(io.save_outlines_txt(masks, path, savedir=layout.folder(path, "txt")))
     if options.save_rois and planar:
-        written.append(outputs.save_rois_zip(masks, path))
+        written.append(io.save_rois_zip(masks, path))
     if options.save_geojson and planar:
-        written.append(outputs.save_geojson(masks, path, savedir=savedir))
+        written.append(io.save_geojson(masks, path, savedir=layout.folder(path, "txt")))
     if options.save_flows:
-        written += outputs.save_flows(flows, path, savedir=savedir)
+        written += io.save_flows(flows, path, savedir=layout.folder(path, "flows"), suffix=suffix)
     if options.save_ome:
-        written.append(outputs.save_masks_ome_tif(masks, path, savedir=savedir))
+        written.append(io.save_masks_ome_tif(masks, path, savedir=layout.folder(path, "masks"), suffix=suffix))
+    if options.pictures and planar and picture is not None:
+        from .io.pictures import save_outlines_png, save_summary_png
+
+        picture = _at_mask_size(picture, masks.shape)
+        if options.save_outlines:
+            written.append(save_outlines_png(picture, masks, path, layout.folder(path, "outlines"), suffix))
+        if options.save_mpl:
+            flow_rgb = _at_mask_size(io.flow_to_rgb(seg.dP), masks.shape)
+            cellprob = _at_mask_size(seg.cellprob, masks.shape)
+            written.append(save_summary_png(picture, masks, flow_rgb, cellprob, path, layout.folder(path, "figure"),
+                                            suffix))
     return [Path(p) for p in written if p]
 
 
-def _read_and_predict(path: Path, model: LoadedModel, settings: EvalSettings, estimate: bool):
+@dataclass
+class _Predicted:
+    """What the network half of one file hands to the dynamics half."""
+
+    prediction: Prediction
+    picture: Optional[np.ndarray]
+    timings: dict
+
+
+def _read_and_predict(path: Path, model: LoadedModel, settings: EvalSettings, estimate: bool,
+                      options: Optional[OutputOptions] = None) -> _Predicted:
     """Network half of one file: read it, estimate its diameter if asked, run the network."""
     from .diameter import estimate_diameter
     from .io import imread
 
+    tic = time.perf_counter()
     image = imread(path)
+    timings = {"read": time.perf_counter() - tic}
     if estimate and not settings.do_3D and model.size_model is not None and np.asarray(image).ndim < 4:
+        tic = time.perf_counter()
         diameter, _ = estimate_diameter(image, model, settings)
         settings = settings.with_(diameter=diameter)
-    return predict(image, model, settings)
+        timings["diameter"] = time.perf_counter() - tic
+    prediction = predict(image, model, settings)
+    picture = picture_of(image, model, settings) if options is not None and options.pictures else None
+    return _Predicted(prediction, picture, timings)
 
 
-def _finish_and_write(path: Path, prediction: Prediction, options: OutputOptions, started: float) -> FileResult:
+def _finish_and_write(path: Path, predicted: _Predicted, options: OutputOptions, started: float) -> FileResult:
     """Dynamics half of one file: masks from the flows, then the output files."""
-    return _write(path, finish(prediction), prediction.settings, options, started)
+    prediction = predicted.prediction
+    return _write(path, finish(prediction), prediction.settings, options, started, predicted.picture,
+                  predicted.timings)
 
 
 def segment_file(path: Path, model: LoadedModel, settings: EvalSettings, options: OutputOptions,
                  estimate: bool) -> FileResult:
     """Read, segment (estimating the diameter if asked) and write one file."""
     started = time.perf_counter()
-    return _finish_and_write(path, _read_and_predict(path, model, settings, estimate), options, started)
+    return _finish_and_write(path, _read_and_predict(path, model, settings, estimate, options), options, started)
 
 
-def _read_and_prepare(path: Path, model: LoadedModel, settings: EvalSettings):
-    """Streaming reader: the image and its normalised planes (the host's share of the network half)."""
+def _read_and_prepare(path: Path, model: LoadedModel, settings: EvalSettings, options: OutputOptions):
+    """Streaming reader: the image, its normalised planes (the host's share of the network half) and
+    its picture when the outputs need one."""
     from .io import imread
 
-    image = imread(path)
     tic = time.perf_counter()
-    return image, prepare_image(image, settings, model.nchan), time.perf_counter() - tic
+    image = imread(path)
+    timings = {"read": time.perf_counter() - tic}
+    tic = time.perf_counter()
+    x = prepare_image(image, settings, model.nchan)
+    timings["preprocess"] = time.perf_counter() - tic
+    picture = picture_of(image, model, settings) if options.pictures else None
+    return image, x, picture, timings
 
 
-def _compute(image, x, preprocess_seconds: float, model: LoadedModel, settings: EvalSettings, estimate: bool):
+def _compute(image, x, timings: dict, model: LoadedModel, settings: EvalSettings, estimate: bool) -> Segmentation:
     """Streaming compute: diameter estimate if asked, network and dynamics (on the device)."""
     if estimate and not settings.do_3D and model.size_model is not None and np.asarray(image).ndim < 4:
         from .diameter import estimate_diameter
         diameter, _ = estimate_diameter(image, model, settings)
         settings = settings.with_(diameter=diameter)
-    return finish(predict_prepared(x, model, settings, {"preprocess": preprocess_seconds}))
+    return finish(predict_prepared(x, model, settings, {"preprocess": timings["preprocess"]}))
 
 
-def _write(path: Path, seg: Segmentation, settings: EvalSettings, options: OutputOptions, started: float) -> FileResult:
-    """The output files of one result (the streaming writer thread's job)."""
-    files = write_outputs(path, seg, settings, options)
+def _write(path: Path, seg: Segmentation, settings: EvalSettings, options: OutputOptions, started: float,
+           picture: Optional[np.ndarray] = None, timings: Optional[dict] = None) -> FileResult:
+    """The output files of one result (``exclude_on_edges`` applied first); its FileResult."""
+    if options.exclude_on_edges:
+        from .postprocess import remove_edge_masks
+        seg.masks = remove_edge_masks(seg.masks)
+    tic = time.perf_counter()
+    files = write_outputs(path, seg, settings, options, picture)
+    timings = dict(timings or {}, **seg.timings, write=time.perf_counter() - tic)
     n_masks = int(np.count_nonzero(np.unique(seg.masks))) if seg.masks.size else 0
     return FileResult(path, True, n_masks=n_masks, diameter=seg.diameter, seconds=time.perf_counter() - started,
-                      outputs=files)
+                      outputs=files, timings=timings)
 
 
 def _failure(path: Path, exc: BaseException) -> FileResult:
@@ -197,7 +284,7 @@ def run_batch(paths: Sequence[Path], model: LoadedModel, settings: EvalSettings,
     def start(i):
         if i >= len(paths) or not todo[i]:
             return None
-        return time.perf_counter(), pool.submit(_read_and_predict, paths[i], model, settings, estimate)
+        return time.perf_counter(), pool.submit(_read_and_predict, paths[i], model, settings, estimate, options)
 
     results = []
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -257,7 +344,8 @@ def _run_streaming(paths: List[Path], todo: List[bool], model: LoadedModel, sett
         def read_next():
             if queue:
                 i = queue.popleft()
-                reads.append((i, time.perf_counter(), reader.submit(_read_and_prepare, paths[i], model, settings)))
+                reads.append((i, time.perf_counter(), reader.submit(_read_and_prepare, paths[i], model, settings,
+                                                                    options)))
 
         for _ in range(READ_AHEAD):
             read_next()
@@ -265,18 +353,18 @@ def _run_streaming(paths: List[Path], todo: List[bool], model: LoadedModel, sett
         while reads:
             i, started, future = reads.popleft()
             read_next()
-            seg = None
+            seg = picture = timings = None
             try:
-                image, x, preprocess_seconds = future.result()
-                seg = _compute(image, x, preprocess_seconds, model, settings, estimate)
+                image, x, picture, timings = future.result()
+                seg = _compute(image, x, timings, model, settings, estimate)
             except Exception as exc:  # one bad file must not lose the others' results
                 results[i] = _failure(paths[i], exc)
             del future
             if writing is not None:
                 results[writing[0]] = _collect(*writing)
-            writing = (i, paths[i], writer.submit(_write, paths[i], seg, settings, options, started)) \
+            writing = (i, paths[i], writer.submit(_write, paths[i], seg, settings, options, started, picture, timings)) \
                 if seg is not None else None
-            del seg
+            del seg, picture
             report_ready()
         if writing is not None:
             results[writing[0]] = _collect(*writing)

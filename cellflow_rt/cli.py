@@ -5,6 +5,7 @@ Exit status: 0 when every input succeeded, 1 when any failed (listed at the end)
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def main():
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
 
 
-def _collect_inputs(files, directory, img_filter, look_one_level_down):
+def _collect_inputs(files, directory, img_filter, look_one_level_down, mask_filter="_masks"):
     from .io import find_images
 
     paths = [Path(f) for f in files]
@@ -30,7 +31,7 @@ def _collect_inputs(files, directory, img_filter, look_one_level_down):
         if not directory.is_dir():
             raise click.UsageError(f"--dir {directory}: not a directory")
         try:
-            paths += [Path(p) for p in find_images(directory, img_filter=img_filter,
+            paths += [Path(p) for p in find_images(directory, img_filter=img_filter, mask_filter=mask_filter,
                                                    look_one_level_down=look_one_level_down)]
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
@@ -51,14 +52,86 @@ def _copy_example(savedir):
     return Path(shutil.copyfile(source, folder / source.name))
 
 
+def _make_savedir(savedir) -> None:
+    """Create ``--savedir`` when missing (Cellpose 3.1.1.1 refuses a missing one)."""
+    if savedir is None:
+        return
+    try:
+        Path(savedir).mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise click.UsageError(f"--savedir {savedir}: not a directory (a file of that name exists)") from None
+    except OSError as exc:
+        raise click.UsageError(f"--savedir {savedir}: not a directory and cannot be created "
+                               f"({exc.strerror or exc})") from None
+
+
+def _same_folder(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _masks_suffix(output_name, savedir, directory) -> str:
+    """The mask files' suffix for ``--output_name``, by Cellpose 3.1.1.1's rule (``__main__.py``).
+
+    The name is used when given with no ``--savedir`` (an empty name is then ignored: the masks could
+    overwrite PNG inputs), or with a ``--savedir`` other than ``--dir`` (then it may be empty);
+    with ``--savedir`` equal to ``--dir`` Cellpose ignores it. Cellpose fails on ``--image_path`` with
+    ``--savedir``; here the name is used.
+    """
+    from .io.paths import MASKS_SUFFIX
+
+    if output_name is None:
+        return MASKS_SUFFIX
+    if savedir is None and not output_name:
+        click.echo("warning: an empty --output_name needs a --savedir other than the images' folder; "
+                   f"using {MASKS_SUFFIX} (as Cellpose does)", err=True)
+        return MASKS_SUFFIX
+    if savedir is not None and directory is not None and _same_folder(savedir, directory):
+        click.echo(f"warning: --output_name is ignored when --savedir is the --dir folder; using {MASKS_SUFFIX} "
+                   "(as Cellpose does)", err=True)
+        return MASKS_SUFFIX
+    return output_name
+
+
+def _cellpose_only_flags(gpu_device, check_mkl, transformer) -> None:
+    """Flags of ``python -m cellpose`` about torch: accepted so that its command lines run, or refused."""
+    if transformer:
+        raise click.UsageError("--transformer: Cellpose 3's transformer network is not a CPnet and is not supported")
+    if gpu_device not in (None, "0"):
+        click.echo(f"warning: --gpu_device {gpu_device} ignored: ONNX Runtime runs on GPU 0 (--use_gpu)", err=True)
+    if check_mkl:
+        click.echo("warning: --check_mkl ignored: there is no torch/MKL here", err=True)
+
+
+def _add_model(path: Path) -> None:
+    """``--add_model``: copy an exported model into the user model folder."""
+    from .registry import ModelFileError, ModelNotFoundError, add_model
+
+    try:
+        info = add_model(path)
+    except (ModelFileError, ModelNotFoundError) as exc:
+        raise click.ClickException(f"--add_model {path}: {exc}") from None
+    click.echo(f"{path} copied to the user model folder {info.onnx_path.parent}; "
+               f"use it with --pretrained_model {info.name}")
+
+
 @main.command()
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--dir", "directory", type=click.Path(path_type=Path), help="Folder of images to segment.")
 @click.option("--image_path", "image_path", type=click.Path(path_type=Path), help="One image (Cellpose's flag).")
 @click.option("--img_filter", default=None, help="Only images whose file stem ends with this.")
 @click.option("--look_one_level_down", is_flag=True, help="Also search the sub-folders of --dir.")
+@click.option("--mask_filter", default="_masks", show_default=True,
+              help="Skip files of --dir whose stem ends with this (label images).")
 @click.option("--pretrained_model", "--model", "model_name", default="cyto_demo", show_default=True,
               help="Bundled or exported model name, or a path to an exported .onnx.")
+@click.option("--pretrained_model_ortho", "ortho_model_name", default=None,
+              help="do_3D: model for the ZY and ZX views (name or .onnx path); the YX view uses --pretrained_model.")
+@click.option("--add_model", "add_model", type=click.Path(path_type=Path), default=None,
+              help="Copy an exported model (.onnx or its .json manifest) into the user model folder; "
+                   "without images, only that.")
 @click.option("--chan", default=0, show_default=True, type=click.IntRange(min=0), help="Channel to segment (0=gray, 1=R, 2=G, 3=B).")
 @click.option("--chan2", default=0, show_default=True, type=click.IntRange(min=0), help="Nuclear channel (0=none, 1=R, 2=G, 3=B).")
 @click.option("--all_channels", is_flag=True, help="Use the first two channels as they are (channels=None).")
@@ -79,6 +152,7 @@ def _copy_example(savedir):
 @click.option("--tile_overlap", default=0.1, show_default=True, type=float, help="Overlap between tiles.")
 @click.option("--batch_size", default=8, show_default=True, type=int, help="Tiles per network call.")
 @click.option("--do_3D", "do_3D", is_flag=True, help="3D segmentation of Z-stacks.")
+@click.option("--exclude_on_edges", is_flag=True, help="Discard masks that touch the image's border.")
 @click.option("--anisotropy", default=1.0, show_default=True, type=float, help="Z step / XY pixel size (do_3D).")
 @click.option("--flow3D_smooth", "flow3D_smooth", default=0.0, type=float, help="Gaussian sigma on 3D flows.")
 @click.option("--stitch_threshold", default=0.0, show_default=True, type=float,
@@ -92,7 +166,13 @@ def _copy_example(savedir):
 @click.option("--dynamics", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
               help="Where flows become masks: auto = the GPU when the network runs on one (TensorRT/CUDA) and "
                    "numba-cuda sees it; gpu fails without a CUDA device. Same masks either way.")
-@click.option("--savedir", type=click.Path(path_type=Path), default=None, help="Folder for mask/outline files.")
+@click.option("--savedir", type=click.Path(path_type=Path), default=None,
+              help="Folder for mask/outline files (created when missing).")
+@click.option("--dir_above", is_flag=True, help="Without --savedir, write outputs into the folder above the images'.")
+@click.option("--in_folders", is_flag=True, help="Sort outputs into masks/, outlines/, txt_outlines/ and flows/.")
+@click.option("--output_name", default=None,
+              help="Suffix replacing _cp_masks in the mask, outline-picture, figure and flow file names "
+                   "(may be empty when --savedir is another folder than --dir).")
 @click.option("--save_png", is_flag=True, help="Write <stem>_cp_masks.png.")
 @click.option("--save_tif", is_flag=True, help="Write <stem>_cp_masks.tif.")
 @click.option("--no_npy", is_flag=True, help="Do not write <stem>_seg.npy.")
@@ -101,6 +181,13 @@ def _copy_example(savedir):
 @click.option("--save_geojson", is_flag=True, help="Write QuPath polygons <stem>.geojson.")
 @click.option("--save_flows", is_flag=True, help="Write the flows image <stem>_flows.tif.")
 @click.option("--save_ome", is_flag=True, help="Write OME-TIFF labels <stem>_cp_masks.ome.tif.")
+@click.option("--save_outlines", is_flag=True, help="Write the image with red mask outlines, <stem>_outlines_cp_masks.png.")
+@click.option("--save_mpl", is_flag=True,
+              help="Write a figure of image, outlines, masks, flows and cell probability, <stem>_cp_output_cp_masks.png.")
+@click.option("--verbose", is_flag=True, help="Also print the model, settings and each image's stage timings.")
+@click.option("--gpu_device", default=None, help="Cellpose's torch device: accepted; ONNX Runtime uses GPU 0.")
+@click.option("--check_mkl", is_flag=True, help="Cellpose's MKL check: accepted; there is no MKL here.")
+@click.option("--transformer", is_flag=True, help="Cellpose's transformer model: not supported (refused).")
 @click.option("--skip_existing", is_flag=True, help="Skip inputs whose outputs all exist.")
 @click.option("--blocksize", default=None,
               help="Blockwise on dask (images larger than memory, .zarr/.tif): block side N or Z,Y,X.")
@@ -114,15 +201,23 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
         channel_axis, z_axis, invert, no_norm, norm_percentile, diameter, flow_threshold, cellprob_threshold,
         min_size, niter, resample, no_interp, augment, tile_overlap, batch_size, do_3D, anisotropy, flow3D_smooth,
         stitch_threshold, use_gpu, provider, threads, precision, dynamics, savedir, save_png, save_tif, no_npy,
-        save_txt, save_rois, save_geojson, save_flows, save_ome, skip_existing, blocksize, overlap, scheduler, example):
+        save_txt, save_rois, save_geojson, save_flows, save_ome, skip_existing, blocksize, overlap, scheduler, example,
+        ortho_model_name, add_model, exclude_on_edges, dir_above, in_folders, output_name, save_outlines, save_mpl,
+        verbose, mask_filter, gpu_device, check_mkl, transformer):
     """Segment image FILES (or every image in --dir) and write Cellpose's output files."""
     from .batch import OutputOptions, run_batch
     from .gpu import DynamicsUnavailableError, choose_dynamics
     from .loaded_model import LoadedModel
     from .network import ProviderUnavailableError
+    from .progress import KernelCompileNotice, Reporter, TileProgressNetwork
     from .registry import resolve_model
     from .settings import EvalSettings
 
+    _cellpose_only_flags(gpu_device, check_mkl, transformer)
+    if add_model is not None:
+        _add_model(add_model)
+        if not (files or directory or image_path or example):
+            return
     if example:
         files = list(files) + [_copy_example(savedir)]
         savedir = savedir or files[-1].parent
@@ -132,9 +227,9 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
             if ctx.get_parameter_source("diameter") == click.core.ParameterSource.DEFAULT:
                 diameter = EXAMPLE_DIAMETER
     paths = _collect_inputs(list(files) + ([image_path] if image_path else []), directory, img_filter,
-                            look_one_level_down)
-    if savedir is not None and not Path(savedir).is_dir():
-        raise click.UsageError(f"--savedir {savedir}: not a directory")
+                            look_one_level_down, mask_filter)
+    _make_savedir(savedir)
+    suffix = _masks_suffix(output_name, savedir, directory)
     if diameter < 0:
         raise click.UsageError(f"--diameter must be >= 0 (0 = estimate), got {diameter}")
     try:
@@ -148,7 +243,8 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
             flow3D_smooth=flow3D_smooth, stitch_threshold=stitch_threshold, dynamics=dynamics)
         providers = provider or (["tensorrt", "cuda"] if use_gpu else "cpu")
         model = LoadedModel.load(model_name, providers=providers, strict_provider=provider is not None,
-                                 num_threads=threads or None, precision=precision, batch_size=batch_size)
+                                 num_threads=threads or None, precision=precision, batch_size=batch_size,
+                                 ortho=ortho_model_name)
         where = choose_dynamics(settings.dynamics, model.net.providers)
     except (ProviderUnavailableError, DynamicsUnavailableError) as exc:
         raise click.ClickException(str(exc))
@@ -156,28 +252,45 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
         raise click.ClickException(str(exc))
     options = OutputOptions(savedir=savedir, save_npy=not no_npy, save_png=save_png, save_tif=save_tif,
                             save_txt=save_txt, save_rois=save_rois, save_geojson=save_geojson,
-                            save_flows=save_flows, save_ome=save_ome)
+                            save_flows=save_flows, save_ome=save_ome, save_outlines=save_outlines, save_mpl=save_mpl,
+                            exclude_on_edges=exclude_on_edges, dir_above=dir_above, in_folders=in_folders,
+                            suffix=suffix)
     estimate = not diameter and model.size_model is not None
+    reporter = Reporter(verbose=verbose)
+    header = (f"cellflow-rt {__version__}: {len(paths)} image(s), model {model.name} "
+              f"({', '.join(model.net.providers)}, {model.net.precision}), dynamics on the {where.upper()}")
+    reporter.line(header + (f", ortho model {ortho_model_name}" if ortho_model_name else ""), err=True)
+    reporter.detail(f"settings: {settings}")
     if blocksize is not None:
-        _run_blockwise(paths, model, settings, blocksize, overlap, scheduler, estimate, savedir)
+        with KernelCompileNotice(lambda text: reporter.line(text, err=True)):
+            _run_blockwise(paths, model, settings, blocksize, overlap, scheduler, estimate, savedir, options, reporter)
         return
-    click.echo(f"cellflow-rt {__version__}: {len(paths)} image(s), model {model.name} "
-               f"({', '.join(model.net.providers)}, {model.net.precision}), dynamics on the {where.upper()}", err=True)
+    if reporter.interactive:
+        model.net = TileProgressNetwork(model.net, reporter)
+        if model.net_ortho is not None:
+            model.net_ortho = TileProgressNetwork(model.net_ortho, reporter)
+    files_bar = reporter.bar(len(paths), "images", "image") if len(paths) > 1 else None
 
     def report(i, result):
         head = f"[{i + 1}/{len(paths)}] {result.path.name}"
         if result.skipped:
-            click.echo(f"{head}: skipped (outputs exist)")
+            reporter.line(f"{head}: skipped (outputs exist)")
         elif result.ok:
-            click.echo(f"{head}: {result.n_masks} cells, diameter {result.diameter:.1f} px, {result.seconds:.2f} s")
+            reporter.line(f"{head}: {result.n_masks} cells, diameter {result.diameter:.1f} px, {result.seconds:.2f} s")
+            reporter.detail("  " + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.timings.items()))
         else:
-            click.echo(f"{head}: FAILED: {result.error}", err=True)
+            reporter.line(f"{head}: FAILED: {result.error}", err=True)
+        if files_bar is not None:
+            files_bar.update(1)
 
-    results = run_batch(paths, model, settings, options, estimate=estimate, skip_existing=skip_existing,
-                        on_result=report)
+    with KernelCompileNotice(lambda text: reporter.line(text, err=True)):
+        results = run_batch(paths, model, settings, options, estimate=estimate, skip_existing=skip_existing,
+                            on_result=report)
+    if files_bar is not None:
+        files_bar.close()
     written = sorted({str(p.parent) for r in results for p in r.outputs})
     if written:
-        click.echo(f"outputs written to: {', '.join(written)}")
+        reporter.line(f"outputs written to: {', '.join(written)}")
     failed = [r for r in results if not r.ok]
     if failed:
         click.echo(f"{len(failed)} of {len(results)} image(s) failed:", err=True)
@@ -186,25 +299,40 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
         sys.exit(1)
 
 
-def _run_blockwise(paths, model, settings, blocksize, overlap, scheduler, estimate, savedir):
+def _run_blockwise(paths, model, settings, blocksize, overlap, scheduler, estimate, savedir, options, reporter):
     """``run --blocksize``: each input segmented block by block on dask (cellflow_rt.big), written as
-    ``<stem>_cp_masks.zarr`` in ``savedir`` or beside the input."""
+    ``<stem>_cp_masks.zarr`` in ``savedir`` or beside the input; with ``--save_tif`` / ``--save_png``
+    the masks are also streamed from the zarr into ``<stem>_cp_masks.tif`` / ``.png``."""
     from .big.command import default_output, parse_sizes, run_large
+    from .progress import StageProgress
 
+    written_alone = {"--save_txt": options.save_txt, "--save_rois": options.save_rois,
+                     "--save_geojson": options.save_geojson, "--save_flows": options.save_flows,
+                     "--save_ome": options.save_ome, "--save_outlines": options.save_outlines,
+                     "--save_mpl": options.save_mpl, "--exclude_on_edges": options.exclude_on_edges}
+    if model.net_ortho is not None:  # dask workers reopen the model by name, without it
+        written_alone["--pretrained_model_ortho"], model.net_ortho = True, None
+    ignored = [flag for flag, on in written_alone.items() if on]
+    if ignored:
+        reporter.line(f"warning: {', '.join(ignored)} not available in blockwise runs (--blocksize); ignored", err=True)
     failed = []
     for path in paths:
+        stages = StageProgress(reporter)
         try:
             output = Path(savedir) / default_output(path).name if savedir else None
             run_large(path, model, settings, blocksize=parse_sizes(blocksize, "--blocksize"),
                       overlap=parse_sizes(overlap, "--overlap"), scheduler=scheduler, output=output,
-                      estimate_diameter=estimate)
+                      estimate_diameter=estimate, echo=reporter.line, progress=stages,
+                      save_tif=options.save_tif, save_png=options.save_png, suffix=options.suffix)
         except click.BadParameter:
             raise
         except Exception as exc:  # one bad file must not stop the others
-            click.echo(f"{path.name}: FAILED: {type(exc).__name__}: {exc}", err=True)
+            reporter.line(f"{path.name}: FAILED: {type(exc).__name__}: {exc}", err=True)
             failed.append(path)
+        finally:
+            stages.close()
     if failed:
-        click.echo(f"{len(failed)} of {len(paths)} image(s) failed: {', '.join(map(str, failed))}", err=True)
+        reporter.line(f"{len(failed)} of {len(paths)} image(s) failed: {', '.join(map(str, failed))}", err=True)
         sys.exit(1)
 
 

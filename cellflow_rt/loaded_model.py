@@ -24,18 +24,33 @@ class LoadedModel:
 
     info: ModelInfo
     net: Network  # or network_openvino.OpenVINONetwork (bf16), same interface
+    #: do_3D: the network of the ZY and ZX views (Cellpose's ``pretrained_model_ortho``); None: ``net``.
+    net_ortho: Optional[Network] = None
 
     @classmethod
     def load(cls, name_or_path, providers=None, strict_provider: bool = False,
-             num_threads: Optional[int] = None, precision: str = "fp32", batch_size: int = 8) -> "LoadedModel":
+             num_threads: Optional[int] = None, precision: str = "fp32", batch_size: int = 8,
+             ortho=None) -> "LoadedModel":
         """Resolve a model name or path and open its network (see :func:`~cellflow_rt.network.open_network`).
 
         ``batch_size`` is the most tiles per network run (it sizes TensorRT's optimisation profile).
+        ``ortho`` names a second model for do_3D's ZY and ZX views; it must take the same input
+        channels. Its diameters are not used: the first model's set the scale, as in Cellpose.
         """
         info = resolve_model(name_or_path)
-        return cls(info, open_network(info.onnx_path, providers=providers, strict_provider=strict_provider,
-                                      num_threads=num_threads, precision=precision, batch_size=batch_size,
-                                      nchan=int(info.nchan)))
+
+        def network(path):
+            return open_network(path, providers=providers, strict_provider=strict_provider, num_threads=num_threads,
+                                precision=precision, batch_size=batch_size, nchan=int(info.nchan))
+
+        net_ortho = None
+        if ortho is not None:
+            ortho_info = resolve_model(ortho)
+            if ortho_info.nchan != info.nchan or ortho_info.nout != info.nout:
+                raise ValueError(f"ortho model {ortho_info.name} takes {ortho_info.nchan} channels and returns "
+                                 f"{ortho_info.nout}; {info.name} takes {info.nchan} and returns {info.nout}")
+            net_ortho = network(ortho_info.onnx_path)
+        return cls(info, network(info.onnx_path), net_ortho)
 
     @property
     def name(self) -> str:

@@ -20,7 +20,7 @@ from .settings import EvalSettings
 DEFAULT_MODEL = "cyto_demo"
 
 #: Constructor arguments Cellpose accepts that have no meaning here (torch devices, backbones).
-_IGNORED_INIT_ARGS = {"device", "mkldnn", "backbone", "pretrained_model_ortho", "diam_mean", "nchan"}
+_IGNORED_INIT_ARGS = {"device", "mkldnn", "backbone", "diam_mean", "nchan"}
 #: eval arguments Cellpose accepts that we accept and ignore.
 _IGNORED_EVAL_ARGS = {"progress"}
 
@@ -61,7 +61,7 @@ def _settings_from_eval_kwargs(kwargs: dict) -> EvalSettings:
 
 
 def _flows_for_user(seg: Segmentation):
-    from .outputs_flows import flow_to_rgb
+    from .io.flows import flow_to_rgb
     return [flow_to_rgb(seg.dP), seg.dP, seg.cellprob]
 
 
@@ -90,12 +90,15 @@ class CellposeModel:
     precision : {"fp32", "fp16", "bf16"}
         fp32 (default) gives Cellpose's masks; fp16 (TensorRT) and bf16 (CPU, needs OpenVINO) are
         faster and approximate (see the README's precision table).
+    pretrained_model_ortho : str or path, optional
+        A model for do_3D's ZY and ZX views (the YX view uses ``pretrained_model``), as in Cellpose.
     **kwargs
         Cellpose-only arguments (``device``, ``mkldnn``, ...): accepted and ignored with a warning.
     """
 
     def __init__(self, gpu: bool = False, pretrained_model=None, model_type: Optional[str] = None,
-                 providers=None, num_threads: Optional[int] = None, precision: str = "fp32", **kwargs):
+                 providers=None, num_threads: Optional[int] = None, precision: str = "fp32",
+                 pretrained_model_ortho=None, **kwargs):
         unknown = set(kwargs) - _IGNORED_INIT_ARGS
         if unknown:
             raise TypeError(f"unexpected argument(s): {sorted(unknown)}")
@@ -104,7 +107,7 @@ class CellposeModel:
         if providers is None and gpu:
             providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
         self.model = LoadedModel.load(name, providers=providers or "cpu", num_threads=num_threads,
-                                      precision=precision)
+                                      precision=precision, ortho=pretrained_model_ortho)
         self.pretrained_model = str(self.model.info.onnx_path)
         self.diam_mean = self.model.diam_mean
         self.diam_labels = self.model.diam_labels

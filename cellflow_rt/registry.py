@@ -277,3 +277,53 @@ def _available(catalogue: dict) -> str:
         return f"no models are installed (user models go in {user_model_dir()}, or set ${USER_MODELS_ENV})"
     names = ", ".join(f"{name} ({source})" for name, (_, source) in catalogue.items())
     return f"available: {names}"
+
+
+def add_model(path) -> ModelInfo:
+    """Copy an exported model into the user model folder (``cellflow-rt run --add_model``).
+
+    Parameters
+    ----------
+    path : str or path-like
+        ``NAME.onnx`` (its manifest ``NAME.json`` beside it) or the manifest itself; the model is
+        checked (manifest, checksum) before anything is copied. Its half-precision variant is copied
+        too when the manifest lists it and the file is there.
+
+    Returns
+    -------
+    ModelInfo
+        The model as found in the user folder (use its ``name`` with ``--pretrained_model``).
+
+    Raises
+    ------
+    ModelNotFoundError, ModelFileError
+        As :func:`resolve_model`; also for a file that is not an exported model (a Cellpose checkpoint
+        must first go through ``cellflow-rt export``, which installs it).
+    """
+    import shutil
+
+    from .io.atomic import atomic_write
+
+    source = Path(path).expanduser()
+    if source.is_file() and source.suffix.lower() not in (".onnx", ".json"):
+        raise ModelFileError(f"{source} is not an exported model (.onnx with its .json manifest); convert a "
+                             f"Cellpose checkpoint with `cellflow-rt export {source} --name NAME`, which also "
+                             "installs it in the user model folder")
+    info = resolve_model(source)
+    if source.suffix.lower() == ".json":
+        manifest_path = source
+    else:  # NAME.onnx or NAME_fp16.onnx: the manifest is NAME.json (see resolve_model)
+        manifest_path = info.onnx_path.with_name(Path(info.manifest["onnx_file"]).stem + ".json")
+    files = [info.onnx_path.with_name(info.manifest["onnx_file"]), manifest_path]
+    fp16 = info.manifest.get("fp16")
+    if isinstance(fp16, dict) and (info.onnx_path.parent / str(fp16.get("onnx_file"))).is_file():
+        files.append(info.onnx_path.parent / fp16["onnx_file"])
+    folder = user_model_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in files:
+        target = folder / file.name
+        if target.exists() and os.path.samefile(target, file):
+            continue
+        with atomic_write(target) as tmp:
+            shutil.copyfile(file, tmp)
+    return _load(folder / manifest_path.name, None, "user")

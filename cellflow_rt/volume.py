@@ -44,12 +44,17 @@ def resize_volume(x: np.ndarray, rescale, anisotropy) -> np.ndarray:
     return _resize_planes(x.transpose(1, 0, 2, 3), Lzr, Lxr).transpose(1, 0, 2, 3)
 
 
-def run_network_3d(net, x: np.ndarray, augment: bool, batch_size: int, tile_overlap: float, bsize: int):
-    """Sum of the three views' outputs: (Z, Y, X, 4) = dZ, dY, dX, cellprob; and the last view's styles."""
+def run_network_3d(net, x: np.ndarray, augment: bool, batch_size: int, tile_overlap: float, bsize: int,
+                   net_ortho=None):
+    """Sum of the three views' outputs: (Z, Y, X, 4) = dZ, dY, dX, cellprob; and the last view's styles.
+
+    ``net_ortho``, if given, runs the ZX and ZY views (Cellpose's ``pretrained_model_ortho``).
+    """
     yf = np.zeros(x.shape[:3] + (4,), np.float32)
     styles = None
-    for to_slices, back, targets in _VIEWS:
-        y, styles = run_network(net, x.transpose(to_slices), rescale=None, augment=augment,
+    for view, (to_slices, back, targets) in enumerate(_VIEWS):
+        view_net = net if view == 0 or net_ortho is None else net_ortho
+        y, styles = run_network(view_net, x.transpose(to_slices), rescale=None, augment=augment,
                                 batch_size=batch_size, tile_overlap=tile_overlap, bsize=bsize)
         yf[..., 3] += y[..., 2].transpose(back)
         for j, target in enumerate(targets):
@@ -66,7 +71,7 @@ def volume_flows(x: np.ndarray, model, settings, rescale):
     Lz, Ly, Lx = x.shape[:3]
     xr = resize_volume(x, rescale, settings.anisotropy)
     yf, styles = run_network_3d(model.net, xr, settings.augment, settings.batch_size, settings.tile_overlap,
-                                settings.bsize)
+                                settings.bsize, net_ortho=getattr(model, "net_ortho", None))
     del xr
     if settings.resample:
         if rescale != 1.0:

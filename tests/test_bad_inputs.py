@@ -30,8 +30,8 @@ from cli_helpers import FAST, crop, leftover_temp_files, outputs_of, run_cli
 
 
 def _png(array) -> bytes:
-    import imagecodecs
-    return imagecodecs.png_encode(array)
+    from pillow_codecs import png_bytes
+    return png_bytes(array)
 
 
 def _write_corpus(folder: Path) -> None:

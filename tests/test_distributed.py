@@ -283,6 +283,7 @@ def test_empty_image_is_skipped_without_running_the_network(model):
 
 
 def test_command_line_writes_labels(tmp_path):
+    import re
     import subprocess
     import sys
 
@@ -291,12 +292,20 @@ def test_command_line_writes_labels(tmp_path):
     require_shared()
     tifffile.imwrite(tmp_path / "big.tif", tifffile.imread(DSB / "dsb_10_image.tif"), tile=(64, 64))
     run = subprocess.run([sys.executable, "-m", "cellflow_rt.cli", "run", str(tmp_path / "big.tif"), "--model",
-                          "nuclei_demo", "--diameter", "17", "--blocksize", "128", "--overlap", "34"],
-                         capture_output=True, text=True, timeout=300)
+                          "nuclei_demo", "--diameter", "17", "--blocksize", "64", "--overlap", "34", "--save_tif",
+                          "--save_png"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert "segment: 4/4 blocks" in run.stderr and "cells" in run.stdout
+    assert "segment: 16/16 blocks" in run.stderr and "cells" in run.stdout
+    for stage in ("statistics", "segment", "overlaps", "write"):  # a line per tenth of a stage, not per block
+        assert 0 < len(re.findall(rf"^  {stage}: ", run.stderr, re.M)) <= 11, run.stderr
     labels = zarr.open_array(tmp_path / "big_cp_masks.zarr", mode="r")
     assert labels.shape == (256, 256) and labels.dtype == np.uint32 and labels[:].max() > 10
+    # --save_tif / --save_png: streamed from the zarr into Cellpose's file names, the same labels
+    with tifffile.TiffFile(tmp_path / "big_cp_masks.tif") as tif:
+        assert tif.is_bigtiff and tif.pages[0].is_tiled
+        np.testing.assert_array_equal(tif.asarray(), labels[:])
+    from pillow_codecs import decode
+    np.testing.assert_array_equal(decode(tmp_path / "big_cp_masks.png"), labels[:])
 
 
 def test_single_block_is_the_single_pass(model):

@@ -6,10 +6,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import imagecodecs
 import numpy as np
 import pytest
 import tifffile
+from pillow_codecs import jpeg_bytes, png_bytes
 
 from cellflow_rt.io import (ImageReadError, OutputWriteError, atomic_write, find_images, image_stem,
                             imread)
@@ -43,6 +43,70 @@ def test_ome_tiff_gives_first_series_with_its_axes(tmp_path):
     np.testing.assert_array_equal(imread(tmp_path / "v.ome.tif"), vol)
 
 
+# --------------------------------------------------------------------------------------------------
+# imread: compressed TIFFs without imagecodecs (LZW and JPEG through Pillow's libtiff)
+
+
+def _pillow_tiff(path, planes, compression, **kwargs):
+    from PIL import Image
+
+    images = [Image.fromarray(np.ascontiguousarray(p)) for p in planes]
+    images[0].save(path, compression=compression, save_all=True, append_images=images[1:], **kwargs)
+
+
+def _has_imagecodecs() -> bool:
+    try:
+        import imagecodecs  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("compression", ["tiff_lzw", "tiff_adobe_deflate", "packbits"])
+def test_lossless_compressed_tiffs(tmp_path, compression):
+    # read through Pillow in a plain install (no imagecodecs, as in the test extra), else by tifffile
+    rng = _rng()
+    stack16 = rng.integers(0, 65535, (12, 40, 56)).astype(np.uint16)  # >= 10 pages, 16-bit
+    rgb = rng.integers(0, 255, (40, 56, 3)).astype(np.uint8)
+    plane32 = rng.random((40, 56)).astype(np.float32)
+    for name, planes, expected in [("s.tif", list(stack16), stack16), ("rgb.tif", [rgb], rgb),
+                                   ("f.tif", [plane32], plane32)]:
+        _pillow_tiff(tmp_path / name, planes, compression)
+        out = imread(tmp_path / name)
+        assert out.dtype == expected.dtype and out.shape == expected.shape, name
+        np.testing.assert_array_equal(out, expected)
+
+
+def test_jpeg_compressed_tiff(tmp_path):
+    yy, xx = np.mgrid[:64, :80]
+    gray = (yy * 2 + xx).astype(np.uint8)
+    rgb = np.stack([gray, 255 - gray, np.full_like(gray, 90)], axis=-1)
+    _pillow_tiff(tmp_path / "g.tif", [gray, gray[::-1]], "jpeg", quality=95)
+    _pillow_tiff(tmp_path / "c.tif", [rgb], "jpeg", quality=95)
+    g, c = imread(tmp_path / "g.tif"), imread(tmp_path / "c.tif")
+    assert g.shape == (2, 64, 80) and g.dtype == np.uint8 and c.shape == (64, 80, 3)
+    assert np.abs(g[1].astype(int) - gray[::-1]).mean() < 3  # lossy, but the planes in order
+    assert np.abs(c.astype(int) - rgb).mean() < 3  # channels in RGB order
+
+
+@pytest.mark.skipif(_has_imagecodecs(), reason="imagecodecs is installed: tifffile reads these itself")
+def test_layouts_without_an_exact_decoder_are_refused_naming_imagecodecs(tmp_path):
+    from cellflow_rt.io.png import encode_png
+
+    # a 16-bit RGB TIFF marked LZW: Pillow has no 16-bit RGB mode, so it must not be read at 8 bits
+    rgb16 = _rng().integers(0, 65535, (16, 24, 3)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "rgb16.tif", rgb16, photometric="rgb")
+    with tifffile.TiffFile(tmp_path / "rgb16.tif") as tif:
+        tag = tif.pages[0].tags["Compression"]
+        at = tag.valueoffset
+    data = bytearray((tmp_path / "rgb16.tif").read_bytes())
+    data[at:at + 2] = (5).to_bytes(2, "little")
+    (tmp_path / "rgb16.tif").write_bytes(bytes(data))
+    _assert_read_error(tmp_path / "rgb16.tif", "imagecodecs")
+    (tmp_path / "rgb16.png").write_bytes(encode_png(rgb16))
+    _assert_read_error(tmp_path / "rgb16.png", "16-bit colour", "imagecodecs")
+
+
 def test_png_gray_16bit_rgb_and_alpha(tmp_path):
     rng = _rng()
     gray16 = rng.integers(0, 65535, (20, 30)).astype(np.uint16)
@@ -50,7 +114,7 @@ def test_png_gray_16bit_rgb_and_alpha(tmp_path):
     rgba = np.concatenate([rgb, np.full((20, 30, 1), 128, np.uint8)], axis=-1)
     gray_alpha = np.stack([rgb[..., 0], rgb[..., 1]], axis=-1)
     for name, arr in [("g.png", gray16), ("rgb.png", rgb), ("rgba.PNG", rgba), ("la.png", gray_alpha)]:
-        (tmp_path / name).write_bytes(imagecodecs.png_encode(arr))
+        (tmp_path / name).write_bytes(png_bytes(arr))
     np.testing.assert_array_equal(imread(tmp_path / "g.png"), gray16)
     np.testing.assert_array_equal(imread(tmp_path / "rgb.png"), rgb)  # RGB order, not OpenCV's BGR
     np.testing.assert_array_equal(imread(tmp_path / "rgba.PNG"), rgb)  # alpha dropped
@@ -61,8 +125,8 @@ def test_jpeg_gray_and_rgb(tmp_path):
     yy, xx = np.mgrid[:40, :48]
     gray = (yy * 4 + xx).astype(np.uint8)
     rgb = np.stack([gray, 255 - gray, np.full_like(gray, 90)], axis=-1)
-    (tmp_path / "g.jpg").write_bytes(imagecodecs.jpeg8_encode(gray, level=95))
-    (tmp_path / "c.jpeg").write_bytes(imagecodecs.jpeg8_encode(rgb, level=95))
+    (tmp_path / "g.jpg").write_bytes(jpeg_bytes(gray, 95))
+    (tmp_path / "c.jpeg").write_bytes(jpeg_bytes(rgb, 95))
     g, c = imread(tmp_path / "g.jpg"), imread(tmp_path / "c.jpeg")
     assert g.shape == (40, 48) and g.dtype == np.uint8
     assert c.shape == (40, 48, 3)
@@ -146,8 +210,8 @@ def test_truncated_ome_tiff_is_not_silently_short(tmp_path):
 
 def test_truncated_and_corrupt_png_jpeg(tmp_path):
     rgb = _rng().integers(0, 255, (64, 64, 3)).astype(np.uint8)
-    png = imagecodecs.png_encode(rgb)
-    jpg = imagecodecs.jpeg8_encode(rgb)
+    png = png_bytes(rgb)
+    jpg = jpeg_bytes(rgb)
     for name, data in [("a.png", png[: len(png) // 2]), ("b.png", png[:40]), ("c.png", b"\x89PNG garbage"),
                        ("d.jpg", jpg[: len(jpg) // 2]), ("e.jpg", jpg[: len(jpg) - 5]), ("f.jpg", b"\xff\xd8junk")]:
         (tmp_path / name).write_bytes(data)

@@ -1,19 +1,19 @@
-"""Output files (cellflow_rt.outputs), outlines (cellflow_rt.outlines) and flow pictures
-(cellflow_rt.outputs_flows): written files read back with tifffile / imagecodecs / roifile / json."""
+"""Output files, outlines and flow pictures (the writers of cellflow_rt.io): written files read back
+with tifffile / Pillow / roifile / json."""
 import json
 import warnings
 from pathlib import Path
 
-import imagecodecs
 import numpy as np
 import pytest
 import tifffile
+from pillow_codecs import decode
 from scipy.ndimage import find_objects
 
-from cellflow_rt import outputs
+from cellflow_rt import io as outputs
 from cellflow_rt.io import OutputWriteError
-from cellflow_rt.outlines import masks_to_outlines, outlines_list
-from cellflow_rt.outputs_flows import cellprob_to_uint8, flow_to_rgb, normalize99
+from cellflow_rt.io.flows import cellprob_to_uint8, flow_to_rgb, normalize99
+from cellflow_rt.io.outlines import masks_to_outlines, outlines_list
 from cellflow_rt.percentile import percentile, percentiles
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -182,7 +182,7 @@ def test_save_masks_png_and_tif_round_trip(tmp_path):
     masks = _dsb_labels(0)
     written = outputs.save_masks(masks, tmp_path / "dsb_00_image.tif", png=True, tif=True)
     assert [p.name for p in written] == ["dsb_00_image_cp_masks.png", "dsb_00_image_cp_masks.tif"]
-    png = imagecodecs.png_decode(written[0].read_bytes())
+    png = decode(written[0])
     assert png.dtype == np.uint16
     np.testing.assert_array_equal(png, masks)
     with tifffile.TiffFile(written[1]) as tif:
@@ -197,7 +197,7 @@ def test_save_masks_savedir_suffix_and_empty_masks(tmp_path):
     assert [p.name for p in written] == ["img_labels.png", "img_labels.tif"]
     assert written[0].parent == tmp_path / "new" / "dir"
     assert tifffile.imread(written[1]).shape == (8, 3)
-    assert imagecodecs.png_decode(written[0].read_bytes()).shape == (8, 3)
+    assert decode(written[0]).shape == (8, 3)
 
 
 def test_save_masks_many_labels_fall_back_to_uint32_tif(tmp_path):
@@ -397,3 +397,14 @@ def test_no_partial_file_when_a_writer_fails(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         outputs.save_outlines_txt(masks, tmp_path / "img.tif")  # other writers unaffected
+
+
+def test_first_homes_of_the_writers_still_import():
+    """``cellflow_rt.outputs`` / ``.outlines`` / ``.outputs_flows`` name the same functions as ``cellflow_rt.io``."""
+    import cellflow_rt.outlines as old_outlines
+    import cellflow_rt.outputs as old_outputs
+    import cellflow_rt.outputs_flows as old_flows
+
+    for name in old_outputs.__all__:
+        assert getattr(old_outputs, name) is getattr(outputs, name), name
+    assert old_outlines.outlines_list is outlines_list and old_flows.flow_to_rgb is flow_to_rgb

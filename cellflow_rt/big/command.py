@@ -38,20 +38,22 @@ def default_output(path: Path) -> Path:
 def run_large(path, model, settings, blocksize=None, overlap=None, scheduler: str = "threads",
               output: Optional[Path] = None, workers: Optional[int] = None, ome_labels: Optional[str] = None,
               skip_threshold: Optional[float] = 0.1, temp_dir=None, estimate_diameter: bool = False,
-              echo=click.echo):
-    """Segment ``path`` blockwise, report progress per block, write ``output``; return the result."""
+              echo=click.echo, progress=None, save_tif: bool = False, save_png: bool = False,
+              suffix: str = "_cp_masks"):
+    """Segment ``path`` blockwise, report progress, write ``output``; return the result.
+
+    ``progress`` receives each :class:`~cellflow_rt.big.Progress` report (default: a line per tenth of
+    each stage, :class:`~cellflow_rt.progress.StageProgress`). With ``save_tif`` / ``save_png`` the
+    labels are then streamed from the zarr into ``<stem><suffix>.tif`` / ``.png`` beside ``output``
+    (:func:`cellflow_rt.io.large_masks.save_large_masks`).
+    """
     from . import segment_large
 
     path = Path(path)
     output = Path(output) if output is not None else default_output(path)
-    last = {}
-
-    def progress(p):
-        if p.stage in ("segment", "write") or p.done == p.total:
-            if last.get(p.stage) != p.done:
-                skipped = f", {p.skipped} empty skipped" if p.skipped else ""
-                echo(f"  {p.stage}: {p.done}/{p.total} blocks{skipped} ({p.seconds:.1f} s)", err=True)
-                last[p.stage] = p.done
+    if progress is None:
+        from ..progress import Reporter, StageProgress
+        progress = StageProgress(Reporter(interactive=False))
 
     tic = time.perf_counter()
     result = segment_large(path, model, settings, blocksize=blocksize, overlap=overlap, output=output,
@@ -59,4 +61,14 @@ def run_large(path, model, settings, blocksize=None, overlap=None, scheduler: st
                            estimate_diameter=estimate_diameter, ome_labels=ome_labels, temp_dir=temp_dir)
     echo(f"{path.name}: {result.n_objects} cells, diameter {result.diameter:.1f} px, blocks {result.n_blocks} "
          f"({result.n_skipped} empty), {time.perf_counter() - tic:.1f} s -> {result.output}")
+    if save_tif or save_png:
+        import zarr
+
+        from ..io.large_masks import save_large_masks
+
+        tic = time.perf_counter()
+        files = save_large_masks(zarr.open_array(str(output), mode="r"), path, savedir=output.parent, tif=save_tif,
+                                 png=save_png, suffix=suffix, n_labels=result.n_objects)
+        echo(f"{path.name}: wrote {', '.join(p.name for p in files)} from the zarr "
+             f"({time.perf_counter() - tic:.1f} s)")
     return result

@@ -1,4 +1,4 @@
-"""numba kernels behind :mod:`cellflow_rt.outlines`: OpenCV's outer-border following, per label.
+"""numba kernels behind :mod:`cellflow_rt.io.outlines`: OpenCV's outer-border following, per label.
 
 Cellpose gets outlines from ``cv2.findContours(mask == label, RETR_EXTERNAL, CHAIN_APPROX_NONE)``
 one label at a time. We follow the same border-following rule (Suzuki & Abe 1985 as OpenCV codes
@@ -15,7 +15,7 @@ the outside start a border (RETR_EXTERNAL: objects inside a hole of the label ar
 import numba
 import numpy as np
 
-from ._numba import NUMBA_OPTS
+from .._numba import NUMBA_OPTS
 
 INSIDE, LABEL, OUT, TRACED = 0, 1, 2, 3
 
