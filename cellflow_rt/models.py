@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .loaded_model import LoadedModel
+from .normalize import NORMALIZE_KEYS, NormalizeOptions
 from .pipeline import Segmentation, segment
 from .settings import EvalSettings
 
@@ -38,20 +39,8 @@ def _settings_from_eval_kwargs(kwargs: dict) -> EvalSettings:
     for k in ignored:
         kwargs.pop(k)
     _warn_ignored("eval", ignored)
-    normalize = kwargs.pop("normalize", True)
-    if isinstance(normalize, dict):
-        # Cellpose's dict form: invert then comes from the dict (errata A8)
-        kwargs["invert"] = bool(normalize.get("invert", False))
-        if normalize.get("percentile") is not None:
-            kwargs["percentile"] = tuple(normalize["percentile"])
-        unsupported = {k for k, v in normalize.items()
-                       if k in ("lowhigh", "sharpen_radius", "smooth_radius", "tile_norm_blocksize") and v}
-        if unsupported:
-            raise ValueError(f"normalize options {sorted(unsupported)} are not supported by cellflow-rt")
-        normalize = bool(normalize.get("normalize", True))
-    elif not isinstance(normalize, (bool, np.bool_)):
-        raise ValueError("normalize must be a bool or a dict")
-    kwargs["normalize"] = bool(normalize)
+    options = NormalizeOptions.from_cellpose(kwargs.pop("normalize", True), kwargs.pop("invert", False))
+    kwargs.update({name: getattr(options, name) for name in NORMALIZE_KEYS})
     if kwargs.get("channels") is not None:
         kwargs["channels"] = tuple(int(c) for c in kwargs["channels"])
     unknown = set(kwargs) - set(EvalSettings.names())

@@ -1,7 +1,7 @@
 """One normalisation for the whole image, computed from per-block statistics, and the empty-block test.
 
 Cellpose normalises a whole image (or a whole volume) with its 1st/99th percentiles, taken on a
-strided subsample once the image has more than 224**3 pixels (``preprocess._percentiles``). Per-block
+strided subsample once the image has more than 224**3 pixels (``normalize._percentile_sample``). Per-block
 percentiles would give every block a different contrast, hence different cells at block faces. So a
 first pass over the blocks collects, per network channel: the minimum and maximum (Cellpose leaves a
 constant channel alone), exactly the pixels of Cellpose's strided subsample that fall in the block,
@@ -17,7 +17,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..preprocess import _PERCENTILE_SUBSAMPLE_SIZE, select_channels
+from ..normalize import PERCENTILE_SUBSAMPLE_SIZE
+from ..preprocess import select_channels
 
 
 def network_channels(data: np.ndarray, channels: Optional[Sequence[int]], nchan: int) -> np.ndarray:
@@ -43,7 +44,7 @@ def network_channels(data: np.ndarray, channels: Optional[Sequence[int]], nchan:
 
 def subsample_steps(shape: Sequence[int]) -> Tuple[int, ...]:
     """Strides of Cellpose's percentile subsample for an image of spatial ``shape``."""
-    if int(np.prod(shape)) <= _PERCENTILE_SUBSAMPLE_SIZE:
+    if int(np.prod(shape)) <= PERCENTILE_SUBSAMPLE_SIZE:
         return (1,) * len(shape)
     steps = [max(1, n // 224) for n in shape]
     if len(shape) == 3:
