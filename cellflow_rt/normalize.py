@@ -135,6 +135,10 @@ class NormalizeOptions:
         """Copy with some options changed."""
         return replace(self, **changes)
 
+    def as_dict(self) -> dict:
+        """Cellpose's ``normalize`` dict (also :class:`~cellflow_rt.settings.EvalSettings`' field names)."""
+        return {name: getattr(self, name) for name in NORMALIZE_KEYS}
+
     @property
     def is_default(self) -> bool:
         """Only Cellpose's default percentile normalisation (with any percentiles and invert)."""

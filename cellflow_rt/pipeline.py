@@ -112,6 +112,7 @@ class Prediction:
 
 def predict(image: np.ndarray, model: LoadedModel, settings: EvalSettings = EvalSettings()) -> Prediction:
     """First half of :func:`segment`: preprocessing and the network (flows, cell probability, style)."""
+    model.require_kind("segmentation", "model")
     timings = {}
     tic = time.perf_counter()
     x = prepare_image(image, settings, model.nchan)

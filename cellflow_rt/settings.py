@@ -128,9 +128,8 @@ class EvalSettings:
             raise ValueError(f"tile_overlap must be in [0, 1), got {self.tile_overlap}")
         if self.anisotropy is not None and not (self.anisotropy > 0):
             raise ValueError(f"anisotropy must be > 0, got {self.anisotropy}")
-        options = NormalizeOptions(**{name: getattr(self, name) for name in NORMALIZE_KEYS})
-        for name in NORMALIZE_KEYS:  # validated and in canonical form (tuples, floats)
-            object.__setattr__(self, name, getattr(options, name))
+        for name, value in self.normalization.as_dict().items():  # validated, canonical (tuples, floats)
+            object.__setattr__(self, name, value)
 
     @property
     def normalization(self) -> NormalizeOptions:
