@@ -15,7 +15,8 @@ import numpy as np
 
 from .io import image_stem
 from .loaded_model import LoadedModel
-from .pipeline import Prediction, Segmentation, finish, predict
+from .pipeline import Segmentation, finish, predict
+from .restore import Restoration, RestoreStep
 from .settings import EvalSettings
 
 
@@ -32,6 +33,7 @@ class OutputOptions:
     save_geojson: bool = False
     save_flows: bool = False
     save_ome: bool = False
+    save_restored: bool = False
 
 
 @dataclass
@@ -57,7 +59,8 @@ def expected_outputs(path: Path, options: OutputOptions) -> List[Path]:
     folder = Path(options.savedir) if options.savedir else path.parent
     suffixes = [(options.save_png, "_cp_masks.png"), (options.save_tif, "_cp_masks.tif"),
                 (options.save_txt, "_cp_outlines.txt"), (options.save_geojson, ".geojson"),
-                (options.save_flows, "_flows_cp_masks.tif"), (options.save_ome, "_cp_masks.ome.tif")]
+                (options.save_flows, "_flows_cp_masks.tif"), (options.save_ome, "_cp_masks.ome.tif"),
+                (options.save_restored, "_restored.tif")]
     stem = image_stem(path)
     files = [folder / f"{stem}{suffix}" for wanted, suffix in suffixes if wanted]
     if options.save_npy:
@@ -67,8 +70,13 @@ def expected_outputs(path: Path, options: OutputOptions) -> List[Path]:
     return files
 
 
-def write_outputs(path: Path, seg: Segmentation, settings: EvalSettings, options: OutputOptions) -> List[Path]:
-    """Write the requested output files for one segmented image; returns their paths."""
+def write_outputs(path: Path, seg: Segmentation, settings: EvalSettings, options: OutputOptions,
+                  restoration: Optional[Restoration] = None, restore_name: Optional[str] = None) -> List[Path]:
+    """Write the requested output files for one segmented image; returns their paths.
+
+    With image restoration, ``restoration`` (and the restore type's name) go into ``_seg.npy`` and,
+    with ``save_restored``, ``<stem>_restored.tif``.
+    """
     from . import outputs
 
     masks, savedir = seg.masks, options.savedir
@@ -79,8 +87,10 @@ def write_outputs(path: Path, seg: Segmentation, settings: EvalSettings, options
         written += outputs.save_masks(masks, path, png=options.save_png and planar,
                                       tif=options.save_tif or not planar, savedir=savedir)
     if options.save_npy:
+        restored = {} if restoration is None else dict(img_restore=restoration.image, restore_type=restore_name)
+        # ratio stays 1.0: Cellpose's command line writes 1.0 whatever the upsampling
         written.append(outputs.save_seg_npy(masks, flows, path, diameter=seg.diameter,
-                                            channels=settings.channels or (0, 0)))
+                                            channels=settings.channels or (0, 0), **restored))
     if options.save_txt and planar:
         written.append(outputs.save_outlines_txt(masks, path, savedir=savedir))
     if options.save_rois and planar:
@@ -91,35 +101,48 @@ def write_outputs(path: Path, seg: Segmentation, settings: EvalSettings, options
         written += outputs.save_flows(flows, path, savedir=savedir)
     if options.save_ome:
         written.append(outputs.save_masks_ome_tif(masks, path, savedir=savedir))
+    if options.save_restored and restoration is not None:
+        written.append(outputs.save_restored(restoration.image, path, savedir=savedir))
     return [Path(p) for p in written if p]
 
 
-def _read_and_predict(path: Path, model: LoadedModel, settings: EvalSettings, estimate: bool):
-    """Network half of one file: read it, estimate its diameter if asked, run the network."""
+def _read_and_predict(path: Path, model: LoadedModel, settings: EvalSettings, estimate: bool,
+                      restore: Optional[RestoreStep] = None):
+    """Network half of one file: read it, estimate its diameter if asked (or restore it), run the
+    network; returns the prediction and the restoration (None without)."""
     from .diameter import estimate_diameter
     from .io import imread
 
     image = imread(path)
-    if estimate and not settings.do_3D and model.size_model is not None and np.asarray(image).ndim < 4:
+    restoration = None
+    if restore is not None:
+        restoration = restore.restore(image, settings)
+        image, settings = restoration.image, restore.segmentation_settings(settings, restoration)
+    elif estimate and not settings.do_3D and model.size_model is not None and np.asarray(image).ndim < 4:
         diameter, _ = estimate_diameter(image, model, settings)
         settings = settings.with_(diameter=diameter)
-    return predict(image, model, settings)
+    return predict(image, model, settings), restoration
 
 
-def _finish_and_write(path: Path, prediction: Prediction, options: OutputOptions, started: float) -> FileResult:
+def _finish_and_write(path: Path, pending, settings: EvalSettings, options: OutputOptions, started: float,
+                      restore: Optional[RestoreStep] = None) -> FileResult:
     """Dynamics half of one file: masks from the flows, then the output files."""
+    prediction, restoration = pending
     seg = finish(prediction)
-    files = write_outputs(path, seg, prediction.settings, options)
+    # the user's settings: with restoration the prediction's channels are the restored image's
+    files = write_outputs(path, seg, settings, options, restoration=restoration,
+                          restore_name=restore.name if restore is not None else None)
     n_masks = int(np.count_nonzero(np.unique(seg.masks))) if seg.masks.size else 0
     return FileResult(path, True, n_masks=n_masks, diameter=seg.diameter, seconds=time.perf_counter() - started,
                       outputs=files)
 
 
 def segment_file(path: Path, model: LoadedModel, settings: EvalSettings, options: OutputOptions,
-                 estimate: bool) -> FileResult:
-    """Read, segment (estimating the diameter if asked) and write one file."""
+                 estimate: bool, restore: Optional[RestoreStep] = None) -> FileResult:
+    """Read, segment (estimating the diameter or restoring the image first, if asked) and write one file."""
     started = time.perf_counter()
-    return _finish_and_write(path, _read_and_predict(path, model, settings, estimate), options, started)
+    return _finish_and_write(path, _read_and_predict(path, model, settings, estimate, restore), settings, options,
+                             started, restore)
 
 
 def _failure(path: Path, exc: BaseException) -> FileResult:
@@ -130,7 +153,8 @@ def _failure(path: Path, exc: BaseException) -> FileResult:
 
 def run_batch(paths: Sequence[Path], model: LoadedModel, settings: EvalSettings, options: OutputOptions,
               estimate: bool = False, skip_existing: bool = False,
-              on_result: Optional[Callable[[int, FileResult], None]] = None) -> List[FileResult]:
+              on_result: Optional[Callable[[int, FileResult], None]] = None,
+              restore: Optional[RestoreStep] = None) -> List[FileResult]:
     """Segment every file; failures are recorded, never raised.
 
     The network of file i+1 runs in a worker thread while file i's dynamics and outputs run here
@@ -152,6 +176,8 @@ def run_batch(paths: Sequence[Path], model: LoadedModel, settings: EvalSettings,
         Skip inputs whose outputs all exist already.
     on_result : callable, optional
         Called with (index, FileResult) after each file (progress reporting).
+    restore : RestoreStep, optional
+        Image restoration before segmentation (``--restore_type``); no diameter estimate then.
     """
     paths = [Path(p) for p in paths]
     todo = [not (skip_existing and all(p.exists() for p in expected_outputs(path, options))) for path in paths]
@@ -159,7 +185,7 @@ def run_batch(paths: Sequence[Path], model: LoadedModel, settings: EvalSettings,
     def start(i):
         if i >= len(paths) or not todo[i]:
             return None
-        return time.perf_counter(), pool.submit(_read_and_predict, paths[i], model, settings, estimate)
+        return time.perf_counter(), pool.submit(_read_and_predict, paths[i], model, settings, estimate, restore)
 
     results = []
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -178,7 +204,7 @@ def run_batch(paths: Sequence[Path], model: LoadedModel, settings: EvalSettings,
                 pending = start(i + 1)  # next file's network runs while this one's dynamics do
                 if prediction is not None:
                     try:
-                        result = _finish_and_write(path, prediction, options, started)
+                        result = _finish_and_write(path, prediction, settings, options, started, restore)
                     except Exception as exc:
                         result = _failure(path, exc)
                     del prediction

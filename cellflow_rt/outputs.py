@@ -18,6 +18,7 @@ file                           content                                      writ
 ``<stem>.geojson``             QuPath-compatible polygons                   :func:`save_geojson`
 ``<stem>_flows_cp_masks.tif``  RGB flow picture (uint8)                     :func:`save_flows`
 ``<stem>_dP_cp_masks.tif``     float32 [dP..., cellprob]                    :func:`save_flows`
+``<stem>_restored.tif``        float32 restored image (image restoration)   :func:`save_restored`
 =============================  ===========================================  ======================
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ from .outlines import masks_to_outlines, outlines_with_labels
 from .outputs_flows import cellprob_to_uint8, flow_to_rgb
 
 __all__ = ["output_path", "save_masks", "save_masks_ome_tif", "save_seg_npy", "save_outlines_txt",
-           "save_rois_zip", "save_geojson", "save_flows", "flow_to_rgb", "cellprob_to_uint8"]
+           "save_rois_zip", "save_geojson", "save_flows", "save_restored", "flow_to_rgb", "cellprob_to_uint8"]
 
 #: Cellpose's default suffix of mask files (``--output_name`` replaces it).
 MASKS_SUFFIX = "_cp_masks"
@@ -188,7 +189,9 @@ def _seg_flows(flows: Sequence, masks: np.ndarray) -> list:
 
 
 def save_seg_npy(masks, flows: Sequence, file_name: PathLike, diameter: float = 30.0,
-                 channels: Optional[Sequence[int]] = None, savedir: Optional[PathLike] = None) -> Path:
+                 channels: Optional[Sequence[int]] = None, savedir: Optional[PathLike] = None,
+                 img_restore: Optional[np.ndarray] = None, restore_type: Optional[str] = None,
+                 ratio: float = 1.0) -> Path:
     """Save ``<stem>_seg.npy``, the file the Cellpose GUI opens (``io.masks_flows_to_seg``).
 
     Parameters
@@ -207,6 +210,14 @@ def save_seg_npy(masks, flows: Sequence, file_name: PathLike, diameter: float = 
         ``[chan, chan2]`` used (``chan_choose``); default ``[0, 0]``.
     savedir : str or path-like, optional
         Output folder; Cellpose always writes next to the image.
+    img_restore : ndarray, optional
+        The restored image (image restoration), stored with ``restore_type`` and ``ratio``.
+    restore_type : str, optional
+        The restoration model's name; the three restoration keys are written only with both it and
+        ``img_restore``, as in Cellpose.
+    ratio : float
+        Stored as ``ratio``. Cellpose's command line always writes 1.0 here, also for upsampling
+        (its computed ratio goes unused).
 
     Returns
     -------
@@ -219,7 +230,8 @@ def save_seg_npy(masks, flows: Sequence, file_name: PathLike, diameter: float = 
     (uint16, or uint32 from 65535 masks), ``chan_choose``, ``ismanual`` (False per label up to the
     largest), ``filename``, ``flows`` (list of 5: RGB flow (1, Ly, Lx, 3) uint8 at mask size, cellprob
     uint8 (1, Ly, Lx), zeros (1, Ly, Lx, 3) uint8 -- in 3D the RGB flow (Lz, Ly, Lx, 3), cellprob
-    (Lz, Ly, Lx) and dZ as uint8 --, ``[]``, and float32 ``[dP..., cellprob]``), ``diameter``.
+    (Lz, Ly, Lx) and dZ as uint8 --, ``[]``, and float32 ``[dP..., cellprob]``), ``diameter``; with
+    image restoration also ``restore``, ``ratio`` and ``img_restore``.
     """
     masks = as_label_image(masks, "masks")
     if len(flows) < 3:
@@ -236,6 +248,8 @@ def save_seg_npy(masks, flows: Sequence, file_name: PathLike, diameter: float = 
         "flows": _seg_flows(flows, masks),
         "diameter": float(diameter),
     }
+    if restore_type is not None and img_restore is not None:
+        seg.update(restore=restore_type, ratio=float(ratio), img_restore=np.asarray(img_restore, np.float32))
     path = output_path(file_name, "_seg.npy", savedir)
     with atomic_write(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, seg, allow_pickle=True)
@@ -370,3 +384,33 @@ def save_flows(flows: Sequence, file_name: PathLike, savedir: Optional[PathLike]
                     np.concatenate((dP, cellprob[np.newaxis]), axis=0), photometric="minisblack",
                     compression="zlib"),
     ]
+
+
+def save_restored(img_restore, file_name: PathLike, savedir: Optional[PathLike] = None) -> Path:
+    """Save the restored image of image restoration as ``<stem>_restored.tif`` (float32).
+
+    Parameters
+    ----------
+    img_restore : ndarray
+        (Ly, Lx, C) or (Lz, Ly, Lx, C), channels last, as ``CellposeDenoiseModel.eval`` returns it.
+    file_name : str or path-like
+        The input image's path.
+    savedir : str or path-like, optional
+        Output folder.
+
+    Returns
+    -------
+    Path
+
+    Notes
+    -----
+    Written as an ImageJ hyperstack with the channels first (axes ``CYX`` or ``ZCYX``), so that
+    Fiji opens it with its channels; ``tifffile.imread`` returns (C, Ly, Lx) (squeezed to (Ly, Lx)
+    for one channel).
+    """
+    img = np.asarray(img_restore, np.float32)
+    if img.ndim not in (3, 4):
+        raise ValueError(f"img_restore must be (Ly, Lx, C) or (Lz, Ly, Lx, C), got shape {img.shape}")
+    axes = "CYX" if img.ndim == 3 else "ZCYX"
+    return _write_tiff(output_path(file_name, "_restored.tif", savedir), np.ascontiguousarray(np.moveaxis(img, -1, -3)),
+                       imagej=True, metadata={"axes": axes})
