@@ -170,6 +170,9 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
         model = LoadedModel.load(model_name, providers=providers, strict_provider=provider is not None,
                                  num_threads=threads or None, precision=precision).require_kind(
                                      "segmentation", "--pretrained_model")
+        if blocksize is not None:
+            from .big.normalization import check_blockwise_normalization
+            check_blockwise_normalization(settings)
         restore = None
         if restore_type:
             if blocksize is not None:

@@ -251,8 +251,11 @@ def _torch_linspace(start: float, end: float, n: int) -> np.ndarray:
 
 
 def _gaussian_kernel(sigma: float, Ly: int, Lx: int) -> np.ndarray:
-    """Cellpose's ``transforms.gaussian_kernel``: a normalised (Ly, Lx) Gaussian centred near
-    (Ly/2, Lx/2). Both coordinate ramps span Ly's range (the reference's quirk, kept)."""
+    """Cellpose's ``transforms.gaussian_kernel``: a normalised (Ly, Lx) Gaussian near (Ly/2, Lx/2).
+
+    Quirks kept: both coordinate ramps span Ly's range, and they run from -L/2 to L/2 + 1, so the
+    peak sits a sample before the centre and the filtered image moves by about a pixel.
+    """
     y = _torch_linspace(-Ly / 2, Ly / 2 + 1, Ly)
     x = _torch_linspace(-Ly / 2, Ly / 2 + 1, Lx)
     kernel = np.exp(-(y[:, None] ** 2 + x[None, :] ** 2) / (2 * sigma ** 2))
@@ -262,10 +265,11 @@ def _gaussian_kernel(sigma: float, Ly: int, Lx: int) -> np.ndarray:
 def smooth_sharpen(x: np.ndarray, smooth_radius: float = 0.0, sharpen_radius: float = 0.0) -> np.ndarray:
     """Cellpose's ``smooth_sharpen_img`` on (N, Y, X, C) planes: each plane and channel is correlated
     (circularly, through the FFT) with a Gaussian of ``smooth_radius`` minus a Gaussian of
-    ``sharpen_radius`` (sharpening alone: a unit impulse minus the surround Gaussian).
+    ``sharpen_radius``. Sharpening alone: minus the surround Gaussian with its centre sample *set*
+    to 1, not incremented (the reference's kernel; a flat image keeps a fraction of its level).
 
-    The reference does this with torch's float32 FFT; here it is float64 (scipy), which agrees with
-    it to float32 rounding (measured in ``tests/test_normalize.py``).
+    The reference does this with torch's float32 FFT; here it is float64 (scipy): the normalised
+    images agree to 3e-7 of their range (``tests/test_normalize.py``, sharpen and smooth cases).
     """
     from scipy import fft
 

@@ -187,3 +187,48 @@ def test_blockwise_lowhigh_gives_the_single_pass_input():
         norm = global_normalization(stats, True, True, (1.0, 99.0), lowhigh=lowhigh)
         whole = normalize_img(x.copy()[None], NormalizeOptions(lowhigh=lowhigh, invert=True))[0]
         np.testing.assert_array_equal(norm.apply(x.copy()), whole)
+
+
+# --- command line -------------------------------------------------------------------------------------
+
+def _cli_settings(monkeypatch, tmp_path, *flags):
+    """The EvalSettings ``cellflow-rt run`` builds from ``flags`` (run_batch replaced: no network)."""
+    from click.testing import CliRunner
+
+    from cellflow_rt import batch, cli
+
+    seen = {}
+
+    def fake_run_batch(paths, model, settings, options, **kwargs):
+        seen["settings"] = settings
+        return []
+
+    monkeypatch.setattr(batch, "run_batch", fake_run_batch)
+    tifffile.imwrite(tmp_path / "img.tif", np.zeros((32, 32), np.uint16))
+    result = CliRunner().invoke(cli.main, ["run", str(tmp_path / "img.tif"), "--model", "nuclei_demo", *flags])
+    return result, seen.get("settings")
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--lowhigh", "14", "584", "--lowhigh", "20", "381"], dict(lowhigh=((14.0, 584.0), (20.0, 381.0)))),
+    (["--lowhigh", "3", "151", "--invert"], dict(lowhigh=(3.0, 151.0), invert=True)),
+    (["--sharpen_radius", "4", "--smooth_radius", "1.5"], dict(sharpen_radius=4.0, smooth_radius=1.5)),
+    (["--tile_norm_blocksize", "100", "--tile_norm_smooth3D", "2", "--no_norm3D"],
+     dict(tile_norm_blocksize=100, tile_norm_smooth3D=2.0, norm3D=False)),
+    # --norm_percentile makes Cellpose 3.1.1.1's command line drop --invert (errata A8)
+    (["--norm_percentile", "3", "97", "--invert"], dict(percentile=(3.0, 97.0), invert=False)),
+    (["--invert"], dict(invert=True)),
+])
+def test_cli_flags_fill_the_normalize_dict(monkeypatch, tmp_path, flags, expected):
+    result, settings = _cli_settings(monkeypatch, tmp_path, *flags)
+    assert result.exit_code == 0, result.output
+    assert {k: getattr(settings, k) for k in expected} == expected
+
+
+def test_cli_refuses_bad_normalisation(monkeypatch, tmp_path):
+    result, _ = _cli_settings(monkeypatch, tmp_path, "--lowhigh", "5", "1")
+    assert result.exit_code == 1 and "lowhigh" in result.output
+    result, _ = _cli_settings(monkeypatch, tmp_path, "--sharpen_radius", "-2")
+    assert result.exit_code == 1 and "sharpen_radius must be >= 0" in result.output
+    result, _ = _cli_settings(monkeypatch, tmp_path, "--blocksize", "256", "--tile_norm_blocksize", "64")
+    assert result.exit_code == 1 and "tile_norm_blocksize: not available in blockwise runs" in result.output

@@ -194,3 +194,18 @@ def test_cli_refuses_models_of_the_wrong_kind(restore_models, tmp_path):
     unknown = run_cli(["run", "img.tif", *FAST, "--restore_type", "denoise_nowhere"], cwd=tmp_path, env=env)
     assert unknown.returncode != 0 and "--restore_type: model 'denoise_nowhere' not found" in unknown.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img.tif"]
+
+
+def test_stack_is_restored_plane_by_plane(restore_models):
+    from cellflow_rt import models
+
+    _, image, _ = _case("denoise_256")
+    stack = np.stack([image[:96, :96], image[96:192, 32:128], image[160:, 160:]])
+    model = models.CellposeDenoiseModel(pretrained_model="nuclei_demo",
+                                        restore_type=str(restore_models / "denoise_demo.onnx"))
+    masks, flows, _, restored = model.eval(stack, channels=[0, 0], z_axis=0, stitch_threshold=0.5, diameter=17.0,
+                                           normalize={"norm3D": False})
+    assert restored.shape == (3, 96, 96, 1) and masks.shape == (3, 96, 96) and flows[1].shape == (2, 3, 96, 96)
+    planes = model.dn.eval(list(stack), channels=[0, 0], diameter=17.0)
+    for z in range(3):  # per-plane normalisation: each plane restored as the 2D image it is
+        np.testing.assert_allclose(restored[z], planes[z], atol=1e-6)
