@@ -22,7 +22,6 @@ from .settings import EvalSettings
 DEFAULT_MODEL = "cyto_demo"
 
 #: Constructor arguments Cellpose accepts that have no meaning here (torch devices, backbones).
-#: (``nchan`` of CellposeDenoiseModel is its segmentation net's, read from the model here.)
 _IGNORED_INIT_ARGS = {"device", "mkldnn", "backbone", "pretrained_model_ortho", "diam_mean", "nchan"}
 #: eval arguments Cellpose accepts that we accept and ignore.
 _IGNORED_EVAL_ARGS = {"progress"}

@@ -126,7 +126,7 @@ class NormalizeOptions:
             unknown = sorted(set(normalize) - set(NORMALIZE_KEYS))
             if unknown:
                 raise ValueError(f"normalize: unknown key(s) {unknown}; Cellpose's keys are {list(NORMALIZE_KEYS)}")
-            return cls(**{k: v for k, v in normalize.items() if not (k == "percentile" and v is None)})
+            return cls(**normalize)
         if not isinstance(normalize, (bool, np.bool_)):
             raise ValueError(f"normalize must be a bool or a dict of Cellpose's options, got {type(normalize).__name__}")
         return cls(normalize=bool(normalize), invert=bool(invert))
@@ -138,12 +138,6 @@ class NormalizeOptions:
     def as_dict(self) -> dict:
         """Cellpose's ``normalize`` dict (also :class:`~cellflow_rt.settings.EvalSettings`' field names)."""
         return {name: getattr(self, name) for name in NORMALIZE_KEYS}
-
-    @property
-    def is_default(self) -> bool:
-        """Only Cellpose's default percentile normalisation (with any percentiles and invert)."""
-        return (self.lowhigh is None and self.sharpen_radius == 0 and self.smooth_radius == 0
-                and self.tile_norm_blocksize == 0)
 
 
 def normalize_img(x: np.ndarray, options: NormalizeOptions) -> np.ndarray:
