@@ -5,6 +5,7 @@ The restoration net is not bundled: the demo checkpoint is exported once per tes
 the export extra). The upsample case runs the same weights as an ``upsample`` model, as the
 reference did (3.1.1.1 keys that behaviour on the checkpoint's path; the manifest says it here).
 """
+import contextlib
 import json
 import shutil
 import sys
@@ -56,7 +57,7 @@ def test_restore_case_matches_cellpose(case, restore_models):
 
     params, image, ref = _case(case)
     restore = restore_models / ("upsample_demo.onnx" if params["restore_type"] == "upsample" else "denoise_demo.onnx")
-    with pytest.warns(UserWarning, match="chan2") if params["chan2_restore"] else _no_warning_check():
+    with pytest.warns(UserWarning, match="chan2") if params["chan2_restore"] else contextlib.nullcontext():
         model = models.CellposeDenoiseModel(pretrained_model=BUNDLED[params["seg_model"]], restore_type=str(restore),
                                             chan2_restore=params["chan2_restore"])
     masks, flows, styles, img_restore = model.eval(image, **params["eval"])
@@ -72,14 +73,6 @@ def test_restore_case_matches_cellpose(case, restore_models):
     assert masks.shape == ref["masks"].shape and s["n_true"] == params["n_masks"]
     assert (s["ap_0.5"], s["ap_0.75"], s["ap_0.9"]) == (1.0, 1.0, 1.0)
     np.testing.assert_allclose(flows[1], ref["dP"], atol=1e-4)
-
-
-class _no_warning_check:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_denoise_model_restores_like_cellpose(restore_models):
