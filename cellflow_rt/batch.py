@@ -25,6 +25,7 @@ from .io import image_stem
 from .io.paths import MASKS_SUFFIX, OutputLayout
 from .loaded_model import LoadedModel
 from .pipeline import Prediction, Segmentation, device_resident, finish, predict, predict_prepared, prepare_image
+from .restore import Restoration, RestoreStep
 from .settings import EvalSettings
 
 
@@ -51,6 +52,7 @@ class OutputOptions:
     dir_above: bool = False
     in_folders: bool = False
     suffix: str = MASKS_SUFFIX
+    save_restored: bool = False
 
     @property
     def layout(self) -> OutputLayout:
@@ -88,7 +90,8 @@ def expected_outputs(path: Path, options: OutputOptions) -> List[Path]:
               (options.save_ome, "masks", f"{suffix}.ome.tif"), (options.save_txt, "txt", "_cp_outlines.txt"),
               (options.save_geojson, "txt", ".geojson"), (options.save_flows, "flows", f"_flows{suffix}.tif"),
               (options.save_outlines, "outlines", f"_outlines{suffix}.png"),
-              (options.save_mpl, "figure", f"_cp_output{suffix}.png")]
+              (options.save_mpl, "figure", f"_cp_output{suffix}.png"),
+              (options.save_restored, "masks", "_restored.tif")]
     stem = image_stem(path)
     files = [layout.folder(path, kind) / f"{stem}{ending}" for on, kind, ending in wanted if on]
     if options.save_npy:
@@ -117,8 +120,12 @@ def _at_mask_size(picture: np.ndarray, shape) -> np.ndarray:
 
 
 def write_outputs(path: Path, seg: Segmentation, settings: EvalSettings, options: OutputOptions,
-                  picture: Optional[np.ndarray] = None) -> List[Path]:
+                  picture: Optional[np.ndarray] = None, *, restoration: Optional[Restoration] = None,
+                  restore_name: Optional[str] = None) -> List[Path]:
     """Write the requested output files for one segmented image; returns their paths.
+
+    With image restoration, ``restoration`` (and the restore type's name) go into ``_seg.npy`` and,
+    with ``save_restored``, ``<stem>_restored.tif``.
 
     ``picture`` (:func:`picture_of`) is needed for ``save_outlines`` / ``save_mpl``; 3D masks get
     no pictures, ImageJ outlines, ROIs or GeoJSON (2D formats), as in Cellpose.
@@ -133,8 +140,10 @@ def write_outputs(path: Path, seg: Segmentation, settings: EvalSettings, options
         written += io.save_masks(masks, path, png=options.save_png and planar, tif=options.save_tif or not planar,
                                  savedir=layout.folder(path, "masks"), suffix=suffix)
     if options.save_npy:
+        restored = {} if restoration is None else dict(img_restore=restoration.image, restore_type=restore_name)
+        # ratio stays 1.0: Cellpose's command line writes 1.0 whatever the upsampling
         written.append(io.save_seg_npy(masks, flows, path, diameter=seg.diameter,
-                                       channels=settings.channels or (0, 0)))
+                                       channels=settings.channels or (0, 0), **restored))
     if options.save_txt and planar:
         written.append(io.save_outlines_txt(masks, path, savedir=layout.folder(path, "txt")))
     if options.save_rois and planar:
@@ -156,6 +165,8 @@ def write_outputs(path: Path, seg: Segmentation, settings: EvalSettings, options
             cellprob = _at_mask_size(seg.cellprob, masks.shape)
             written.append(save_summary_png(picture, masks, flow_rgb, cellprob, path, layout.folder(path, "figure"),
                                             suffix))
+    if options.save_restored and restoration is not None:
+        written.append(io.save_restored(restoration.image, path, savedir=layout.folder(path, "masks")))
     return [Path(p) for p in written if p]
 
 
@@ -166,39 +177,49 @@ class _Predicted:
     prediction: Prediction
     picture: Optional[np.ndarray]
     timings: dict
+    restoration: Optional[Restoration] = None
 
 
 def _read_and_predict(path: Path, model: LoadedModel, settings: EvalSettings, estimate: bool,
-                      options: Optional[OutputOptions] = None) -> _Predicted:
-    """Network half of one file: read it, estimate its diameter if asked, run the network."""
+                      options: Optional[OutputOptions] = None, restore: Optional[RestoreStep] = None) -> _Predicted:
+    """Network half of one file: read it, restore it or estimate its diameter if asked, run the network."""
     from .diameter import estimate_diameter
     from .io import imread
 
     tic = time.perf_counter()
     image = imread(path)
     timings = {"read": time.perf_counter() - tic}
-    if estimate and not settings.do_3D and model.size_model is not None and np.asarray(image).ndim < 4:
+    picture = picture_of(image, model, settings) if options is not None and options.pictures else None
+    restoration = None
+    if restore is not None:
+        tic = time.perf_counter()
+        restoration = restore.restore(image, settings)
+        image, settings = restoration.image, restore.segmentation_settings(settings, restoration)
+        timings["restore"] = time.perf_counter() - tic
+    elif estimate and not settings.do_3D and model.size_model is not None and np.asarray(image).ndim < 4:
         tic = time.perf_counter()
         diameter, _ = estimate_diameter(image, model, settings)
         settings = settings.with_(diameter=diameter)
         timings["diameter"] = time.perf_counter() - tic
-    prediction = predict(image, model, settings)
-    picture = picture_of(image, model, settings) if options is not None and options.pictures else None
-    return _Predicted(prediction, picture, timings)
+    return _Predicted(predict(image, model, settings), picture, timings, restoration)
 
 
-def _finish_and_write(path: Path, predicted: _Predicted, options: OutputOptions, started: float) -> FileResult:
-    """Dynamics half of one file: masks from the flows, then the output files."""
-    prediction = predicted.prediction
-    return _write(path, finish(prediction), prediction.settings, options, started, predicted.picture,
-                  predicted.timings)
+def _finish_and_write(path: Path, predicted: _Predicted, settings: EvalSettings, options: OutputOptions,
+                      started: float, restore: Optional[RestoreStep] = None) -> FileResult:
+    """Dynamics half of one file: masks from the flows, then the output files.
+
+    ``settings`` are the user's: with restoration the prediction's channels are the restored image's.
+    """
+    return _write(path, finish(predicted.prediction), settings, options, started, predicted.picture,
+                  predicted.timings, predicted.restoration, restore.name if restore is not None else None)
 
 
 def segment_file(path: Path, model: LoadedModel, settings: EvalSettings, options: OutputOptions,
-                 estimate: bool) -> FileResult:
-    """Read, segment (estimating the diameter if asked) and write one file."""
+                 estimate: bool, restore: Optional[RestoreStep] = None) -> FileResult:
+    """Read, segment (estimating the diameter or restoring the image first, if asked) and write one file."""
     started = time.perf_counter()
-    return _finish_and_write(path, _read_and_predict(path, model, settings, estimate, options), options, started)
+    return _finish_and_write(path, _read_and_predict(path, model, settings, estimate, options, restore), settings,
+                             options, started, restore)
 
 
 def _read_and_prepare(path: Path, model: LoadedModel, settings: EvalSettings, options: OutputOptions):
@@ -226,13 +247,14 @@ def _compute(image, x, timings: dict, model: LoadedModel, settings: EvalSettings
 
 
 def _write(path: Path, seg: Segmentation, settings: EvalSettings, options: OutputOptions, started: float,
-           picture: Optional[np.ndarray] = None, timings: Optional[dict] = None) -> FileResult:
+           picture: Optional[np.ndarray] = None, timings: Optional[dict] = None,
+           restoration: Optional[Restoration] = None, restore_name: Optional[str] = None) -> FileResult:
     """The output files of one result (``exclude_on_edges`` applied first); its FileResult."""
     if options.exclude_on_edges:
         from .postprocess import remove_edge_masks
         seg.masks = remove_edge_masks(seg.masks)
     tic = time.perf_counter()
-    files = write_outputs(path, seg, settings, options, picture)
+    files = write_outputs(path, seg, settings, options, picture, restoration=restoration, restore_name=restore_name)
     timings = dict(timings or {}, **seg.timings, write=time.perf_counter() - tic)
     n_masks = int(np.count_nonzero(np.unique(seg.masks))) if seg.masks.size else 0
     return FileResult(path, True, n_masks=n_masks, diameter=seg.diameter, seconds=time.perf_counter() - started,
@@ -248,7 +270,7 @@ def _failure(path: Path, exc: BaseException) -> FileResult:
 def run_batch(paths: Sequence[Path], model: LoadedModel, settings: EvalSettings, options: OutputOptions,
               estimate: bool = False, skip_existing: bool = False,
               on_result: Optional[Callable[[int, FileResult], None]] = None,
-              streaming: Optional[bool] = None) -> List[FileResult]:
+              streaming: Optional[bool] = None, restore: Optional[RestoreStep] = None) -> List[FileResult]:
     """Segment every file; failures are recorded, never raised.
 
     The network of file i+1 runs in a worker thread while file i's dynamics and outputs run here
@@ -272,19 +294,23 @@ def run_batch(paths: Sequence[Path], model: LoadedModel, settings: EvalSettings,
     on_result : callable, optional
         Called with (index, FileResult) after each file, in input order (progress reporting).
     streaming : bool, optional
-        Force (True) or forbid (False) the streaming schedule; default: streaming on the GPU path.
+        Force (True) or forbid (False) the streaming schedule; default: streaming on the GPU path
+        (never with ``restore``).
+    restore : RestoreStep, optional
+        Image restoration before segmentation (``--restore_type``); no diameter estimate then.
     """
     paths = [Path(p) for p in paths]
     todo = [not (skip_existing and all(p.exists() for p in expected_outputs(path, options))) for path in paths]
     if streaming is None:
-        streaming = device_resident(model, settings)
+        streaming = restore is None and device_resident(model, settings)
     if streaming:
         return _run_streaming(paths, todo, model, settings, options, estimate, on_result)
 
     def start(i):
         if i >= len(paths) or not todo[i]:
             return None
-        return time.perf_counter(), pool.submit(_read_and_predict, paths[i], model, settings, estimate, options)
+        return time.perf_counter(), pool.submit(_read_and_predict, paths[i], model, settings, estimate, options,
+                                                restore)
 
     results = []
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -303,7 +329,7 @@ def run_batch(paths: Sequence[Path], model: LoadedModel, settings: EvalSettings,
                 pending = start(i + 1)  # next file's network runs while this one's dynamics do
                 if prediction is not None:
                     try:
-                        result = _finish_and_write(path, prediction, options, started)
+                        result = _finish_and_write(path, prediction, settings, options, started, restore)
                     except Exception as exc:
                         result = _failure(path, exc)
                     del prediction

@@ -132,6 +132,11 @@ def _add_model(path: Path) -> None:
 @click.option("--add_model", "add_model", type=click.Path(path_type=Path), default=None,
               help="Copy an exported model (.onnx or its .json manifest) into the user model folder; "
                    "without images, only that.")
+@click.option("--restore_type", default=None,
+              help="Restore images before segmenting with this restoration model (exported name or .onnx path).")
+@click.option("--chan2_restore", is_flag=True,
+              help="Accepted for Cellpose compatibility; no effect (Cellpose 3.1.1.1 restores both channels "
+                   "with the first net).")
 @click.option("--chan", default=0, show_default=True, type=click.IntRange(min=0), help="Channel to segment (0=gray, 1=R, 2=G, 3=B).")
 @click.option("--chan2", default=0, show_default=True, type=click.IntRange(min=0), help="Nuclear channel (0=none, 1=R, 2=G, 3=B).")
 @click.option("--all_channels", is_flag=True, help="Use the first two channels as they are (channels=None).")
@@ -139,7 +144,19 @@ def _add_model(path: Path) -> None:
 @click.option("--z_axis", type=int, default=None, help="Axis of Z in the image array.")
 @click.option("--invert", is_flag=True, help="Invert intensities after normalisation.")
 @click.option("--no_norm", is_flag=True, help="Do not normalise images.")
-@click.option("--norm_percentile", nargs=2, type=float, default=None, help="Percentiles mapped to 0 and 1.")
+@click.option("--norm_percentile", nargs=2, type=float, default=None,
+              help="Percentiles mapped to 0 and 1 (disables --invert, as in Cellpose 3.1.1.1).")
+@click.option("--lowhigh", nargs=2, type=float, multiple=True,
+              help="Fixed LOW HIGH mapped to 0 and 1 instead of percentiles; once for all channels, or once per "
+                   "channel.")
+@click.option("--sharpen_radius", default=0.0, type=float, help="Subtract a Gaussian surround of this sigma (px).")
+@click.option("--smooth_radius", default=0.0, type=float, help="Smooth with a Gaussian of this sigma (px).")
+@click.option("--tile_norm_blocksize", default=0, type=int,
+              help="Normalise by percentiles of blocks of this side (uneven illumination; 0 = off).")
+@click.option("--tile_norm_smooth3D", "tile_norm_smooth3D", default=1.0, type=float,
+              help="Extra smoothing of the tile-normalisation blocks.")
+@click.option("--norm3D/--no_norm3D", "norm3D", default=True, show_default=True,
+              help="Stitched stacks: normalise the whole stack (or each plane).")
 @click.option("--diameter", default=30.0, show_default=True, type=float,
               help="Cell diameter in pixels; 0 estimates it with the model's size model.")
 @click.option("--flow_threshold", default=0.4, show_default=True, type=float, help="Flow error threshold (0 = off).")
@@ -188,6 +205,7 @@ def _add_model(path: Path) -> None:
 @click.option("--gpu_device", default=None, help="Cellpose's torch device: accepted; ONNX Runtime uses GPU 0.")
 @click.option("--check_mkl", is_flag=True, help="Cellpose's MKL check: accepted; there is no MKL here.")
 @click.option("--transformer", is_flag=True, help="Cellpose's transformer model: not supported (refused).")
+@click.option("--save_restored", is_flag=True, help="With --restore_type: write <stem>_restored.tif.")
 @click.option("--skip_existing", is_flag=True, help="Skip inputs whose outputs all exist.")
 @click.option("--blocksize", default=None,
               help="Blockwise on dask (images larger than memory, .zarr/.tif): block side N or Z,Y,X.")
@@ -197,20 +215,22 @@ def _add_model(path: Path) -> None:
 @click.option("--example", is_flag=True,
               help="Segment the bundled example image (copied into --savedir, default ./cellflow-rt-example).")
 @click.pass_context
-def run(ctx, files, directory, image_path, img_filter, look_one_level_down, model_name, chan, chan2, all_channels,
-        channel_axis, z_axis, invert, no_norm, norm_percentile, diameter, flow_threshold, cellprob_threshold,
+def run(ctx, files, directory, image_path, img_filter, look_one_level_down, model_name, restore_type, chan2_restore,
+        chan, chan2, all_channels, channel_axis, z_axis, invert, no_norm, norm_percentile, lowhigh, sharpen_radius,
+        smooth_radius, tile_norm_blocksize, tile_norm_smooth3D, norm3D, diameter, flow_threshold, cellprob_threshold,
         min_size, niter, resample, no_interp, augment, tile_overlap, batch_size, do_3D, anisotropy, flow3D_smooth,
         stitch_threshold, use_gpu, provider, threads, precision, dynamics, savedir, save_png, save_tif, no_npy,
-        save_txt, save_rois, save_geojson, save_flows, save_ome, skip_existing, blocksize, overlap, scheduler, example,
-        ortho_model_name, add_model, exclude_on_edges, dir_above, in_folders, output_name, save_outlines, save_mpl,
-        verbose, mask_filter, gpu_device, check_mkl, transformer):
+        save_txt, save_rois, save_geojson, save_flows, save_ome, save_restored, skip_existing, blocksize, overlap,
+        scheduler, example, ortho_model_name, add_model, exclude_on_edges, dir_above, in_folders, output_name,
+        save_outlines, save_mpl, verbose, mask_filter, gpu_device, check_mkl, transformer):
     """Segment image FILES (or every image in --dir) and write Cellpose's output files."""
     from .batch import OutputOptions, run_batch
     from .gpu import DynamicsUnavailableError, choose_dynamics
     from .loaded_model import LoadedModel
     from .network import ProviderUnavailableError
+    from .normalize import NormalizeOptions
     from .progress import KernelCompileNotice, Reporter, TileProgressNetwork
-    from .registry import resolve_model
+    from .restore import RestoreStep
     from .settings import EvalSettings
 
     _cellpose_only_flags(gpu_device, check_mkl, transformer)
@@ -232,20 +252,39 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
     suffix = _masks_suffix(output_name, savedir, directory)
     if diameter < 0:
         raise click.UsageError(f"--diameter must be >= 0 (0 = estimate), got {diameter}")
+    if save_restored and not restore_type:
+        raise click.UsageError("--save_restored needs --restore_type")
+    normalize = _cellpose_normalize(ctx, no_norm, invert, norm_percentile, lowhigh, sharpen_radius=sharpen_radius,
+                                    smooth_radius=smooth_radius, tile_norm_blocksize=tile_norm_blocksize,
+                                    tile_norm_smooth3D=tile_norm_smooth3D, norm3D=norm3D)
     try:
         settings = EvalSettings(
             channels=None if all_channels else (chan, chan2), channel_axis=channel_axis, z_axis=z_axis,
-            normalize=not no_norm, invert=invert and not norm_percentile,
-            percentile=tuple(norm_percentile) if norm_percentile else (1.0, 99.0),
             diameter=diameter or None, flow_threshold=flow_threshold, cellprob_threshold=cellprob_threshold,
             min_size=min_size, niter=niter or None, resample=resample, interp=not no_interp, augment=augment,
             tile_overlap=tile_overlap, batch_size=batch_size, do_3D=do_3D, anisotropy=anisotropy,
-            flow3D_smooth=flow3D_smooth, stitch_threshold=stitch_threshold, dynamics=dynamics)
+            flow3D_smooth=flow3D_smooth, stitch_threshold=stitch_threshold, dynamics=dynamics,
+            **NormalizeOptions.from_cellpose(normalize, invert).as_dict())
         providers = provider or (["tensorrt", "cuda"] if use_gpu else "cpu")
         model = LoadedModel.load(model_name, providers=providers, strict_provider=provider is not None,
                                  num_threads=threads or None, precision=precision, batch_size=batch_size,
-                                 ortho=ortho_model_name)
+                                 ortho=ortho_model_name).require_kind("segmentation", "--pretrained_model")
         where = choose_dynamics(settings.dynamics, model.net.providers)
+        if blocksize is not None:
+            from .big.normalization import check_blockwise_normalization
+            check_blockwise_normalization(settings)
+        restore = None
+        if restore_type:
+            if blocksize is not None:
+                raise click.UsageError("--restore_type is not available in blockwise runs (--blocksize)")
+            if chan2_restore:
+                click.echo("warning: --chan2_restore has no effect (Cellpose 3.1.1.1 restores both channels with "
+                           "the first net)", err=True)
+            restore = RestoreStep.create(_load_restoration(restore_type, providers, provider, threads, precision),
+                                         normalize, invert, name=restore_type)
+            if not diameter:
+                # Cellpose 3.1.1.1 means to use the segmentation model's diam_labels here (it fails instead)
+                settings = settings.with_(diameter=float(model.diam_labels))
     except (ProviderUnavailableError, DynamicsUnavailableError) as exc:
         raise click.ClickException(str(exc))
     except (ValueError, FileNotFoundError) as exc:
@@ -254,8 +293,8 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
                             save_txt=save_txt, save_rois=save_rois, save_geojson=save_geojson,
                             save_flows=save_flows, save_ome=save_ome, save_outlines=save_outlines, save_mpl=save_mpl,
                             exclude_on_edges=exclude_on_edges, dir_above=dir_above, in_folders=in_folders,
-                            suffix=suffix)
-    estimate = not diameter and model.size_model is not None
+                            suffix=suffix, save_restored=save_restored)
+    estimate = not diameter and model.size_model is not None and restore is None
     reporter = Reporter(verbose=verbose)
     header = (f"cellflow-rt {__version__}: {len(paths)} image(s), model {model.name} "
               f"({', '.join(model.net.providers)}, {model.net.precision}), dynamics on the {where.upper()}")
@@ -285,7 +324,7 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
 
     with KernelCompileNotice(lambda text: reporter.line(text, err=True)):
         results = run_batch(paths, model, settings, options, estimate=estimate, skip_existing=skip_existing,
-                            on_result=report)
+                            on_result=report, restore=restore)
     if files_bar is not None:
         files_bar.close()
     written = sorted({str(p.parent) for r in results for p in r.outputs})
@@ -297,6 +336,38 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
         for r in failed:
             click.echo(f"  {r.path}: {r.error}", err=True)
         sys.exit(1)
+
+
+#: Normalisation flags that make ``normalize`` a dict (Cellpose's option names).
+_NORMALIZE_FLAGS = ("lowhigh", "sharpen_radius", "smooth_radius", "tile_norm_blocksize", "tile_norm_smooth3D", "norm3D")
+
+
+def _cellpose_normalize(ctx, no_norm, invert, norm_percentile, lowhigh, **flags):
+    """The ``normalize`` argument Cellpose's ``eval`` would get: a bool, or a dict when a
+    normalisation flag is given. ``--norm_percentile`` leaves ``--invert`` out of the dict, as
+    Cellpose 3.1.1.1's command line does (CELLPOSE_NOTES errata A8)."""
+    given = {name: value for name, value in flags.items()
+             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    if lowhigh:
+        given["lowhigh"] = list(lowhigh[0]) if len(lowhigh) == 1 else [list(pair) for pair in lowhigh]
+    if norm_percentile:
+        given["percentile"] = tuple(norm_percentile)
+    if not given:
+        return not no_norm
+    return dict(given, normalize=not no_norm, invert=bool(invert and not norm_percentile))
+
+
+def _load_restoration(name, providers, provider, threads, precision):
+    """The --restore_type model (a restoration model, by name or path)."""
+    from .loaded_model import LoadedModel
+    from .registry import ModelNotFoundError
+
+    try:
+        model = LoadedModel.load(name, providers=providers, strict_provider=provider is not None,
+                                 num_threads=threads or None, precision=precision)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"--restore_type: {exc}") from None
+    return model.require_kind("restoration", "--restore_type")
 
 
 def _run_blockwise(paths, model, settings, blocksize, overlap, scheduler, estimate, savedir, options, reporter):
@@ -386,6 +457,8 @@ def info():
     click.echo("models:")
     for m in list_models():
         size = "size model" if m.size_model is not None else "no size model"
+        if m.is_restoration:
+            size = f"restoration: {m.restore_type}"
         click.echo(f"  {m.name:24s} diam_mean {float(m.diam_mean):5.1f}  channels {list(m.default_channels)}  "
                    f"{size}  {m.onnx_path}")
 

@@ -27,8 +27,8 @@ def estimate_diameter(image: np.ndarray, model: LoadedModel, settings: EvalSetti
     model : LoadedModel
         Must carry a size model.
     settings : EvalSettings
-        Only channels, channel_axis, z_axis, normalize, percentile, invert and batch_size are used,
-        as in the reference.
+        Only channels, channel_axis, z_axis, the normalisation options and batch_size are used, as
+        in the reference.
 
     Returns
     -------
@@ -44,8 +44,7 @@ def estimate_diameter(image: np.ndarray, model: LoadedModel, settings: EvalSetti
     if size_model is None:
         raise ValueError(f"model {model.name!r} has no size model: give a diameter")
     base = EvalSettings(channels=settings.channels, channel_axis=settings.channel_axis, z_axis=settings.z_axis,
-                        normalize=settings.normalize, percentile=settings.percentile, invert=settings.invert,
-                        batch_size=settings.batch_size)
+                        batch_size=settings.batch_size, **settings.normalization.as_dict())
     styles = segment(image, model, base.with_(resample=False, compute_masks=False)).styles
     diam_style = style_diameter(styles, size_model)
     rescale = size_model.diam_mean / diam_style if size_model.diam_mean > 0 else 1.0

@@ -40,7 +40,8 @@ def run_network(net: Network, planes: np.ndarray, rescale=None, augment: bool = 
     Returns
     -------
     flows : ndarray
-        float32 (N, Lyr, Lxr, 3): dY, dX, cellprob at the rescaled size. With ``augment`` on an
+        float32 (N, Lyr, Lxr, nout) at the rescaled size: dY, dX, cellprob (segmentation), or the
+        restored image (restoration nets, nout 1). With ``augment`` on an
         axis padded to less than ``bsize``, the trailing pad is kept (the reference's behaviour, see
         CELLPOSE_NOTES errata A2).
     styles : ndarray
@@ -59,7 +60,7 @@ def run_network(net: Network, planes: np.ndarray, rescale=None, augment: bool = 
     # The reference crops the padding with the tile grid's (zero-extended) size under augment.
     yend = (grid.Ly if augment else Ly) - ypad2
     xend = (grid.Lx if augment else Lx) - xpad2
-    out = np.empty((nimg, len(range(ypad1, min(yend, Ly))), len(range(xpad1, min(xend, Lx))), 3), np.float32)
+    out = np.empty((nimg, len(range(ypad1, min(yend, Ly))), len(range(xpad1, min(xend, Lx))), net.nout), np.float32)
     styles = np.empty((nimg, 256), np.float32)
 
     planes_per_batch = max(1, batch_size // grid.ntiles)

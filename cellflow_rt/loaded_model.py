@@ -73,3 +73,19 @@ class LoadedModel:
     @property
     def size_model(self):
         return self.info.size_model
+
+    @property
+    def restore_type(self):
+        """``denoise``, ``deblur``, ``upsample`` or ``oneclick`` for a restoration model, else None."""
+        return self.info.restore_type
+
+    def require_kind(self, kind: str, option: str) -> "LoadedModel":
+        """Return self when this is a ``kind`` ("segmentation" or "restoration") model; otherwise raise
+        ValueError naming ``option``, the argument or flag the model was given as."""
+        if self.info.kind == kind:
+            return self
+        if kind == "segmentation":
+            raise ValueError(f"{option}: {self.name!r} is an image restoration model ({self.restore_type}), not a "
+                             "segmentation model; give it as restore_type (CLI: --restore_type)")
+        raise ValueError(f"{option}: {self.name!r} is a segmentation model, not an image restoration model; export "
+                         "a Cellpose 3 restoration net with `cellflow-rt export CHECKPOINT --restore-type TYPE`")

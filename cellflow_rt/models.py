@@ -13,7 +13,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .loaded_model import LoadedModel
+from .normalize import NormalizeOptions
 from .pipeline import Segmentation, segment
+from .restore import RestoreStep, restore_image
 from .settings import EvalSettings
 
 #: Bundled model used when none is named.
@@ -38,20 +40,8 @@ def _settings_from_eval_kwargs(kwargs: dict) -> EvalSettings:
     for k in ignored:
         kwargs.pop(k)
     _warn_ignored("eval", ignored)
-    normalize = kwargs.pop("normalize", True)
-    if isinstance(normalize, dict):
-        # Cellpose's dict form: invert then comes from the dict (errata A8)
-        kwargs["invert"] = bool(normalize.get("invert", False))
-        if normalize.get("percentile") is not None:
-            kwargs["percentile"] = tuple(normalize["percentile"])
-        unsupported = {k for k, v in normalize.items()
-                       if k in ("lowhigh", "sharpen_radius", "smooth_radius", "tile_norm_blocksize") and v}
-        if unsupported:
-            raise ValueError(f"normalize options {sorted(unsupported)} are not supported by cellflow-rt")
-        normalize = bool(normalize.get("normalize", True))
-    elif not isinstance(normalize, (bool, np.bool_)):
-        raise ValueError("normalize must be a bool or a dict")
-    kwargs["normalize"] = bool(normalize)
+    options = NormalizeOptions.from_cellpose(kwargs.pop("normalize", True), kwargs.pop("invert", False))
+    kwargs.update(options.as_dict())
     if kwargs.get("channels") is not None:
         kwargs["channels"] = tuple(int(c) for c in kwargs["channels"])
     unknown = set(kwargs) - set(EvalSettings.names())
@@ -103,11 +93,9 @@ class CellposeModel:
         if unknown:
             raise TypeError(f"unexpected argument(s): {sorted(unknown)}")
         _warn_ignored("CellposeModel", list(kwargs))
-        name = pretrained_model or model_type or DEFAULT_MODEL
-        if providers is None and gpu:
-            providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
-        self.model = LoadedModel.load(name, providers=providers or "cpu", num_threads=num_threads,
-                                      precision=precision, ortho=pretrained_model_ortho)
+        option = "pretrained_model" if pretrained_model else "model_type"
+        self.model = _load_model(pretrained_model or model_type or DEFAULT_MODEL, "segmentation", option, gpu,
+                                 providers, num_threads, precision, ortho=pretrained_model_ortho)
         self.pretrained_model = str(self.model.info.onnx_path)
         self.diam_mean = self.model.diam_mean
         self.diam_labels = self.model.diam_labels
@@ -140,6 +128,23 @@ class CellposeModel:
                                                    diameter=None if diameter is None else float(diameter)))
         seg = segment(x, self.model, settings)
         return seg.masks, _flows_for_user(seg), seg.styles
+
+
+def _load_model(name, kind: str, option: str, gpu: bool, providers, num_threads, precision,
+                ortho=None) -> LoadedModel:
+    """Open a model of ``kind`` ("segmentation" or "restoration"); errors name ``option``.
+
+    ``ortho``: a second model for do_3D's ZY and ZX views (``pretrained_model_ortho``)."""
+    from .registry import ModelNotFoundError
+
+    if providers is None and gpu:
+        providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+    try:
+        model = LoadedModel.load(name, providers=providers or "cpu", num_threads=num_threads, precision=precision,
+                                 ortho=ortho)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"{option}: {exc}") from None
+    return model.require_kind(kind, option)
 
 
 def _channels_for(channels, i: int, n: int):
@@ -209,3 +214,145 @@ class Cellpose:
                                             invert=invert, normalize=normalize, diameter=diams, do_3D=do_3D,
                                             **kwargs)
         return masks, flows, styles, diams
+
+
+class DenoiseModel:
+    """Cellpose 3's ``denoise.DenoiseModel`` (image restoration) over an exported ONNX restoration net.
+
+    Parameters
+    ----------
+    gpu : bool
+        Prefer GPU execution providers, as :class:`CellposeModel`.
+    pretrained_model : str or path
+        A path to an exported restoration ``.onnx`` (or a registered name).
+    nchan : int
+        1: Cellpose 3's restoration nets take one channel (others are refused).
+    model_type : str, optional
+        A registered restoration model's name, e.g. an export of Cellpose's ``denoise_cyto3``.
+    chan2 : bool
+        Accepted for compatibility; it changes nothing, as in Cellpose 3.1.1.1, whose restoration
+        runs the first net on every channel (see :func:`cellflow_rt.restore.restore_image`).
+    diam_mean : float, optional
+        Diameter the net was trained at; default the exported model's (Cellpose: 17 for nuclei
+        nets, 30 otherwise, which the exporter records). Cellpose's default for a net given by path
+        is 30.
+    providers, num_threads, precision
+        As in :class:`CellposeModel`.
+
+    Attributes
+    ----------
+    ratio : float
+        Upsampling factor of the last image restored (``upsample`` nets), as in Cellpose.
+    """
+
+    def __init__(self, gpu: bool = False, pretrained_model=False, nchan: int = 1, model_type: Optional[str] = None,
+                 chan2: bool = False, diam_mean: Optional[float] = None, device=None, providers=None,
+                 num_threads: Optional[int] = None, precision: str = "fp32"):
+        _warn_ignored("DenoiseModel", ["device"] if device is not None else [])
+        if nchan != 1:
+            raise ValueError(f"nchan: Cellpose 3's restoration nets take one channel, got nchan={nchan}")
+        name = model_type or pretrained_model
+        if not name:
+            raise ValueError("DenoiseModel needs model_type (a registered restoration model) or pretrained_model "
+                             "(a path to one exported with `cellflow-rt export CHECKPOINT --restore-type TYPE`)")
+        option = "model_type" if model_type else "pretrained_model"
+        self._attach(_load_model(name, "restoration", option, gpu, providers, num_threads, precision), chan2, diam_mean)
+
+    def _attach(self, model: LoadedModel, chan2: bool, diam_mean: Optional[float]) -> None:
+        if chan2:
+            warnings.warn("chan2 (chan2_restore) has no effect: Cellpose 3.1.1.1 restores every channel with the "
+                          "first channel's net, and cellflow-rt does the same", stacklevel=3)
+        self.model = model
+        self.pretrained_model = str(model.info.onnx_path)
+        self.restore_type = model.restore_type
+        self.diam_mean = float(model.info.diam_mean if diam_mean is None else diam_mean)
+        self.nchan = 1
+        self.ratio = 1.0
+
+    def eval(self, x, batch_size: int = 8, channels=None, channel_axis=None, z_axis=None, normalize=True,
+             rescale=None, diameter=None, tile: bool = True, do_3D: bool = False, tile_overlap: float = 0.1,
+             bsize: int = 224):
+        """Restore an image or a list of images; returns the restored image(s), float32, channels last.
+
+        ``normalize`` is a bool or Cellpose's dict (its ``invert`` included); ``tile`` is ignored,
+        as in Cellpose.
+        """
+        if isinstance(x, list):
+            return [self.eval(xi, batch_size=batch_size, channels=_channels_for(channels, i, len(x)),
+                              channel_axis=channel_axis, z_axis=z_axis, normalize=normalize,
+                              rescale=_per_image(rescale, i), diameter=_per_image(diameter, i), do_3D=do_3D,
+                              tile_overlap=tile_overlap, bsize=bsize) for i, xi in enumerate(x)]
+        settings = _settings_from_eval_kwargs(dict(
+            batch_size=batch_size, channels=channels, channel_axis=channel_axis, z_axis=z_axis, normalize=normalize,
+            rescale=rescale, diameter=diameter, do_3D=do_3D, tile_overlap=tile_overlap, bsize=bsize))
+        restoration = restore_image(x, self.model, settings, self.diam_mean)
+        self.ratio = restoration.ratio
+        return restoration.image
+
+
+class CellposeDenoiseModel:
+    """Cellpose 3's ``denoise.CellposeDenoiseModel``: image restoration, then segmentation of the
+    restored image; ``eval`` returns ``masks, flows, styles, img_restore``.
+
+    Parameters
+    ----------
+    gpu : bool
+        Prefer GPU execution providers.
+    pretrained_model, model_type : str, optional
+        The segmentation model (as in :class:`CellposeModel`).
+    restore_type : str
+        The restoration model: a registered name (e.g. your export of ``denoise_cyto3``) or a path
+        to its ``.onnx``.
+    nchan : int
+        Accepted for compatibility (the segmentation model says how many channels it takes).
+    chan2_restore : bool
+        Accepted; no effect, as in Cellpose 3.1.1.1 (see :class:`DenoiseModel`).
+    providers, num_threads, precision
+        As in :class:`CellposeModel`, for both networks.
+    """
+
+    def __init__(self, gpu: bool = False, pretrained_model=False, model_type: Optional[str] = None,
+                 restore_type: str = "denoise_cyto3", nchan: int = 2, chan2_restore: bool = False, device=None,
+                 providers=None, num_threads: Optional[int] = None, precision: str = "fp32"):
+        _warn_ignored("CellposeDenoiseModel", ["device"] if device is not None else [])
+        self.dn = DenoiseModel.__new__(DenoiseModel)
+        self.dn._attach(_load_model(restore_type, "restoration", "restore_type", gpu, providers, num_threads,
+                                    precision), chan2_restore, None)
+        self.cp = CellposeModel(gpu=gpu, pretrained_model=pretrained_model or None, model_type=model_type,
+                                providers=providers, num_threads=num_threads, precision=precision)
+        self.restore_type = restore_type
+
+    def eval(self, x, batch_size: int = 8, channels=None, channel_axis=None, z_axis=None, normalize=True,
+             rescale=None, diameter=None, tile_overlap: float = 0.1, augment: bool = False, resample: bool = True,
+             invert: bool = False, flow_threshold: float = 0.4, cellprob_threshold: float = 0.0, do_3D: bool = False,
+             anisotropy=None, stitch_threshold: float = 0.0, min_size: int = 15, niter=None, interp: bool = True,
+             bsize: int = 224, flow3D_smooth=0):
+        """Restore, then segment; returns ``masks, flows, styles, img_restore`` (lists for lists).
+
+        The normalisation options (``normalize`` as a dict) apply to the restoration only; the
+        restored image is segmented with Cellpose's default normalisation (see
+        :func:`cellflow_rt.restore.split_normalization`).
+        """
+        step = RestoreStep.create(self.dn.model, normalize, invert, diam_mean=self.dn.diam_mean,
+                                  name=self.restore_type)
+        args = dict(batch_size=batch_size, channel_axis=channel_axis, z_axis=z_axis, tile_overlap=tile_overlap,
+                    augment=augment, resample=resample, flow_threshold=flow_threshold,
+                    cellprob_threshold=cellprob_threshold, do_3D=do_3D, anisotropy=anisotropy,
+                    stitch_threshold=stitch_threshold, min_size=min_size, niter=niter, interp=interp, bsize=bsize,
+                    flow3D_smooth=flow3D_smooth)
+        images = x if isinstance(x, list) else [x]
+        settings = [_settings_from_eval_kwargs(dict(args, channels=_channels_for(channels, i, len(images)),
+                                                    rescale=_per_image(rescale, i), diameter=_per_image(diameter, i)))
+                    for i in range(len(images))]
+        restored = []
+        for image, s in zip(images, settings):
+            restoration = step.restore(image, s)
+            self.dn.ratio = restoration.ratio
+            restored.append(restoration)
+        # Cellpose decides the segmentation diameter from the last image's upsampling ratio, for all
+        results = [segment(r.image, self.cp.model, step.segmentation_settings(s, r, ratio=restored[-1].ratio))
+                   for r, s in zip(restored, settings)]
+        out = [(seg.masks, _flows_for_user(seg), seg.styles, r.image) for seg, r in zip(results, restored)]
+        if not isinstance(x, list):
+            return out[0]
+        return tuple(list(items) for items in zip(*out))

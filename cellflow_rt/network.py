@@ -80,7 +80,8 @@ class Network:
     Parameters
     ----------
     onnx_path : path
-        Exported CPnet (input ``image`` [B, C, H, W]; outputs ``flows`` [B, 3, H, W], ``style`` [B, 256]).
+        Exported CPnet (input ``image`` [B, C, H, W]; outputs ``flows`` [B, nout, H, W], ``style`` [B, 256]):
+        nout is 3 for segmentation (dY, dX, cellprob) and 1 for restoration (the restored image).
     providers : str or sequence of str, optional
         Execution providers by preference (see :func:`choose_providers`).
     strict_provider : bool
@@ -142,6 +143,9 @@ class Network:
         if outputs[:2] != ["flows", "style"]:
             raise ValueError(f"{self.onnx_path}: expected outputs ['flows', 'style'], got {outputs}")
         self.nchan = inputs[0].shape[1] if isinstance(inputs[0].shape[1], int) else 2
+        nout = self.session.get_outputs()[0].shape[1]
+        #: Output channels per pixel: 3 (dY, dX, cellprob) or 1 (a restoration net's image).
+        self.nout = nout if isinstance(nout, int) else 3
         self.providers = self.session.get_providers()
         applies = {"fp16": (provider_options.TENSORRT, "TensorRT"), "tf32": (provider_options.CUDA, "CUDA")}
         if precision in applies and self.providers[0] != applies[precision][0]:
@@ -174,7 +178,7 @@ class Network:
         return {}
 
     def run(self, tiles: np.ndarray, batch_size: int = 8) -> Tuple[np.ndarray, np.ndarray]:
-        """Run tiles (N, C, ly, lx) in chunks of ``batch_size``; return flows (N, 3, ly, lx) and styles (N, 256).
+        """Run tiles (N, C, ly, lx) in chunks of ``batch_size``; return flows (N, nout, ly, lx) and styles (N, 256).
 
         On the CPU provider the chunks are :attr:`cpu_tiles_per_run` tiles, whatever ``batch_size``.
         Inputs and outputs go through an IO binding: ONNX Runtime writes each chunk's outputs
@@ -183,7 +187,7 @@ class Network:
         """
         n = tiles.shape[0]
         batch_size = self.cpu_tiles_per_run or min(batch_size, self.max_batch or batch_size)
-        flows = np.empty((n, 3) + tiles.shape[2:], np.float32)
+        flows = np.empty((n, self.nout) + tiles.shape[2:], np.float32)
         styles = np.empty((n, 256), np.float32)
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)

@@ -87,6 +87,8 @@ class OpenVINONetwork:
             raise ValueError(f"{self.onnx_path}: expected outputs ['flows', 'style'], got {names}")
         channels = inputs[0].get_partial_shape()[1]
         self.nchan = channels.get_length() if channels.is_static else 2
+        nout = self._compiled.outputs[0].get_partial_shape()[1]
+        self.nout = nout.get_length() if nout.is_static else 3
         used = self._compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type
         #: The precision OpenVINO actually runs in: "bf16", or "fp32" on CPUs without bf16.
         self.precision = "bf16" if used == ov.Type.bf16 else "fp32"
@@ -105,13 +107,13 @@ class OpenVINONetwork:
         return request
 
     def run(self, tiles: np.ndarray, batch_size: int = 8) -> Tuple[np.ndarray, np.ndarray]:
-        """Run tiles (N, C, ly, lx) one at a time; return flows (N, 3, ly, lx) and styles (N, 256).
+        """Run tiles (N, C, ly, lx) one at a time; return flows (N, nout, ly, lx) and styles (N, 256).
 
         One tile per inference is as fast as eight here and needs less than half the memory;
         ``batch_size`` is accepted for the common interface.
         """
         n = tiles.shape[0]
-        flows = np.empty((n, 3) + tiles.shape[2:], np.float32)
+        flows = np.empty((n, self.nout) + tiles.shape[2:], np.float32)
         styles = np.empty((n, 256), np.float32)
         request = self._request()
         for i in range(n):

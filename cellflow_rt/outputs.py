@@ -8,7 +8,8 @@ from .io.imagej import save_outlines_txt, save_rois_zip
 from .io.masks import save_masks
 from .io.ome_tiff import save_masks_ome_tif
 from .io.paths import MASKS_SUFFIX, output_path
+from .io.restored import save_restored
 from .io.seg_npy import save_seg_npy
 
 __all__ = ["output_path", "save_masks", "save_masks_ome_tif", "save_seg_npy", "save_outlines_txt",
-           "save_rois_zip", "save_geojson", "save_flows", "flow_to_rgb", "cellprob_to_uint8", "MASKS_SUFFIX"]
+           "save_rois_zip", "save_geojson", "save_flows", "save_restored", "flow_to_rgb", "cellprob_to_uint8", "MASKS_SUFFIX"]

@@ -16,7 +16,8 @@ from . import dynamics
 from .flows import run_network
 from .gpu import choose_dynamics
 from .loaded_model import LoadedModel
-from .preprocess import check_finite, convert_image, normalize_image
+from .normalize import NormalizeOptions, normalize_img
+from .preprocess import check_finite, convert_image
 from .resize import resize_bilinear
 from .settings import EvalSettings
 
@@ -73,14 +74,23 @@ def prepare_image(image: np.ndarray, settings: EvalSettings, nchan: int) -> np.n
     if image.size == 0:
         raise ValueError(f"image is empty (shape {image.shape})")
     check_finite(image)
+    stack = settings.do_3D or settings.stitch_threshold > 0
     x = convert_image(image, settings.channels, channel_axis=settings.channel_axis, z_axis=settings.z_axis,
-                      do_3D=settings.do_3D or settings.stitch_threshold > 0, nchan=nchan)
+                      do_3D=stack, nchan=nchan)
     if x.ndim < 4:
         x = x[np.newaxis]
-    volume = x.shape[0] > 1 and (settings.do_3D or settings.stitch_threshold > 0)
-    # Cellpose normalises a stack jointly only for do_3D / stitching; separate planes otherwise.
-    return normalize_image(x, normalize=settings.normalize, invert=settings.invert,
-                           percentile=settings.percentile, norm3D=volume or x.shape[0] == 1)
+    return normalize_img(x, stack_normalization(settings, x.shape[0]))
+
+
+def stack_normalization(settings: EvalSettings, nplanes: int) -> NormalizeOptions:
+    """The normalisation options as Cellpose's ``eval`` applies them to ``nplanes`` planes: do_3D
+    normalises the whole volume, stitching follows ``norm3D``, separate planes are done one by one."""
+    options = settings.normalization
+    if nplanes > 1 and (settings.do_3D or settings.stitch_threshold > 0):
+        return options.with_(norm3D=True) if settings.do_3D else options
+    if nplanes > 1:
+        return options.with_(norm3D=False)
+    return options
 
 
 @dataclass
@@ -129,6 +139,7 @@ def predict_prepared(x: np.ndarray, model: LoadedModel, settings: EvalSettings =
     On the GPU path (:func:`device_resident`) the returned ``dP`` and ``cellprob`` are device arrays
     (:func:`cellflow_rt.gpu.predict.predict_on_device`).
     """
+    model.require_kind("segmentation", "model")
     timings = dict(timings or {})
     rescale = rescale_for(model, settings)
     diameter = float(model.diam_mean / rescale)

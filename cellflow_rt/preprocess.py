@@ -1,7 +1,7 @@
-"""Axes and channels, normalisation and inversion: the image as the network expects it.
+"""Axes and channels: the image as the network expects it (normalisation is :mod:`.normalize`).
 
-Mirrors Cellpose 3.1.1.1's ``transforms.convert_image``, ``reshape`` and ``normalize_img``: the
-output is float32 with Z (or the image index) first and exactly two channels last.
+Mirrors Cellpose 3.1.1.1's ``transforms.convert_image`` and ``reshape``: the output is float32 with
+Z (or the image index) first and the network's channels last.
 """
 from __future__ import annotations
 
@@ -10,10 +10,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from .percentile import percentiles
-
-#: Above this many elements per channel, percentiles are computed on a strided subsample.
-_PERCENTILE_SUBSAMPLE_SIZE = 224 ** 3
+from .normalize import NormalizeOptions, normalize_img
 
 
 class ImageShapeError(ValueError):
@@ -42,7 +39,7 @@ def _squeeze_with_axes(x: np.ndarray, channel_axis, z_axis):
 
 
 def convert_image(x: np.ndarray, channels: Optional[Sequence[int]], channel_axis: Optional[int] = None,
-                  z_axis: Optional[int] = None, do_3D: bool = False, nchan: int = 2) -> np.ndarray:
+                  z_axis: Optional[int] = None, do_3D: bool = False, nchan: Optional[int] = 2) -> np.ndarray:
     """Put Z first and channels last, select channels, and cast to float32.
 
     Parameters
@@ -56,8 +53,9 @@ def convert_image(x: np.ndarray, channels: Optional[Sequence[int]], channel_axis
         Axes holding channels and Z; guessed as Cellpose does when None.
     do_3D : bool
         The image is a volume (a Z axis is required).
-    nchan : int
-        Channels the network takes.
+    nchan : int or None
+        Channels the network takes; None keeps every channel (with ``channels=None``), as Cellpose's
+        restoration does.
 
     Returns
     -------
@@ -122,6 +120,8 @@ def convert_image(x: np.ndarray, channels: Optional[Sequence[int]], channel_axis
     x = x.astype(np.float32)
     if channels is not None:
         return select_channels(x, channels)
+    if nchan is None:
+        return x
     if x.shape[-1] > nchan:
         warnings.warn(f"more than {nchan} channels given and channels=None: using the first {nchan}")
         x = x[..., :nchan]
@@ -162,29 +162,12 @@ def select_channels(data: np.ndarray, channels: Sequence[int]) -> np.ndarray:
     return data
 
 
-def _percentiles(channel: np.ndarray, lower: float, upper: float) -> Tuple[np.float32, np.float32]:
-    """1st/99th percentiles as the reference computes them (strided subsample for big arrays)."""
-    if channel.size > _PERCENTILE_SUBSAMPLE_SIZE:
-        step = [max(1, n // 224) for n in channel.shape]
-        if channel.ndim == 3:
-            step[0] = max(1, channel.shape[0] // 50)
-        channel = channel[tuple(slice(None, None, s) for s in step)]
-    return percentiles(channel, (lower, upper))
-
-
-def _normalize_channel(channel: np.ndarray, lower: float, upper: float) -> None:
-    """Map percentiles (lower, upper) to (0, 1) in place, in float32 like the reference."""
-    lo, hi = _percentiles(channel, lower, upper)
-    if hi - lo > 1e-3:
-        channel -= lo
-        channel /= (hi - lo)
-    else:
-        channel[:] = 0
-
-
 def normalize_image(img: np.ndarray, normalize: bool = True, invert: bool = False,
                     percentile: Tuple[float, float] = (1.0, 99.0), norm3D: bool = True) -> np.ndarray:
     """Percentile-normalise each channel (skipping constant ones), then optionally invert.
+
+    The default normalisation; :func:`cellflow_rt.normalize.normalize_img` takes every option of
+    Cellpose's ``normalize`` dict.
 
     Parameters
     ----------
@@ -204,29 +187,9 @@ def normalize_image(img: np.ndarray, normalize: bool = True, invert: bool = Fals
     ndarray
         float32 array of the same shape.
     """
-    lower, upper = float(percentile[0]), float(percentile[1])
-    if not 0 <= lower < upper <= 100:
-        raise ValueError(f"percentile must satisfy 0 <= low < high <= 100, got {percentile}")
-    if invert and not normalize:
-        raise ValueError("invert=True needs normalize=True")
+    options = NormalizeOptions(normalize=normalize, invert=invert, percentile=percentile, norm3D=norm3D)
     x = img if img.dtype == np.float32 else img.astype(np.float32)
-    if not normalize:
-        return x
-    good = np.zeros(x.shape[-1], bool)
-    if x.ndim == 3 or norm3D:
-        planes = [x]
-    else:
-        planes = list(x)
-    for plane in planes:
-        for c in range(x.shape[-1]):
-            channel = plane[..., c]
-            if np.ptp(channel) > 0:
-                _normalize_channel(channel, lower, upper)
-                good[c] = True
-    if invert:
-        for c in np.flatnonzero(good):
-            x[..., c] = 1 - x[..., c]
-    return x
+    return normalize_img(x if x.ndim == 4 else x[np.newaxis], options).reshape(x.shape)
 
 
 def check_finite(img: np.ndarray) -> None:

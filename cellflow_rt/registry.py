@@ -23,6 +23,10 @@ MANIFEST_FORMAT = "cellflow-rt-model/1"
 USER_MODELS_ENV = "CELLFLOW_RT_MODELS"
 BUILTIN_NAMES = ("cyto", "cyto2", "cyto3", "nuclei")
 FP16_SUFFIX = "_fp16"
+#: What a model does: segment (flows + cell probability) or restore images (Cellpose 3's denoise.py nets).
+MODEL_KINDS = ("segmentation", "restoration")
+#: Cellpose 3's restoration types; only ``upsample`` changes how a net is run.
+RESTORE_TYPES = ("denoise", "deblur", "upsample", "oneclick")
 # key -> accepted JSON types; the runtime relies on these, the rest is informative.
 _REQUIRED_KEYS = {
     "format": (str,),
@@ -73,6 +77,10 @@ class ModelInfo:
         ``"bundled"``, ``"user"`` or ``"path"`` (not compared: the same files are the same model).
     precision : str
         ``"fp32"``, or ``"fp16"`` when the half-precision variant was given by path.
+    kind : str
+        ``"segmentation"`` or ``"restoration"`` (manifests without the key are segmentation models).
+    restore_type : str or None
+        A restoration model's type (:data:`RESTORE_TYPES`); None for segmentation models.
     """
 
     name: str
@@ -87,6 +95,12 @@ class ModelInfo:
     size_model: Optional[SizeModelParams] = field(compare=False, repr=False)
     source: str = field(default="path", compare=False)
     precision: str = "fp32"
+    kind: str = "segmentation"
+    restore_type: Optional[str] = None
+
+    @property
+    def is_restoration(self) -> bool:
+        return self.kind == "restoration"
 
     @property
     def description(self) -> str:
@@ -196,6 +210,15 @@ def read_manifest(path) -> dict:
     channels = manifest["default_channels"]
     if len(channels) != 2 or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in channels):
         raise ModelFileError(f"manifest {path}: default_channels must be two non-negative ints, got {channels!r}")
+    kind = manifest.get("kind", "segmentation")
+    if kind not in MODEL_KINDS:
+        raise ModelFileError(f"manifest {path}: kind must be one of {MODEL_KINDS}, got {kind!r}")
+    restore_type = manifest.get("restore_type")
+    if kind == "restoration" and restore_type not in RESTORE_TYPES:
+        raise ModelFileError(f"manifest {path}: a restoration model needs restore_type in {RESTORE_TYPES}, "
+                             f"got {restore_type!r}")
+    if kind == "segmentation" and restore_type is not None:
+        raise ModelFileError(f"manifest {path}: restore_type {restore_type!r} on a segmentation model")
     builtin = manifest.get("builtin_name")
     if builtin is not None and builtin not in BUILTIN_NAMES:
         raise ModelFileError(f"manifest {path}: builtin_name must be null or one of {BUILTIN_NAMES}, got {builtin!r}")
@@ -259,6 +282,8 @@ def _load(manifest_path: Path, onnx_path: Optional[Path], source: str) -> ModelI
         size_model=size_model,
         source=source,
         precision=precision,
+        kind=manifest.get("kind", "segmentation"),
+        restore_type=manifest.get("restore_type"),
     )
 
 

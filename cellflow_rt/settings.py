@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Optional, Sequence, Tuple
 
+from .normalize import NORMALIZE_KEYS, NormalizeOptions
+
 #: Tile side used by Cellpose (the network was trained on 224 x 224 crops).
 BSIZE = 224
 
@@ -30,6 +32,19 @@ class EvalSettings:
         Low and high percentiles used when normalising.
     invert : bool
         Invert intensities after normalisation.
+    lowhigh : tuple or None
+        Fixed ``(low, high)`` mapped to (0, 1) on every channel, or one pair per channel; replaces the
+        percentiles, smoothing, sharpening and tiles (Cellpose's ``normalize["lowhigh"]``).
+    norm3D : bool
+        With ``stitch_threshold``, one normalisation over the whole stack (False: per plane); do_3D
+        always normalises the whole volume and a stack of separate planes always per plane.
+    sharpen_radius, smooth_radius : float
+        Sigma (pixels) of the Gaussian surround subtracted / the Gaussian smoothing before
+        normalising (0 = off).
+    tile_norm_blocksize : int
+        Normalise with percentiles of blocks of this side, smoothly interpolated (0 = off).
+    tile_norm_smooth3D : float
+        Extra smoothing of the block percentiles (Cellpose's quirk: over rows of blocks).
     diameter : float or None
         Cell diameter in pixels; None or 0 uses the model's ``diam_labels`` (``CellposeModel``) or the
         size model's estimate (``Cellpose``).
@@ -79,6 +94,12 @@ class EvalSettings:
     normalize: bool = True
     percentile: Tuple[float, float] = (1.0, 99.0)
     invert: bool = False
+    lowhigh: Optional[tuple] = None
+    norm3D: bool = True
+    sharpen_radius: float = 0.0
+    smooth_radius: float = 0.0
+    tile_norm_blocksize: int = 0
+    tile_norm_smooth3D: float = 1.0
     diameter: Optional[float] = None
     rescale: Optional[float] = None
     batch_size: int = 8
@@ -117,6 +138,13 @@ class EvalSettings:
             raise ValueError(f"anisotropy must be > 0, got {self.anisotropy}")
         if self.dynamics not in DYNAMICS:
             raise ValueError(f"dynamics must be one of {', '.join(DYNAMICS)}, got {self.dynamics!r}")
+        for name, value in self.normalization.as_dict().items():  # validated, canonical (tuples, floats)
+            object.__setattr__(self, name, value)
+
+    @property
+    def normalization(self) -> NormalizeOptions:
+        """The normalisation options (Cellpose's ``normalize`` dict) as one object."""
+        return NormalizeOptions(**{name: getattr(self, name) for name in NORMALIZE_KEYS})
 
     def with_(self, **changes) -> "EvalSettings":
         """Copy with some options changed."""

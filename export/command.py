@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from cellflow_rt.registry import RESTORE_TYPES
+
 from .exporter import INSTALL_HINT, ExportDependencyError, export_checkpoint, require_export_dependencies
 from .parity import ParityError
 
@@ -18,10 +20,14 @@ from .parity import ParityError
 @click.option("--description", help="Free text stored in the manifest.")
 @click.option("--channels", nargs=2, type=click.IntRange(0, 3), default=None,
               help="Default channels of the model, e.g. 0 0 (grayscale) or 1 2 (cyto). Default 0 0.")
-def export_command(checkpoint, size_model, name, out_dir, fp16, description, channels):
-    """Export a Cellpose 3 CPnet CHECKPOINT (a path, or a built-in name such as cyto3 found in
-    Cellpose's model folder) to ONNX with a JSON manifest, after checking that ONNX Runtime
-    reproduces the torch network. Needs the export extra: pip install 'cellflow-rt[export]'."""
+@click.option("--restore-type", "restore_type", type=click.Choice(RESTORE_TYPES), default=None,
+              help="For a Cellpose 3 restoration checkpoint (one input channel, one output): what it restores. "
+                   "Default: from Cellpose's name (denoise_cyto3, upsample_nuclei, ...).")
+def export_command(checkpoint, size_model, name, out_dir, fp16, description, channels, restore_type):
+    """Export a Cellpose 3 CPnet CHECKPOINT (a path, or a built-in name such as cyto3 or denoise_cyto3
+    found in Cellpose's model folder) to ONNX with a JSON manifest, after checking that ONNX Runtime
+    reproduces the torch network. Segmentation and restoration nets are told apart by their shapes.
+    Needs the export extra: pip install 'cellflow-rt[export]'."""
     try:
         require_export_dependencies()
     except ExportDependencyError as err:
@@ -29,7 +35,7 @@ def export_command(checkpoint, size_model, name, out_dir, fp16, description, cha
     try:
         export_checkpoint(checkpoint, size_model=size_model, name=name, out_dir=out_dir, fp16=fp16,
                           description=description, channels=list(channels) if channels else None,
-                          echo=click.echo)
+                          restore_type=restore_type, echo=click.echo)
     except (FileNotFoundError, ValueError, ParityError) as err:  # CheckpointError, SizeModelError are ValueErrors
         raise click.ClickException(str(err)) from None
 

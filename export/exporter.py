@@ -9,15 +9,18 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from cellflow_rt import __version__
-from cellflow_rt.registry import FP16_SUFFIX, sha256_file, user_model_dir
+from cellflow_rt.registry import FP16_SUFFIX, RESTORE_TYPES, sha256_file, user_model_dir
 
 from .manifest import model_facts, set_onnx_metadata, write_bytes_atomic, write_manifest
 from .onnx_export import OPSET
 from .parity import FLOWS_TOLERANCE, PARITY_SIZES, STYLE_TOLERANCE, check_parity, format_report, measure_parity
 from .size_model import read_size_model
-from .sources import builtin_name_of, check_model_name, default_model_name, default_size_model, locate_checkpoint
+from .sources import (builtin_name_of, builtin_restoration_of, check_model_name, default_model_name,
+                      default_size_model, locate_checkpoint)
 
 INSTALL_HINT = "pip install 'cellflow-rt[export]'  (torch==2.13.0 and onnx)"
+#: Output channels of Cellpose 3's restoration nets (segmentation nets have 3).
+RESTORATION_NOUT = 1
 
 
 class ExportDependencyError(ImportError):
@@ -44,6 +47,7 @@ def export_checkpoint(
     fp16: bool = False,
     description: Optional[str] = None,
     channels: Optional[Sequence[int]] = None,
+    restore_type: Optional[str] = None,
     *,
     opset: int = OPSET,
     parity_sizes=PARITY_SIZES,
@@ -74,6 +78,10 @@ def export_checkpoint(
     channels : sequence of two int, optional
         The channels the model expects by default (``[0, 0]`` grayscale, ``[1, 2]`` cyto...).
         Default ``[0, 0]``.
+    restore_type : {"denoise", "deblur", "upsample", "oneclick"}, optional
+        For a restoration net (Cellpose 3's ``denoise.py``: one input channel, one output), what it
+        does; taken from Cellpose's name (``denoise_cyto3``, ``upsample_nuclei``...) when not given,
+        required otherwise. Only ``upsample`` changes how the runtime uses the net.
     opset : int
         ONNX opset.
     parity_sizes : sequence of (int, int)
@@ -93,20 +101,19 @@ def export_checkpoint(
     FileNotFoundError
         The checkpoint or size model does not exist.
     CheckpointError, SizeModelError
-        The files are not a CPnet checkpoint / a Cellpose size model.
+        The files are not a CPnet checkpoint / a Cellpose size model; ``restore_type`` given for a
+        segmentation net, or missing for a restoration net with a name Cellpose does not use.
     ParityError
         ONNX Runtime's output differs from torch's by more than 1e-4 (flows) or 1e-5 (style).
     """
     say = echo or (lambda _: None)
     require_export_dependencies()
-    from .checkpoint import load_checkpoint
+    from .checkpoint import CheckpointError, load_checkpoint
     from .cpnet import HalfPrecisionCPnet, build_cpnet
     from .onnx_export import cpnet_to_onnx
 
     source = locate_checkpoint(checkpoint)
     name = check_model_name(name if name is not None else default_model_name(source))
-    channels = _check_channels(channels if channels is not None else (0, 0))
-    size_path = Path(size_model) if size_model is not None else default_size_model(source)
     out_dir = Path(out_dir) if out_dir is not None else user_model_dir()
 
     ckpt = load_checkpoint(source)
@@ -114,22 +121,38 @@ def export_checkpoint(
     say(f"checkpoint {source}: CPnet nbase={list(ckpt.spec.nbase)} nout={ckpt.spec.nout}, "
         f"diam_mean {ckpt.diam_mean:g}, diam_labels {ckpt.diam_labels:g}"
         + ("" if ckpt.has_diameters else " (not stored: Cellpose's CPU default)"))
+    if ckpt.spec.nout == RESTORATION_NOUT:
+        restore_type, diam_mean = _restoration_facts(source, ckpt, restore_type)
+        if size_model is not None:
+            raise ValueError("size_model: a restoration model has no size model")
+        if channels is not None and list(channels) != [0, 0]:
+            raise ValueError(f"channels: a restoration net takes one channel at a time; got {list(channels)}")
+        channels, size_path, builtin = [0, 0], None, None
+        say(f"restoration net ({restore_type}), diam_mean {diam_mean:g}")
+    else:
+        if restore_type is not None:
+            raise CheckpointError(f"restore_type: {source} is a segmentation CPnet (nout {ckpt.spec.nout}); "
+                                  "restore types apply to Cellpose 3 restoration nets (one input channel, nout 1)")
+        channels = _check_channels(channels if channels is not None else (0, 0))
+        size_path = Path(size_model) if size_model is not None else default_size_model(source)
+        diam_mean = ckpt.diam_mean
     size = read_size_model(size_path, ckpt.spec.nstyle) if size_path is not None else None
     say(f"size model: {size_path if size_path is not None else 'none'}")
 
     facts = model_facts(
         name=name,
-        description=description if description is not None else _default_description(source, builtin),
+        description=description if description is not None else _default_description(source, builtin, restore_type),
         source_file=source.name,
         source_sha256=sha256_file(source),
         exporter_version=__version__,
         opset=opset,
         spec=ckpt.spec,
-        diam_mean=ckpt.diam_mean,
+        diam_mean=diam_mean,
         diam_labels=ckpt.diam_labels,
         builtin_name=builtin,
         default_channels=channels,
         size_model=size,
+        restore_type=restore_type,
     )
     net = build_cpnet(ckpt.spec, ckpt.state_dict)
     graph = cpnet_to_onnx(net, opset)
@@ -184,7 +207,26 @@ def _check_channels(channels) -> list[int]:
     return values
 
 
-def _default_description(source: Path, builtin) -> str:
+def _restoration_facts(source: Path, ckpt, restore_type: Optional[str]):
+    """``(restore_type, diam_mean)`` of a restoration checkpoint: the given type, else the one its
+    Cellpose name says; diam_mean by Cellpose's name rule for its own nets, else the stored value."""
+    from .checkpoint import CheckpointError
+
+    if ckpt.spec.nchan != 1:
+        raise CheckpointError(f"{source}: a CPnet with one output is a restoration net, which takes one input "
+                              f"channel; this one takes {ckpt.spec.nchan}")
+    named = builtin_restoration_of(source)
+    if restore_type is None and named is None:
+        raise ValueError(f"restore_type: {source.name} is a restoration net and its name is not one of Cellpose's "
+                         f"(denoise_cyto3, upsample_nuclei, ...): give --restore-type ({', '.join(RESTORE_TYPES)})")
+    if restore_type is not None and restore_type not in RESTORE_TYPES:
+        raise ValueError(f"restore_type must be one of {', '.join(RESTORE_TYPES)}, got {restore_type!r}")
+    return restore_type or named[0], named[1] if named is not None else ckpt.diam_mean
+
+
+def _default_description(source: Path, builtin, restore_type=None) -> str:
+    if restore_type:
+        return f"Cellpose 3 restoration net ({restore_type}) exported by cellflow-rt from {source.name}"
     if builtin:
         return f"Cellpose built-in model '{builtin}' ({source.name}), exported by cellflow-rt"
     return f"Cellpose CPnet exported by cellflow-rt from {source.name}"

@@ -31,8 +31,12 @@ def model_facts(
     builtin_name,
     default_channels,
     size_model,
+    restore_type=None,
 ) -> dict:
-    """Return the manifest entries that describe the model, in the manifest's key order."""
+    """Return the manifest entries that describe the model, in the manifest's key order.
+
+    ``restore_type`` (denoise, deblur, upsample, oneclick) makes it a restoration model (``kind``).
+    """
     return {
         "format": MANIFEST_FORMAT,
         "name": name,
@@ -49,6 +53,8 @@ def model_facts(
         "diam_mean": float(diam_mean),
         "diam_labels": float(diam_labels),
         "builtin_name": builtin_name,
+        "kind": "segmentation" if restore_type is None else "restoration",
+        "restore_type": restore_type,
         "default_channels": [int(c) for c in default_channels],
         "size_model": size_model,
         "parity": None,

@@ -13,6 +13,8 @@ from pathlib import Path
 # Model type -> Cellpose's file basename for the types that come with a size model.
 BUILTIN_BASENAMES = {"cyto": "cytotorch_0", "cyto2": "cyto2torch_0", "nuclei": "nucleitorch_0", "cyto3": "cyto3"}
 _LEGACY_BASENAME = re.compile(r"^(cyto|cyto2|nuclei)torch_[0-3]$")
+# Cellpose 3's restoration nets (denoise.MODEL_NAMES, without aniso_*): <type>[_<loss>]_<cell type>
+_RESTORE_BASENAME = re.compile(r"^(denoise|deblur|upsample|oneclick)(_(per|seg|rec))?_(cyto3|cyto2|nuclei)$")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
 
@@ -34,6 +36,19 @@ def builtin_name_of(checkpoint) -> str | None:
         return "cyto3"
     match = _LEGACY_BASENAME.match(basename)
     return match.group(1) if match else None
+
+
+def builtin_restoration_of(checkpoint) -> tuple[str, float] | None:
+    """Return ``(restore_type, diam_mean)`` when ``checkpoint`` is one of Cellpose 3's restoration nets
+    (``denoise_cyto3``, ``upsample_nuclei``, ...), else None.
+
+    Recognised by basename, with Cellpose's diam_mean rule for them: 17 when the name says nuclei,
+    else 30 (``denoise.DenoiseModel``).
+    """
+    match = _RESTORE_BASENAME.match(Path(checkpoint).name)
+    if match is None:
+        return None
+    return match.group(1), 17.0 if match.group(4) == "nuclei" else 30.0
 
 
 def locate_checkpoint(checkpoint) -> Path:

@@ -21,7 +21,7 @@ CYTO = WEIGHTS / "cellflow_cyto_demo"
 MANIFEST_KEYS = {
     "format", "name", "description", "onnx_file", "onnx_sha256", "source_file", "source_sha256",
     "exporter_version", "opset", "nchan", "nout", "nbase", "diam_mean", "diam_labels", "builtin_name",
-    "default_channels", "size_model", "parity", "fp16",
+    "kind", "restore_type", "default_channels", "size_model", "parity", "fp16",
 }
 # Small tiles keep the module's exports quick on 2 cores; the committed models went through the
 # full gate (224x224, 128x160, 240x176).
@@ -105,6 +105,7 @@ def test_manifest_has_the_schema_and_checkpoint_facts(nuclei_export):
     assert manifest["diam_mean"] == float(state["diam_mean"][0]) == 17.0
     assert manifest["diam_labels"] == float(np.float32(state["diam_labels"][0].item()))
     assert manifest["builtin_name"] is None
+    assert (manifest["kind"], manifest["restore_type"]) == ("segmentation", None)
     assert manifest["default_channels"] == [0, 0]
     assert isinstance(manifest["opset"], int) and manifest["exporter_version"]
 

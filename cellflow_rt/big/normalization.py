@@ -1,13 +1,20 @@
 """One normalisation for the whole image, computed from per-block statistics, and the empty-block test.
 
 Cellpose normalises a whole image (or a whole volume) with its 1st/99th percentiles, taken on a
-strided subsample once the image has more than 224**3 pixels (``preprocess._percentiles``). Per-block
+strided subsample once the image has more than 224**3 pixels (``normalize._percentile_sample``). Per-block
 percentiles would give every block a different contrast, hence different cells at block faces. So a
 first pass over the blocks collects, per network channel: the minimum and maximum (Cellpose leaves a
 constant channel alone), exactly the pixels of Cellpose's strided subsample that fall in the block,
 and the extremes of a box-mean downsampled copy (the low-resolution foreground test). The driver
 concatenates the samples and takes the percentiles: the same numbers, in float32, as a single pass.
 Each block is then normalised with those fixed bounds before ``segment(..., normalize=False)``.
+
+Of Cellpose's other normalisation options, ``lowhigh`` (fixed bounds, no statistics) runs blockwise
+as it does in one pass. ``sharpen_radius``, ``smooth_radius`` and ``tile_norm_blocksize`` do not: the
+first two filter the whole image through its FFT (it wraps around at the image's edges) and tile
+normalisation smooths a grid of percentiles laid out over the whole image, so a block cannot
+reproduce them; nor does per-plane normalisation (``norm3D=False``) of a stitched stack. Those are
+refused (:func:`check_blockwise_normalization`).
 """
 from __future__ import annotations
 
@@ -17,7 +24,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..preprocess import _PERCENTILE_SUBSAMPLE_SIZE, select_channels
+from ..normalize import PERCENTILE_SUBSAMPLE_SIZE
+from ..preprocess import select_channels
 
 
 def network_channels(data: np.ndarray, channels: Optional[Sequence[int]], nchan: int) -> np.ndarray:
@@ -43,7 +51,7 @@ def network_channels(data: np.ndarray, channels: Optional[Sequence[int]], nchan:
 
 def subsample_steps(shape: Sequence[int]) -> Tuple[int, ...]:
     """Strides of Cellpose's percentile subsample for an image of spatial ``shape``."""
-    if int(np.prod(shape)) <= _PERCENTILE_SUBSAMPLE_SIZE:
+    if int(np.prod(shape)) <= PERCENTILE_SUBSAMPLE_SIZE:
         return (1,) * len(shape)
     steps = [max(1, n // 224) for n in shape]
     if len(shape) == 3:
@@ -88,14 +96,16 @@ class GlobalNormalization:
 
     Attributes
     ----------
-    lo, hi : ndarray of float32, shape (nchan,)
-        The image's percentiles per network channel.
+    lo, hi : ndarray, shape (nchan,)
+        The image's percentiles per network channel (float32), or the user's ``lowhigh`` (float64).
     good : ndarray of bool
         Channels that are normalised (non-constant over the whole image).
     enabled : bool
         False when the user turned normalisation off: blocks are passed as they are.
     invert : bool
         ``1 - x`` on good channels after normalising.
+    fixed : bool
+        ``lo``/``hi`` are the user's ``lowhigh``: applied to every channel, whatever the range.
     """
 
     lo: np.ndarray
@@ -103,14 +113,15 @@ class GlobalNormalization:
     good: np.ndarray
     enabled: bool = True
     invert: bool = False
+    fixed: bool = False
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        """Normalise float32 ``x`` (..., nchan) in place, as ``preprocess.normalize_image`` does."""
+        """Normalise float32 ``x`` (..., nchan) in place, as ``normalize.normalize_img`` does."""
         if not self.enabled:
             return x
         for c in np.flatnonzero(self.good):
             lo, hi = self.lo[c], self.hi[c]
-            if hi - lo > 1e-3:
+            if self.fixed or hi - lo > 1e-3:
                 x[..., c] -= lo
                 x[..., c] /= (hi - lo)
             else:
@@ -126,7 +137,7 @@ class GlobalNormalization:
         scores = [-np.inf]
         for c in np.flatnonzero(self.good):
             span = self.hi[c] - self.lo[c]
-            if span <= 1e-3:
+            if span <= 1e-3 and not self.fixed:
                 continue
             if self.invert:
                 scores.append(1 - (stats.box_min[c] - self.lo[c]) / span)
@@ -135,15 +146,36 @@ class GlobalNormalization:
         return float(max(scores))
 
 
+def check_blockwise_normalization(settings) -> None:
+    """Raise ValueError naming the normalisation options a blockwise run cannot reproduce (see above)."""
+    whole_image = [name for name in ("sharpen_radius", "smooth_radius", "tile_norm_blocksize")
+                   if getattr(settings, name) > 0 and settings.lowhigh is None and settings.normalize]
+    if whole_image:
+        raise ValueError(f"{', '.join(whole_image)}: not available in blockwise runs (--blocksize): these "
+                         "normalisation options work on the whole image at once; run without --blocksize, or "
+                         "use percentile, lowhigh and invert, which blockwise runs support")
+    if not settings.norm3D and settings.stitch_threshold > 0 and not settings.do_3D and settings.normalize:
+        raise ValueError("norm3D=False: per-plane normalisation of a stitched stack is not available in blockwise "
+                         "runs (--blocksize); blocks are normalised with whole-stack statistics")
+
+
 def global_normalization(stats: Sequence[BlockStats], normalize: bool, invert: bool,
-                         percentile: Tuple[float, float]) -> GlobalNormalization:
-    """Combine every block's statistics into the image's bounds (Cellpose's, in float32)."""
+                         percentile: Tuple[float, float], lowhigh=None) -> GlobalNormalization:
+    """Combine every block's statistics into the image's bounds (Cellpose's, in float32); with
+    ``lowhigh`` (one pair, or one per channel) those bounds instead, on every channel."""
     lower, upper = float(percentile[0]), float(percentile[1])
     if not 0 <= lower < upper <= 100:
         raise ValueError(f"percentile must satisfy 0 <= low < high <= 100, got {percentile}")
     if invert and not normalize:
         raise ValueError("invert=True needs normalize=True")
     nchan = stats[0].minimum.size
+    if lowhigh is not None:
+        pairs = np.asarray(lowhigh, np.float64).reshape(-1, 2)
+        if pairs.shape[0] not in (1, nchan):
+            raise ValueError(f"lowhigh has {pairs.shape[0]} [low, high] pairs for an image with {nchan} channels")
+        pairs = np.broadcast_to(pairs, (nchan, 2))
+        return GlobalNormalization(lo=pairs[:, 0].copy(), hi=pairs[:, 1].copy(), good=np.ones(nchan, bool),
+                                   enabled=normalize, invert=invert, fixed=True)
     minimum = np.min([s.minimum for s in stats], axis=0)
     maximum = np.max([s.maximum for s in stats], axis=0)
     good = maximum - minimum > 0

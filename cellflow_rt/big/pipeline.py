@@ -18,7 +18,8 @@ import numpy as np
 from ..settings import EvalSettings
 from .blocks import BlockGrid, intersect
 from .merge import ObjectTable, Resolution, resolve, sources_for
-from .normalization import GlobalNormalization, global_normalization, network_channels, subsample_steps
+from .normalization import (GlobalNormalization, check_blockwise_normalization, global_normalization, network_channels,
+                            subsample_steps)
 from .runner import Progress, Runner
 from .sources import ImageSource, create_labels_array, finish_ome_labels, ome_labels_level0, open_source
 from . import stitch, tasks
@@ -202,6 +203,7 @@ def segment_large(source, model, settings: EvalSettings = EvalSettings(),
         raise ValueError("segment_large computes masks: compute_masks must be True")
     if not 0 < conflict_fraction < 1:
         raise ValueError(f"conflict_fraction must be in (0, 1), got {conflict_fraction}")
+    check_blockwise_normalization(settings)
     if not isinstance(model, LoadedModel):
         model = LoadedModel.load(model)
     spec = tasks.ModelSpec.of(model, network_threads)
@@ -222,7 +224,8 @@ def segment_large(source, model, settings: EvalSettings = EvalSettings(),
                                             settings.channels, model.nchan, subsample_steps(src.shape),
                                             max(1, int(diameter // 4)))
             for b in range(cores.n_blocks)])
-        norm = global_normalization(stats, settings.normalize, settings.invert, settings.percentile)
+        norm = global_normalization(stats, settings.normalize, settings.invert, settings.percentile,
+                                    lowhigh=settings.lowhigh)
         timings["statistics"] = time.perf_counter() - tic
 
         if estimate_diameter and not settings.diameter:

@@ -18,6 +18,7 @@ module             job
 ``seg_npy``        ``<stem>_seg.npy`` (the Cellpose GUI's file): :func:`save_seg_npy`
 ``imagej``         ``<stem>_cp_outlines.txt``, ``<stem>_rois.zip``: :func:`save_outlines_txt`, :func:`save_rois_zip`
 ``geojson``        ``<stem>.geojson`` (QuPath): :func:`save_geojson`
+``restored``       ``<stem>_restored.tif`` (image restoration): :func:`save_restored`
 ``flows``          flow pictures (:func:`flow_to_rgb`) and ``<stem>_flows_cp_masks.tif``, ``<stem>_dP_cp_masks.tif``
 ``pictures``       ``<stem>_outlines_cp_masks.png``, ``<stem>_cp_output_cp_masks.png``: :func:`save_outlines_png`,
                    :func:`save_summary_png`
@@ -45,7 +46,7 @@ from .read import imread
 _LAZY = {
     "save_masks": "masks", "save_masks_ome_tif": "ome_tiff", "save_seg_npy": "seg_npy",
     "save_outlines_txt": "imagej", "save_rois_zip": "imagej", "save_geojson": "geojson",
-    "save_flows": "flows", "flow_to_rgb": "flows", "cellprob_to_uint8": "flows",
+    "save_flows": "flows", "save_restored": "restored", "flow_to_rgb": "flows", "cellprob_to_uint8": "flows",
     "masks_to_outlines": "outlines", "outlines_list": "outlines",
     "save_outlines_png": "pictures", "save_summary_png": "pictures", "save_large_masks": "large_masks",
 }

@@ -39,7 +39,9 @@ def _seg_flows(flows: Sequence, masks: np.ndarray) -> list:
 
 
 def save_seg_npy(masks, flows: Sequence, file_name: PathLike, diameter: float = 30.0,
-                 channels: Optional[Sequence[int]] = None, savedir: Optional[PathLike] = None) -> Path:
+                 channels: Optional[Sequence[int]] = None, savedir: Optional[PathLike] = None,
+                 img_restore: Optional[np.ndarray] = None, restore_type: Optional[str] = None,
+                 ratio: float = 1.0) -> Path:
     """Save ``<stem>_seg.npy``, the file the Cellpose GUI opens (``io.masks_flows_to_seg``).
 
     Parameters
@@ -58,6 +60,14 @@ def save_seg_npy(masks, flows: Sequence, file_name: PathLike, diameter: float = 
         ``[chan, chan2]`` used (``chan_choose``); default ``[0, 0]``.
     savedir : str or path-like, optional
         Output folder; Cellpose always writes next to the image.
+    img_restore : ndarray, optional
+        The restored image (image restoration), stored with ``restore_type`` and ``ratio``.
+    restore_type : str, optional
+        The restoration model's name; the three restoration keys are written only with both it and
+        ``img_restore``, as in Cellpose.
+    ratio : float
+        Stored as ``ratio``. Cellpose's command line always writes 1.0 here, also for upsampling
+        (its computed ratio goes unused).
 
     Returns
     -------
@@ -70,7 +80,8 @@ def save_seg_npy(masks, flows: Sequence, file_name: PathLike, diameter: float = 
     (uint16, or uint32 from 65535 masks), ``chan_choose``, ``ismanual`` (False per label up to the
     largest), ``filename``, ``flows`` (list of 5: RGB flow (1, Ly, Lx, 3) uint8 at mask size, cellprob
     uint8 (1, Ly, Lx), zeros (1, Ly, Lx, 3) uint8 -- in 3D the RGB flow (Lz, Ly, Lx, 3), cellprob
-    (Lz, Ly, Lx) and dZ as uint8 --, ``[]``, and float32 ``[dP..., cellprob]``), ``diameter``.
+    (Lz, Ly, Lx) and dZ as uint8 --, ``[]``, and float32 ``[dP..., cellprob]``), ``diameter``; with
+    image restoration also ``restore``, ``ratio`` and ``img_restore``.
     """
     masks = as_label_image(masks, "masks")
     if len(flows) < 3:
@@ -87,6 +98,8 @@ def save_seg_npy(masks, flows: Sequence, file_name: PathLike, diameter: float = 
         "flows": _seg_flows(flows, masks),
         "diameter": float(diameter),
     }
+    if restore_type is not None and img_restore is not None:
+        seg.update(restore=restore_type, ratio=float(ratio), img_restore=np.asarray(img_restore, np.float32))
     path = output_path(file_name, "_seg.npy", savedir)
     with atomic_write(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, seg, allow_pickle=True)
