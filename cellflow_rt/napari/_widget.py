@@ -68,7 +68,8 @@ def _check_pixels(image: np.ndarray, name: str) -> None:
         raise InputProblem(f"image layer {name!r} has dtype {image.dtype}: cellflow-rt segments numeric images")
     low, high = np.min(image), np.max(image)
     if low == high:
-        raise InputProblem(f"image layer {name!r} is constant (every pixel is {low}): there is nothing to segment")
+        what = "empty (every pixel is 0)" if low == 0 else f"constant (every pixel is {low})"
+        raise InputProblem(f"image layer {name!r} is {what}: there is nothing to segment")
 
 
 def _work(session: SegmentationSession, job: _Job, progress, cancelled):
@@ -446,7 +447,9 @@ class SegmentationWidget(QWidget):
             show_info("cellflow-rt: run cancelled; the layers are unchanged")
             return
         self.status_label.setText(f"failed: {error}")
-        if isinstance(error, (ValueError, FileNotFoundError, RuntimeError)):
+        if isinstance(error, InputProblem):
+            show_warning(f"cellflow-rt: {error}")
+        elif isinstance(error, (ValueError, FileNotFoundError, RuntimeError)):
             show_error(f"cellflow-rt: {error}")
         else:
             show_error(f"cellflow-rt: unexpected {type(error).__name__}: {error} (details in the log)")
