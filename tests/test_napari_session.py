@@ -161,3 +161,21 @@ def test_named_provider_that_is_missing_is_an_error(image):
 def test_unknown_provider_is_refused():
     with pytest.raises(ValueError, match="provider must be one of"):
         RunRequest(model=EXAMPLE_MODEL, provider="gpu0")
+
+
+def test_nothing_outside_the_plugin_imports_napari_or_the_plugin():
+    """The base install never touches napari: only napari imports cellflow_rt.napari."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "cellflow_rt"
+    pattern = re.compile(r"^\s*(from|import)\s+(napari|qtpy|PyQt\d|cellflow_rt\.napari|\.+napari)\b", re.M)
+    offenders = [str(p.relative_to(package)) for p in package.rglob("*.py")
+                 if "napari" not in p.relative_to(package).parts and pattern.search(p.read_text())]
+    assert offenders == []
+    script = ("import sys, cellflow_rt, cellflow_rt.models, cellflow_rt.cli, cellflow_rt.outputs, "
+              "cellflow_rt.napari.session, cellflow_rt.seg_file\n"
+              "assert not {'napari', 'qtpy', 'PyQt6', 'vispy'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", script], check=True)

@@ -57,6 +57,8 @@ class _Job:
 
     kind: str  # "run" | "retune" | "estimate"
     layer: Image
+    data: object  # the layer's data and name, taken on the main thread
+    name: str
     axes: ImageAxes
     request: RunRequest
 
@@ -75,8 +77,8 @@ def _check_pixels(image: np.ndarray, name: str) -> None:
 def _work(session: SegmentationSession, job: _Job, progress, cancelled):
     """The worker's function: runs the job; returns its result, or a :class:`_Failed`."""
     try:
-        image = np.asarray(job.layer.data)
-        _check_pixels(image, job.layer.name)
+        image = np.asarray(job.data)
+        _check_pixels(image, job.name)
         if job.kind == "estimate":
             return session.estimate(image, job.request, cancelled=cancelled)
         if job.kind == "retune" and not session.has_network_output(image, job.request):
@@ -112,6 +114,7 @@ class SegmentationWidget(QWidget):
         self.labels_layer = None
         self._cancel = threading.Event()
         self._retune_pending = False
+        self._succeeded = False
         self._relay = _ProgressRelay(self)
         self._relay.progressed.connect(self._on_progress)
         self._build()
@@ -385,9 +388,9 @@ class SegmentationWidget(QWidget):
             layer, axes, request = self.current_request()
         except (InputProblem, ValueError) as exc:
             if not quiet:
-                show_warning(str(exc))
+                show_warning(f"cellflow-rt: {exc}")
             return
-        job = _Job(kind, layer, axes, request)
+        job = _Job(kind, layer, layer.data, layer.name, axes, request)
         self._cancel.clear()
         self.worker = create_worker(_work, self.session, job, self._relay.progressed.emit, self._cancel.is_set)
         self.worker.returned.connect(lambda result, job=job: self._on_returned(job, result))
@@ -405,7 +408,7 @@ class SegmentationWidget(QWidget):
                                        "estimate": "estimating the diameter..."}[kind])
         else:
             self.progress_bar.setRange(0, 1)
-            self.progress_bar.setValue(1)
+            self.progress_bar.setValue(1 if self._succeeded else 0)
 
     def _on_progress(self, phase: str, done: int, total: int) -> None:
         if not self.busy:
@@ -419,6 +422,7 @@ class SegmentationWidget(QWidget):
             self.status_label.setText(f"{phase}...")
 
     def _on_returned(self, job: _Job, result) -> None:
+        self._succeeded = not isinstance(result, _Failed)
         if isinstance(result, _Failed):
             self._report_failure(job, result)
         elif job.kind == "estimate":
