@@ -20,7 +20,10 @@ times:
 With the reference interpreter (``/tmp/cpref/bin/python``, see bench/README.md), Cellpose 3.1.1.1's
 ``CellposeModel.eval`` on the same image is timed too, in its own process (``reference_worker.py``:
 its end-to-end time minus reading and writing). The masks of the panel, of ``eval`` and of Cellpose
-are compared. Every figure is the median of the repeats after one warm-up run of each.
+are compared. Every figure is the median of the repeats after one warm-up run of each, in wall
+seconds and in CPU seconds of this process (all threads): on a shared machine the CPU figures are the
+steadier ones. A threshold change also reports the dynamics' own time (``finish``), the rest being the
+panel's (image digest, worker start, layer update).
 """
 from __future__ import annotations
 
@@ -86,32 +89,35 @@ def bench_panel(args, case, image):
     app = QApplication.instance()
     model = CellposeModel(pretrained_model=case.model)
 
-    run_s, eval_s = [], []
+    times = {"run": [], "eval": [], "cpu:run": [], "cpu:eval": []}
+
+    def timed(key, action):
+        tic, cpu = time.perf_counter(), time.process_time()
+        result = action()
+        times[key].append(time.perf_counter() - tic)
+        times[f"cpu:{key}"].append(time.process_time() - cpu)
+        return result
+
     for i in range(args.repeats + 1):
         widget.session.clear()  # every Run runs the network
-        tic = time.perf_counter()
-        widget.run_button.click()
-        _wait(widget, app)
-        run_s.append(time.perf_counter() - tic)
-        tic = time.perf_counter()
-        masks, _, _ = model.eval(image, **kw)
-        eval_s.append(time.perf_counter() - tic)
-        print(f"  repeat {i}: Run -> Labels {run_s[-1]:.2f} s, eval {eval_s[-1]:.2f} s", file=sys.stderr, flush=True)
+        timed("run", lambda: (widget.run_button.click(), _wait(widget, app)))
+        masks, _, _ = timed("eval", lambda: model.eval(image, **kw))
+        print(f"  repeat {i}: Run -> Labels {times['run'][-1]:.2f} s, eval {times['eval'][-1]:.2f} s "
+              f"(CPU {times['cpu:run'][-1]:.2f} / {times['cpu:eval'][-1]:.2f} s)", file=sys.stderr, flush=True)
     labels = widget.labels_layer
     same = bool(np.array_equal(labels.data, masks))
 
-    change_s = {"flow_threshold": [], "cellprob_threshold": []}
     for spin, values, key in ((widget.flow_spin, FLOW_THRESHOLDS, "flow_threshold"),
                               (widget.cellprob_spin, CELLPROB_THRESHOLDS, "cellprob_threshold")):
+        times.update({key: [], f"cpu:{key}": [], f"dynamics:{key}": []})
         for value in values[: args.repeats + 1]:
-            tic = time.perf_counter()
-            spin.setValue(value)
-            _wait(widget, app)
-            change_s[key].append(time.perf_counter() - tic)
-            assert not labels.metadata["cellflow_rt"]["network_ran"]
+            timed(key, lambda: (spin.setValue(value), _wait(widget, app)))
+            info = labels.metadata["cellflow_rt"]
+            assert not info["network_ran"]
+            times[f"dynamics:{key}"].append(info["timings"]["dynamics"])
     viewer.close()
-    return {"run": run_s[1:], "eval": eval_s[1:], "change": {k: v[1:] for k, v in change_s.items()},
-            "panel_equals_eval": same, "masks": masks}
+    # the first of each is the warm-up
+    return {**{k: v[1:] for k, v in times.items()}, "panel_equals_eval": same, "masks": masks}
 
 
 def bench_reference(args, case, image_file: Path):
@@ -148,9 +154,11 @@ def main(argv=None) -> int:
     print(f"{case.name}: {case.size_label}, {case.model}, {case.eval}; {args.repeats} repeats after a warm-up, "
           f"{args.threads} threads, load average {os.getloadavg()[0]:.2f}", flush=True)
     ours = bench_panel(args, case, image)
-    med = {k: statistics.median(ours[k]) for k in ("run", "eval")}
-    rows = [("Run -> Labels (panel)", med["run"], ""),
-            ("CellposeModel.eval (cellflow-rt)", med["eval"], f"panel / eval = {med['run'] / med['eval']:.3f}")]
+    med = {k: statistics.median(v) for k, v in ours.items() if isinstance(v, list)}
+    rows = [("Run -> Labels (panel)", med["run"], f"CPU {med['cpu:run']:.2f} s"),
+            ("CellposeModel.eval (cellflow-rt)", med["eval"],
+             f"CPU {med['cpu:eval']:.2f} s; panel / eval = {med['run'] / med['eval']:.3f} wall, "
+             f"{med['cpu:run'] / med['cpu:eval']:.3f} CPU")]
     reference_python = None if args.no_reference else args.reference_python
     if reference_python and Path(reference_python).is_file():
         ref = bench_reference(argparse.Namespace(**{**vars(args), "reference_python": reference_python}),
@@ -159,13 +167,15 @@ def main(argv=None) -> int:
         rows.append(("CellposeModel.eval (Cellpose 3.1.1.1)", ref_eval,
                      f"panel / Cellpose eval = {med['run'] / ref_eval:.3f}; masks identical: "
                      f"{bool(np.array_equal(ref['masks'], ours['masks']))}"))
-    for key, values in ours["change"].items():
-        rows.append((f"{key} change -> Labels", statistics.median(values), f"max {max(values):.3f} s"))
+    for key in ("flow_threshold", "cellprob_threshold"):
+        rows.append((f"{key} change -> Labels", med[key],
+                     f"max {max(ours[key]):.3f} s; CPU {med['cpu:' + key]:.3f} s; of which dynamics "
+                     f"{med['dynamics:' + key]:.3f} s"))
     print("\n| what | median [s] | note |\n|---|---|---|")
     for name, seconds, note in rows:
         print(f"| {name} | {seconds:.3f} | {note} |")
     print(f"\npanel masks == eval masks: {ours['panel_equals_eval']}; runs: "
-          + ", ".join(f"{k} {[round(v, 2) for v in ours[k]]}" for k in ("run", "eval"))
+          + ", ".join(f"{k} {[round(v, 2) for v in ours[k]]}" for k in ("run", "eval", "cpu:run", "cpu:eval"))
           + f"; load average at end {os.getloadavg()[0]:.2f}")
     return 0
 
