@@ -47,6 +47,13 @@ class ServerProcess:
             self.proc = subprocess.Popen([cli_executable(), "serve", "--host", "127.0.0.1", "--port", "0", *args],
                                          cwd=self.workdir, env=full_env, stdout=log, stderr=subprocess.STDOUT)
         self.port = self._wait_ready()
+        #: what the server's working and temporary folders hold once it is ready (onnxruntime leaves
+        #: a telemetry session file ``.ses`` in the temporary folder when it is imported)
+        self.files_at_start = self.files()
+
+    def files(self) -> List[str]:
+        """Everything in the server's working and temporary folders."""
+        return sorted(str(p) for folder in (self.workdir, self.tmpdir) for p in folder.rglob("*"))
 
     def _wait_ready(self) -> int:
         deadline = time.monotonic() + START_TIMEOUT

@@ -36,7 +36,7 @@ MAX_IMAGE_MPX = 1.1
 
 def _tiff(array) -> bytes:
     buffer = io.BytesIO()
-    tifffile.imwrite(buffer, array)
+    tifffile.imwrite(buffer, array, photometric="minisblack")
     return buffer.getvalue()
 
 
@@ -77,10 +77,11 @@ def reference(tmp_path_factory):
     """Image files in each format and ``cellflow-rt run``'s outputs for them (one process)."""
     folder = tmp_path_factory.mktemp("reference")
     small, big = crop(128), crop(512)
-    files = {"small.tif": _tiff(small), "small.png": _png(small), "small.jpg": _jpeg(small),
-             "small.npy": _npy(small), "big.tif": _tiff(big)}
+    files = {"small.tif": _tiff(small), "small_png.png": _png(small), "small_jpg.jpg": _jpeg(small),
+             "small_npy.npy": _npy(small), "big.tif": _tiff(big)}
     for name, data in files.items():
         (folder / name).write_bytes(data)
+    (folder / "out").mkdir()
     result = run_cli(["run", *files, *RUN_FLAGS, "--no_npy", "--save_tif", "--save_geojson", "--save_rois",
                       "--savedir", "out"], cwd=folder, timeout=600)
     assert result.returncode == 0, result.output
@@ -116,9 +117,9 @@ def test_health_models_metrics_openapi(server):
         "image/tiff", "application/geo+json", "application/zip", "application/json"}
 
 
-@pytest.mark.parametrize("name,content_type", [("small.tif", "image/tiff"), ("small.png", "image/png"),
-                                               ("small.jpg", "image/jpeg"), ("small.npy", "application/x-npy"),
-                                               ("small.tif", "application/octet-stream"), ("small.npy", None)])
+@pytest.mark.parametrize("name,content_type", [("small.tif", "image/tiff"), ("small_png.png", "image/png"),
+                                               ("small_jpg.jpg", "image/jpeg"), ("small_npy.npy", "application/x-npy"),
+                                               ("small.tif", "application/octet-stream"), ("small_npy.npy", None)])
 def test_tiff_answer_equals_run(server, reference, name, content_type):
     _, files, masks = reference
     answer = server.post(f"/segment?{QUERY}", files[name], content_type=content_type)
@@ -151,12 +152,12 @@ def test_json_answer_equals_run(server, reference):
     from cellflow_rt.serve.answers import rle_decode
 
     _, files, masks = reference
-    answer = server.post(f"/segment?{QUERY}", files["small.png"], content_type="image/png",
+    answer = server.post(f"/segment?{QUERY}", files["small_png.png"], content_type="image/png",
                          accept="application/json")
     assert answer.status == 200 and answer.headers["content-type"] == "application/json"
     summary = json.loads(answer.body)
-    np.testing.assert_array_equal(rle_decode(summary["masks"]), masks["small.png"])
-    assert summary["n_masks"] == masks["small.png"].max() and summary["diameter"] == 17.0
+    np.testing.assert_array_equal(rle_decode(summary["masks"]), masks["small_png.png"])
+    assert summary["n_masks"] == masks["small_png.png"].max() and summary["diameter"] == 17.0
     assert summary["model"] == "nuclei_demo" and summary["shape"] == [128, 128]
     assert {"decode", "preprocess", "network", "dynamics"} <= set(summary["timings"])
 
@@ -344,7 +345,7 @@ def test_disconnects_leave_nothing_behind(server, reference):
     server.wait_idle()
     after = metric_value(server.request("GET", "/metrics").text, "cellflow_errors_total", 'reason="disconnected"')
     assert after - before >= 2
-    assert list(server.workdir.iterdir()) == [] and list(server.tmpdir.iterdir()) == []
+    assert server.files() == server.files_at_start
     np.testing.assert_array_equal(_labels(server.post(f"/segment?{QUERY}", files["small.tif"])), masks["small.tif"])
 
 
