@@ -130,6 +130,18 @@ def test_tiff_answer_equals_run(server, reference, name, content_type):
     assert "network;dur=" in answer.headers["server-timing"]
 
 
+def test_gzip_only_when_asked(server, reference):
+    import gzip
+
+    _, files, masks = reference
+    plain = server.post(f"/segment?{QUERY}", files["small.tif"])
+    assert "content-encoding" not in plain.headers
+    packed = server.post(f"/segment?{QUERY}", files["small.tif"], headers={"Accept-Encoding": "gzip"})
+    assert packed.status == 200 and packed.headers["content-encoding"] == "gzip"
+    assert len(packed.body) < len(plain.body)
+    np.testing.assert_array_equal(tifffile.imread(io.BytesIO(gzip.decompress(packed.body))), masks["small.tif"])
+
+
 def test_geojson_answer_equals_run(server, reference):
     folder, files, _ = reference
     answer = server.post(f"/segment?{QUERY}", files["small.tif"], accept="application/geo+json")
@@ -392,6 +404,15 @@ def test_request_timeout_answers_504_and_the_server_recovers(token_server):
     assert slow.status == 504 and "timeout" in slow.text and time.monotonic() - tic < 30
     token_server.wait_idle(headers=auth)
     assert token_server.post("/segment?diameter=17", _tiff(crop(64)), headers=auth).status == 200
+
+
+def test_slow_upload_gets_408(token_server):
+    head = (f"POST /segment?diameter=17 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: image/tiff\r\nContent-Length: 10000\r\n\r\n").encode()
+    with token_server.raw() as sock:
+        sock.sendall(head + b"II*\x00")  # and nothing more
+        answer = sock.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 408") and "did not arrive" in answer
 
 
 def test_non_loopback_address_needs_a_token(tmp_path):

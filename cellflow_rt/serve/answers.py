@@ -1,11 +1,12 @@
 """Masks -> the bytes of an answer, chosen by the request's ``Accept`` header, built in memory.
 
-The formats are those of ``cellflow-rt run``'s files, with the same content:
+The formats are those of ``cellflow-rt run``'s files, with the same content (HTTP compression, when a
+client asks for it, is the app's business):
 
 =========================  =======================================  =============================
 Accept                     answer                                   same as
 =========================  =======================================  =============================
-``image/tiff`` (default)   uint16/uint32 labels, zlib, 3D multipage ``--save_tif``
+``image/tiff`` (default)   uint16/uint32 labels, 3D multipage       ``--save_tif``
 ``application/geo+json``   QuPath polygons (2D)                     ``--save_geojson``
 ``application/zip``        ImageJ ROI set (2D)                      ``--save_rois``
 ``application/json``       counts, diameter, timings, labels RLE    (the summary line + masks)
@@ -84,12 +85,13 @@ def count_masks(masks: np.ndarray) -> int:
 
 
 def tiff_bytes(masks: np.ndarray) -> bytes:
-    """The label image as ``--save_tif`` writes it (zlib; uint16, or uint32 above 65535 labels)."""
+    """The label image of ``--save_tif`` (uint16, or uint32 above 65535 labels; 3D as pages), not
+    compressed: zlib would cost more time than sending the bytes over loopback takes, and a client
+    across a network asks for HTTP compression (``Accept-Encoding: gzip``) instead."""
     import tifffile
 
     buffer = io.BytesIO()
-    tifffile.imwrite(buffer, masks.astype(_label_dtype(masks), copy=False), photometric="minisblack",
-                     compression="zlib")
+    tifffile.imwrite(buffer, masks.astype(_label_dtype(masks), copy=False), photometric="minisblack")
     return buffer.getvalue()
 
 

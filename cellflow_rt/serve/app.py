@@ -18,6 +18,8 @@ from typing import Dict, Optional
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -108,8 +110,8 @@ async def _discard_body(request: Request, limit: int) -> None:
 
 async def _client_gone(request: Request) -> None:
     """Complete when the client disconnects (after its body has been read)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    if (await request.receive())["type"] != "http.disconnect":
+        await asyncio.Event().wait()  # not ours to read (the server's own protocol state): stop watching
 
 
 def _server_timing(timings: Dict[str, float]) -> str:
@@ -241,4 +243,7 @@ def create_app(service: Service, token: Optional[str] = None) -> Starlette:
         yield
         await asyncio.to_thread(service.shutdown)  # jobs still running finish first
 
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    # gzip only for clients that ask (Accept-Encoding), at the fastest level: answers are label images
+    middleware = [Middleware(GZipMiddleware, minimum_size=4096, compresslevel=1)]
+    return Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: http_error},
+                     lifespan=lifespan)

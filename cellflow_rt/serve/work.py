@@ -22,8 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Dict, Optional
 
-import numpy as np
-
 from ..loaded_model import LoadedModel
 from ..pipeline import finish, predict
 from .answers import count_masks, encode_answer
