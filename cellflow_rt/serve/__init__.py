@@ -3,8 +3,8 @@
 One request flows one way through the modules here::
 
     app.py (routes, token) -> options.py (query -> EvalSettings) -> work.py (bounded queue, worker
-    threads, timeout) -> decode.py (body bytes -> array) -> cellflow_rt.pipeline -> answers.py
-    (masks -> TIFF, GeoJSON, ROI zip or JSON bytes)
+    threads, timeout) -> decode.py (body bytes -> array) -> limits.py (work the settings imply)
+    -> cellflow_rt.pipeline -> answers.py (masks -> TIFF, GeoJSON, ROI zip or JSON bytes)
 
 ``server.py`` binds the socket (loopback unless a token or ``--insecure``), loads and warms the
 models and runs uvicorn with a graceful drain; ``metrics.py`` keeps the Prometheus counters and

@@ -157,7 +157,7 @@ def create_app(service: Service, token: Optional[str] = None) -> Starlette:
 
     @endpoint("/segment")
     async def segment(request: Request) -> Response:
-        queued_at = time.perf_counter()
+        arrived = time.perf_counter()
         deadline = time.monotonic() + limits.timeout
         options = parse_query(request.query_params.multi_items(), service.models, service.default_model)
         answer_type = choose_answer(request.headers.get("accept", ""))
@@ -190,7 +190,7 @@ def create_app(service: Service, token: Optional[str] = None) -> Starlette:
         finally:
             service.release()
         work = sum(outcome.timings.values())
-        timings = {"upload": uploaded - queued_at,
+        timings = {"upload": uploaded - arrived,
                    "queue": max(0.0, time.perf_counter() - uploaded - work), **outcome.timings}
         metrics.observe_stages(timings)
         headers = {"X-Masks-Count": str(outcome.n_masks), "X-Diameter": f"{outcome.diameter:.4g}",
