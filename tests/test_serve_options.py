@@ -72,6 +72,11 @@ def test_defaults_are_the_command_lines():
     assert parse_query([("all_channels", "true")], SERVED, "plain").settings.channels is None
 
 
+def test_timeout_is_the_clients_own():
+    assert parse_query([("timeout", "2.5")], SERVED, "plain").timeout == 2.5
+    assert parse_query([], SERVED, "plain").timeout is None
+
+
 def test_diameter_zero_estimates_with_a_size_model_only():
     assert parse_query([("diameter", "0")], SERVED, "nuclei_demo").estimate_diameter
     plain = parse_query([("diameter", "0")], SERVED, "plain")
@@ -90,6 +95,7 @@ def test_diameter_zero_estimates_with_a_size_model_only():
     ([("chan", "-1")], "chan"),
     ([("tile_overlap", "2")], "tile_overlap"),
     ([("batch_size", "x")], "batch_size"),
+    ([("timeout", "0")], "timeout"),
 ])
 def test_bad_queries_name_the_option(items, words):
     with pytest.raises(OptionError, match=None) as err:

@@ -158,8 +158,9 @@ def create_app(service: Service, token: Optional[str] = None) -> Starlette:
     @endpoint("/segment")
     async def segment(request: Request) -> Response:
         arrived = time.perf_counter()
-        deadline = time.monotonic() + limits.timeout
         options = parse_query(request.query_params.multi_items(), service.models, service.default_model)
+        timeout = min(limits.timeout, options.timeout or limits.timeout)
+        deadline = time.monotonic() + timeout
         answer_type = choose_answer(request.headers.get("accept", ""))
         content_type = request.headers.get("content-type", "")
         check_media_type(content_type)
@@ -173,7 +174,7 @@ def create_app(service: Service, token: Optional[str] = None) -> Starlette:
                 body = await asyncio.wait_for(_read_body(request, limits.max_body_bytes),
                                               max(0.0, deadline - time.monotonic()))
             except asyncio.TimeoutError:
-                raise Problem(408, f"the body did not arrive within the request timeout of {limits.timeout:g} s",
+                raise Problem(408, f"the body did not arrive within the request timeout of {timeout:g} s",
                               "timeout", {"Connection": "close"}) from None
             request.state.body_read = True
             kind = body_format(content_type, body)
@@ -182,7 +183,7 @@ def create_app(service: Service, token: Optional[str] = None) -> Starlette:
                 job = functools.partial(segment_body, body, kind, options, answer_type, limits)
                 del body
                 uploaded = time.perf_counter()
-                outcome = await service.run(job, service.models[options.model], deadline, gone)
+                outcome = await service.run(job, service.models[options.model], deadline, gone, timeout)
             finally:
                 gone.cancel()
         except ClientGoneError:

@@ -18,7 +18,7 @@ import math
 import re
 import typing
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..settings import EvalSettings
 
@@ -38,6 +38,8 @@ SERVICE_PARAMETERS = {
     "chan": ({"type": "integer", "minimum": 0}, 0, "Channel to segment: 0 = grayscale, 1/2/3 = R/G/B."),
     "chan2": ({"type": "integer", "minimum": 0}, 0, "Nuclear channel: 0 = none, 1/2/3 = R/G/B."),
     "all_channels": ({"type": "boolean"}, False, "Use the image's first channels as they are (channels=None)."),
+    "timeout": ({"type": "number", "exclusiveMinimum": 0}, None,
+                "Seconds for this request (upload, queue and work); at most the server's --timeout."),
 }
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -57,6 +59,8 @@ class SegmentOptions:
     settings: EvalSettings
     #: diameter=0 with a model that has a size model: estimate the diameter first (as ``run`` does)
     estimate_diameter: bool
+    #: the client's own deadline in seconds (None: the server's)
+    timeout: Optional[float] = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -220,7 +224,8 @@ def setting_options() -> List[Option]:
 
 def all_options() -> List[Option]:
     """Every query parameter of ``POST /segment`` (service parameters first)."""
-    service = [Option(name, parser_for({"string": str, "integer": int, "boolean": bool}[schema["type"]]),
+    service = [Option(name, parser_for({"string": str, "integer": int, "number": float,
+                                        "boolean": bool}[schema["type"]]),
                       default, schema, text)
                for name, (schema, default, text) in SERVICE_PARAMETERS.items()]
     return service + setting_options()
@@ -265,6 +270,9 @@ def parse_query(items: Sequence[Tuple[str, str]], served: Mapping[str, Any], def
             given[name] = _OPTIONS[name].parse(text)
         except (ValueError, TypeError) as exc:
             raise OptionError(f"option {name}={text!r}: {exc}") from None
+    timeout = given.pop("timeout", None)
+    if timeout is not None and timeout <= 0:
+        raise OptionError(f"option timeout must be > 0 seconds, got {timeout}")
     model = given.pop("model", default_model)
     if model not in served:
         raise OptionError(f"model {model!r} is not served here (models: {', '.join(served)})")
@@ -283,7 +291,7 @@ def parse_query(items: Sequence[Tuple[str, str]], served: Mapping[str, Any], def
     except (ValueError, TypeError) as exc:
         raise OptionError(str(exc)) from None
     estimate = not diameter and getattr(served[model], "size_model", None) is not None
-    return SegmentOptions(model=model, settings=settings, estimate_diameter=estimate)
+    return SegmentOptions(model=model, settings=settings, estimate_diameter=estimate, timeout=timeout)
 
 
 def openapi_parameters() -> List[dict]:

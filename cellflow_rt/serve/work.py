@@ -166,7 +166,7 @@ class Service:
     # running
 
     async def run(self, job: Callable[[LoadedModel, threading.Lock], Outcome], model: LoadedModel,
-                  deadline: float, client_gone: Awaitable) -> Outcome:
+                  deadline: float, client_gone: Awaitable, timeout: float) -> Outcome:
         """Run ``job(model, dynamics_lock)`` on a worker thread once one is free.
 
         Parameters
@@ -177,6 +177,8 @@ class Service:
             ``time.monotonic()`` by which the answer is due.
         client_gone : awaitable
             Completes when the client disconnects.
+        timeout : float
+            The request's time limit in seconds (for the messages).
 
         Raises
         ------
@@ -190,8 +192,8 @@ class Service:
         finally:
             self.waiting -= 1
         if acquired is None:
-            raise WorkTimeoutError("no worker became free within the request timeout", started=False,
-                                   retry_after=self.retry_after())
+            raise WorkTimeoutError(f"busy: no worker became free within the request timeout of {timeout:g} s",
+                                   started=False, retry_after=self.retry_after())
         if acquired is client_gone:
             raise ClientGoneError("the client disconnected while waiting in the queue")
         self.busy += 1
@@ -200,8 +202,8 @@ class Service:
         future.add_done_callback(lambda f: self._job_done(f, started))
         done = await self._first(asyncio.shield(future), client_gone, deadline)
         if done is None:
-            raise WorkTimeoutError(f"the segmentation took longer than the request timeout of "
-                                   f"{self.limits.timeout:g} s", started=True, retry_after=self.retry_after())
+            raise WorkTimeoutError(f"the segmentation took longer than the request timeout of {timeout:g} s",
+                                   started=True, retry_after=self.retry_after())
         if done is client_gone:
             raise ClientGoneError("the client disconnected during the segmentation")
         return done.result()
