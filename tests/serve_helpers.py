@@ -108,6 +108,16 @@ class ServerProcess:
         """A connected socket, for requests that misbehave."""
         return socket.create_connection(("127.0.0.1", self.port), timeout=60)
 
+    @staticmethod
+    def read_until_closed(sock: socket.socket) -> str:
+        """Everything the server sends on ``sock`` until it closes the connection."""
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return b"".join(chunks).decode("utf-8", "replace")
+            chunks.append(chunk)
+
     def rss(self) -> int:
         import psutil
         return psutil.Process(self.proc.pid).memory_info().rss

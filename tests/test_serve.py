@@ -267,8 +267,8 @@ def test_body_over_the_limit_is_refused_before_upload(server):
     with server.raw() as sock:
         sock.sendall(f"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/tiff\r\n"
                      f"Content-Length: {limit + 1}\r\n\r\n".encode())
-        head = sock.recv(4096).decode()
-    assert head.startswith("HTTP/1.1 413") and "limit" in head
+        answer = server.read_until_closed(sock)
+    assert answer.startswith("HTTP/1.1 413") and "limit" in answer
 
 
 def test_unknown_paths_and_methods(server):
@@ -291,11 +291,21 @@ def test_serves_after_bad_inputs(server, reference):
 
 
 def _hammer(server, body, n_clients, n_requests, answers):
-    """``n_clients`` threads sending ``n_requests`` each (no pause on 503); appends (status, headers, body)."""
+    """``n_clients`` threads sending ``n_requests`` between them, back to back (no pause on a 503);
+    appends (status, headers, body) to ``answers``.
+
+    The requests are shared rather than dealt out: with a fixed share per client, the last clients
+    left would have every request served in turn (a 512^2 segmentation each), for minutes.
+    """
     lock = threading.Lock()
+    left = [n_requests]
 
     def client():
-        for _ in range(n_requests):
+        while True:
+            with lock:
+                if not left[0]:
+                    return
+                left[0] -= 1
             try:
                 answer = server.post(f"/segment?{QUERY}", body, timeout=300)
                 result = (answer.status, answer.headers, answer.body)
@@ -312,17 +322,17 @@ def _hammer(server, body, n_clients, n_requests, answers):
 
 
 def test_load_16_clients_bounded_queue_no_leak(server, reference):
-    """16 concurrent clients x 25 requests of a 512^2 image (between 50 and 50 more, 500 in all):
-    only 200 or 503 with Retry-After, every 200 equal to ``run``'s masks; RSS after 500 requests
-    within 10% of RSS after the first 50."""
+    """16 concurrent clients sending 16 x 25 requests of a 512^2 image (between 50 and 50 more, 500
+    in all): only 200 or 503 with Retry-After, every 200 equal to ``run``'s masks; RSS after 500
+    requests within 10% of RSS after the first 50."""
     _, files, masks = reference
     body, expected = files["big.tif"], masks["big.tif"]
     answers = []
-    _hammer(server, body, 10, 5, answers)
+    _hammer(server, body, 16, 50, answers)
     server.wait_idle()
     rss_50 = server.rss()
-    _hammer(server, body, 16, 25, answers)
-    _hammer(server, body, 10, 5, answers)
+    _hammer(server, body, 16, 16 * 25, answers)
+    _hammer(server, body, 16, 50, answers)
     server.wait_idle()
     rss_500 = server.rss()
 
@@ -412,7 +422,7 @@ def test_slow_upload_gets_408(token_server):
             f"Content-Type: image/tiff\r\nContent-Length: 10000\r\n\r\n").encode()
     with token_server.raw() as sock:
         sock.sendall(head + b"II*\x00")  # and nothing more
-        answer = sock.recv(4096).decode()
+        answer = token_server.read_until_closed(sock)
     assert answer.startswith("HTTP/1.1 408") and "did not arrive" in answer
 
 
