@@ -463,6 +463,74 @@ def info():
                    f"{size}  {m.onnx_path}")
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; a non-loopback address needs --token or --insecure.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="Port (0 = a free one).")
+@click.option("--model", "--pretrained_model", "model_names", multiple=True,
+              help="Model to keep loaded (repeat for several; the first is the default) [default: cyto_demo].")
+@click.option("--use_gpu", is_flag=True, help="Use TensorRT/CUDA if onnxruntime offers them (falls back to CPU).")
+@click.option("--provider", default=None, help="Execution provider to require (cpu, cuda, tensorrt); fails if missing.")
+@click.option("--threads", default=0, type=int, help="CPU threads for the network (0 = onnxruntime's choice).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="Network precision (as for run).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Segmentations run at once (threads sharing the models).")
+@click.option("--max-queue", "max_queue", default=4, show_default=True, type=click.IntRange(min=0),
+              help="Requests waiting for a worker; beyond them the answer is 503 with Retry-After.")
+@click.option("--max-image-mpx", "max_image_mpx", default=16.0, show_default=True, type=click.FloatRange(min=0.0001),
+              help="Largest image in millions of pixel values (Z x Y x X x channels), also once resized.")
+@click.option("--max-body-mb", "max_body_mb", default=None, type=click.FloatRange(min=0.001),
+              help="Largest request body in MB [default: 4 bytes per allowed pixel value].")
+@click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="Seconds from a request's arrival to its answer (upload, queue and work).")
+@click.option("--token", envvar="CELLFLOW_RT_TOKEN", default=None,
+              help="Bearer token every request must carry (or $CELLFLOW_RT_TOKEN, which ps does not show).")
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without --token.")
+@click.option("--access-log/--no-access-log", "access_log", default=True, show_default=True,
+              help="Log one line per request.")
+def serve(host, port, model_names, use_gpu, provider, threads, precision, workers, max_queue, max_image_mpx,
+          max_body_mb, timeout, token, insecure, access_log):
+    """Keep models loaded and segment images sent over HTTP (POST /segment; see /openapi.json)."""
+    try:
+        from .serve.limits import Limits
+        from .serve.server import ExposureError, bind, check_exposure, load_models, run_server, warm_up
+        from .serve.work import Service
+    except ImportError as exc:
+        raise click.ClickException(f"cellflow-rt serve needs the serve extra ({exc.name} is missing): "
+                                   f"pip install 'cellflow-rt[serve]'")
+    from .network import ProviderUnavailableError
+
+    try:
+        check_exposure(host, token, insecure)
+    except ExposureError as exc:
+        raise click.UsageError(str(exc))
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    providers = provider or (["tensorrt", "cuda"] if use_gpu else "cpu")
+    try:
+        models = load_models(model_names or ["cyto_demo"], providers, provider is not None, threads or None,
+                             precision)
+    except (ProviderUnavailableError, ValueError, FileNotFoundError) as exc:
+        sock.close()
+        raise click.ClickException(str(exc))
+    max_values = int(max_image_mpx * 1e6)
+    body_bytes = int(max_body_mb * 1e6) if max_body_mb else 4 * max_values
+    service = Service(models, Limits(max_body_bytes=body_bytes, max_values=max_values, timeout=timeout),
+                      workers=workers, max_queue=max_queue)
+    click.echo(f"cellflow-rt {__version__} serve: models {', '.join(models)} "
+               f"({', '.join(next(iter(models.values())).net.providers)}); warming up...", err=True)
+    seconds = warm_up(models)
+
+    def ready(url):
+        click.echo(f"cellflow-rt serve: ready on {url} (warm-up {seconds:.1f} s; {workers} worker(s), queue "
+                   f"{max_queue}{', token required' if token else ''}); Ctrl+C drains and stops", err=True)
+
+    run_server(service, sock, token=token, access_log=access_log, on_ready=ready)
+
+
 def _add_export_command():
     try:
         from .export.command import export_command
