@@ -1,5 +1,6 @@
 """Shared test fixtures: paths to ../shared and the bundled models."""
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,9 @@ import pytest
 # for a device when the network runs on a GPU provider), so the rest of the suite is unaffected.
 # On a machine with an NVIDIA GPU, NUMBA_ENABLE_CUDASIM=0 runs the same tests on the device.
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+if "numba" in sys.modules:  # a pytest plugin (napari's) imported numba before this file: reread its config
+    from numba.core import config as _numba_config
+    _numba_config.reload_config()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

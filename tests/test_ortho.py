@@ -19,6 +19,8 @@ REFERENCE = Path(__file__).parent / "data" / "ortho_reference.npz"
 class _RecordingNet:
     """Returns constant flows (its own value) and remembers the planes it was given."""
 
+    nout = 3
+
     def __init__(self, value):
         self.value, self.shapes = value, []
 
