@@ -1,7 +1,8 @@
 """The network: one ONNX Runtime session per model, providers by preference, batched tiles.
 
 Providers are tried in the order TensorRT > CUDA > CPU among those this onnxruntime build offers;
-a requested provider that is unavailable falls back with a warning, or raises with ``strict``.
+a requested provider that is unavailable (not in the build, or a GPU provider on a machine without a
+CUDA device) falls back with a warning, or raises with ``strict``.
 :func:`open_network` picks the backend for a precision: ONNX Runtime for fp32 (and fp16 on TensorRT),
 OpenVINO for bf16 on the CPU (:mod:`.network_openvino`).
 """
@@ -24,13 +25,16 @@ _ALIASES = {
 }
 
 
+#: Providers that need a CUDA device.
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
 #: Network precisions: fp32 = the exported float32 model as is (Cellpose's numbers); fp16 = TensorRT
 #: builds float16 engines; bf16 = OpenVINO on the CPU in bfloat16.
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 class ProviderUnavailableError(RuntimeError):
-    """A strictly requested execution provider is not available in this onnxruntime build."""
+    """A strictly requested execution provider is not in this onnxruntime build, or has no device."""
 
 
 def available_providers() -> Sequence[str]:
@@ -54,14 +58,18 @@ def choose_providers(requested: Optional[Union[str, Sequence[str]]] = None, stri
         Raise :class:`ProviderUnavailableError` instead of falling back when a requested provider
         is missing.
     """
-    available = list(available_providers())
+    built = list(available_providers())
+    available, no_device = _without_gpu_if_no_device(built)
     if requested is None:
         return [p for p in DEFAULT_PROVIDER_ORDER if p in available] or available
     wanted = [_canonical(r) for r in ([requested] if isinstance(requested, str) else requested)]
     missing = [p for p in wanted if p not in available]
     if missing:
-        message = (f"execution provider(s) {missing} not available in this onnxruntime build "
-                   f"(available: {available})")
+        if no_device and all(p in built for p in missing):
+            message = f"execution provider(s) {missing} cannot run here: {no_device}"
+        else:
+            message = (f"execution provider(s) {missing} not available in this onnxruntime build "
+                       f"(available: {built})")
         if strict:
             raise ProviderUnavailableError(message)
         warnings.warn(message + "; falling back to CPUExecutionProvider")
@@ -69,6 +77,16 @@ def choose_providers(requested: Optional[Union[str, Sequence[str]]] = None, stri
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
     return chosen
+
+
+def _without_gpu_if_no_device(providers: list) -> Tuple[list, str]:
+    """``providers`` less the GPU ones when the machine has no CUDA device, and the reason ("" if any)."""
+    if not any(p in GPU_PROVIDERS for p in providers):
+        return providers, ""
+    from .cuda_device import cuda_devices
+
+    count, reason = cuda_devices()
+    return (providers, "") if count else ([p for p in providers if p not in GPU_PROVIDERS], reason)
 
 
 class Network:
