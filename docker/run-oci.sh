@@ -33,7 +33,7 @@ cleanup() {
 }
 trap cleanup EXIT
 root=$(buildah mount "$ctr")
-buildah inspect --type image --format '{{json .OCIv1.Config}}' "$image" >"$bundle/image.json"
+buildah inspect --type image "$image" >"$bundle/image.json"
 (cd "$bundle" && runc spec)
 
 python3 - "$bundle" "$root" "$read_only" "$user" "$entrypoint" "$#" "$@" \
@@ -50,7 +50,7 @@ for word in rest:
     else:
         current.append(word)
 tmpfs, binds, envs = groups
-image = json.load(open(f"{bundle}/image.json"))
+image = json.load(open(f"{bundle}/image.json"))["OCIv1"]["config"]
 spec = json.load(open(f"{bundle}/config.json"))
 command = ([entrypoint] if entrypoint else image.get("Entrypoint") or []) + (args or image.get("Cmd") or [])
 uid, _, gid = (user or image.get("User") or "0").partition(":")

@@ -127,7 +127,14 @@ engine_build() {  # TAG TARGET [build args...]
 image_bytes() {
     case $ENGINE in
         docker|podman) "$ENGINE" image inspect --format '{{.Size}}' "$1" ;;
-        buildah) buildah images --json "$1" | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["size"])' ;;
+        buildah)  # the sum of the layers' sizes, as podman counts them (buildah prints it rounded)
+            buildah inspect --type image "$1" | python3 -c '
+import json, sys
+diff_ids = json.load(sys.stdin)["OCIv1"]["rootfs"]["diff_ids"]
+layers = json.load(open(f"{sys.argv[1]}/overlay-layers/layers.json"))
+sizes = {layer.get("diff-digest"): layer.get("diff-size", 0) for layer in layers}
+print(sum(sizes[d] for d in diff_ids))' \
+                "$(buildah info --format '{{.store.GraphRoot}}')" ;;
     esac
 }
 
@@ -187,7 +194,8 @@ choose_base() {
         rm -f "$work/base.tar"
         BASE_IMAGE=$LOCAL_BASE
         made_images+=("$LOCAL_BASE")
-        log "base image: $BASE_IMAGE, $(( $(image_bytes "$LOCAL_BASE") / 1000000 )) MB"
+        bytes=$(image_bytes "$LOCAL_BASE")
+        log "base image: $BASE_IMAGE, $((bytes / 1000000)) MB"
     fi
     base_args=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
 }
@@ -329,7 +337,8 @@ for variant in "${ordered[@]}"; do
         continue
     fi
     made_images+=("$tag")
-    sizes[$variant]=$(( $(image_bytes "$tag") / 1000000 ))
+    bytes=$(image_bytes "$tag")
+    sizes[$variant]=$((bytes / 1000000))
     log "built $tag in $((SECONDS - t0)) s: ${sizes[$variant]} MB"
     check_image "$tag" "$variant"
 done
