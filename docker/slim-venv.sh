@@ -1,7 +1,7 @@
 #!/bin/sh
 # Slim an installed virtual environment for a runtime image (used by the Dockerfile's builder
-# stages, and replayed by tests/test_docker_recipe.py): no pip/setuptools/wheel, no test suites,
-# no C/C++/Cython sources or headers, no type stubs, shared objects stripped of their symbols.
+# stages): no pip/setuptools/wheel, no test suites, no C/C++/Cython sources or headers (except the
+# CUDA ones compiled at run time), no type stubs, shared objects stripped of their symbols.
 # Python bytecode stays here (warm-cache.py --prune-bytecode later keeps the bytecode of the modules
 # a run imports: the runtime user cannot write it, and compiling those at every start costs ~1.5 s).
 #

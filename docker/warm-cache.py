@@ -1,4 +1,4 @@
-"""Pre-warm numba's cache for an image (Dockerfile builder stages; tests/test_docker_recipe.py).
+"""Pre-warm numba's cache for an image (the Dockerfile's builder stages).
 
 Runs ``cellflow-rt run`` in this process on the bundled example (2D with the diameter estimated and
 every output format, without resampling, with nearest-pixel flows) and on a small Z-stack made from
