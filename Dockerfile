@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # hadolint global ignore=DL3008
-# (DL3008, apt package versions unpinned: the base images' Debian/Ubuntu release fixes them, and
-# pinned versions disappear from the mirrors at the next point release)
+# (DL3008, apt package versions unpinned: the base image's Debian release fixes them, and pinned
+# versions disappear from the mirrors at the next point release)
 #
 # cellflow-rt: Cellpose (3.x CPnet) segmentation without PyTorch, as a container.
 #
@@ -13,27 +13,32 @@
 #   docker run --rm --gpus all -v "$PWD:/data" cellflow-rt:cuda run --dir /data --use_gpu --save_tif
 #   docker run --rm cellflow-rt run --example --savedir /tmp/out      # the bundled example
 #
+# docker/test-image.sh builds and checks the images (docker, podman or buildah; without a reachable
+# registry it first makes a Debian stand-in for python:3.11-slim: docker/make-base.sh, BASE_IMAGE).
+#
 # Each image: a builder stage pip-installs the package into /opt/venv, slims it (docker/slim-venv.sh:
 # no pip/setuptools/wheel, no test suites, shared objects stripped) and pre-compiles every numba
 # kernel into /opt/cellflow-rt/numba-cache (docker/warm-cache.py); the final stage is the bare
 # Python runtime plus those two folders, a non-root user, no compilers and no package installer.
-# tests/test_docker_recipe.py replays the `builder` stage in a fresh virtual environment.
 #
 # numba only uses a cache folder it can write to (it probes with a temporary file), so the cache
 # is world-writable: a run as another uid (docker run --user) still finds it. With
-# `docker run --read-only`, add `--tmpfs /tmp -e NUMBA_CACHE_DIR=/tmp/numba` (kernels are then
-# compiled on the first run, about 20-60 s). NUMBA_CPU_NAME=generic makes the cache valid on any
-# x86-64 CPU (numba keys cache entries on the CPU; the masks are the same).
+# `docker run --read-only`, add `--tmpfs /tmp` (cellflow-rt copies the cache there once).
+# NUMBA_CPU_NAME=generic makes the cache valid on any x86-64 CPU (numba keys cache entries on the
+# CPU; the masks are the same).
 
 ARG PYTHON_VERSION=3.11
-# onnxruntime-gpu from PyPI is built for one CUDA major version (1.31: CUDA 13 + cuDNN 9, see
-# `readelf -d onnxruntime/capi/libonnxruntime_providers_cuda.so`): the base image must match it.
-ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim
+# The CUDA image takes CUDA and cuDNN from the package index as wheels (no nvidia/cuda base):
+# onnxruntime-gpu is built for one CUDA major version (1.31: CUDA 13 + cuDNN 9; its `cuda` and
+# `cudnn` extras name the matching nvidia-* wheels), and numba-cuda's `cu13` extra brings what the
+# GPU dynamics compile and link with (NVVM, NVRTC, nvJitLink, the CUDA runtime).
 ARG ORT_GPU_VERSION=1.31.1
+ARG NUMBA_CUDA_VERSION=0.30.4
 
 # ------------------------------------------------------------------------------------------------
-# CPU builder
-FROM python:${PYTHON_VERSION}-slim AS builder
+# what both builders start from: the base image, binutils (strip), the sources
+FROM ${BASE_IMAGE} AS build-base
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -48,7 +53,10 @@ COPY pyproject.toml README.md /src/
 COPY cellflow_rt /src/cellflow_rt
 COPY export /src/export
 COPY models /src/models
-COPY docker /src/docker
+COPY docker/slim-venv.sh docker/warm-cache.py /src/docker/
+
+# CPU builder
+FROM build-base AS builder
 # --build-arg EXTRAS="[openvino]" adds OpenVINO for --precision bf16 (about 180 MB more, slimmed)
 ARG EXTRAS=""
 RUN python -m venv /opt/venv \
@@ -57,53 +65,58 @@ RUN sh /src/docker/slim-venv.sh /opt/venv
 RUN /opt/venv/bin/python /src/docker/warm-cache.py --prune-bytecode \
  && chmod -R a+rwX /opt/cellflow-rt
 
-# ------------------------------------------------------------------------------------------------
-# CUDA: the same on an NVIDIA runtime base (CUDA + cuDNN) with onnxruntime-gpu
-FROM ${CUDA_IMAGE} AS cuda-base
-SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 libgomp1 \
- && rm -rf /var/lib/apt/lists/*
-
-FROM cuda-base AS cuda-builder
-SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# CUDA builder: the CPU builder's venv with onnxruntime swapped for onnxruntime-gpu and the `gpu`
+# extra added (cellflow-rt itself is not reinstalled, so its numba cache stays valid: same sources,
+# same numba; no second compilation). onnxruntime and onnxruntime-gpu ship the same `onnxruntime`
+# module: removing the CPU package deletes files the GPU package shares, so the GPU package is
+# installed again afterwards, from the wheel downloaded once.
+FROM builder AS cuda-builder
 ARG ORT_GPU_VERSION
-ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_ROOT_USER_ACTION=ignore \
-    NUMBA_CACHE_DIR=/opt/cellflow-rt/numba-cache \
-    NUMBA_CPU_NAME=generic
-RUN apt-get update \
- && apt-get install -y --no-install-recommends python3-venv binutils \
- && rm -rf /var/lib/apt/lists/*
-COPY pyproject.toml README.md /src/
-COPY cellflow_rt /src/cellflow_rt
-COPY export /src/export
-COPY models /src/models
-COPY docker /src/docker
-# onnxruntime and onnxruntime-gpu ship the same `onnxruntime` module: removing the CPU package
-# deletes files the GPU package shares, so the GPU package is reinstalled after it
-RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install "/src[gpu]" "onnxruntime-gpu==${ORT_GPU_VERSION}" \
- && /opt/venv/bin/pip uninstall -y onnxruntime \
- && /opt/venv/bin/pip install --no-deps --force-reinstall "onnxruntime-gpu==${ORT_GPU_VERSION}"
+ARG NUMBA_CUDA_VERSION
+RUN /opt/venv/bin/python -m ensurepip >/dev/null \
+ && /opt/venv/bin/python -m pip download -q --no-deps -d /tmp/ort "onnxruntime-gpu==${ORT_GPU_VERSION}" \
+ && ort_wheel=$(echo /tmp/ort/onnxruntime_gpu-*.whl) \
+ && /opt/venv/bin/python -m pip install "cellflow-rt[gpu]" "${ort_wheel}[cuda,cudnn]" "numba-cuda[cu13]==${NUMBA_CUDA_VERSION}" \
+ && /opt/venv/bin/python -m pip uninstall -y onnxruntime \
+ && /opt/venv/bin/python -m pip install --no-deps --force-reinstall "${ort_wheel}" \
+ && rm -rf /tmp/ort
 RUN sh /src/docker/slim-venv.sh /opt/venv
+# compiles nothing now (the runs load the kernels); it keeps the bytecode of what a run imports
 RUN /opt/venv/bin/python /src/docker/warm-cache.py --prune-bytecode \
  && chmod -R a+rwX /opt/cellflow-rt
 
-FROM cuda-base AS cuda
+# ------------------------------------------------------------------------------------------------
+# what both runtime images start from: the base image, libgomp1, no installer, the user
+FROM ${BASE_IMAGE} AS runtime-base
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-RUN useradd --system --uid 10001 --gid 0 --create-home --home-dir /home/cellflow --shell /usr/sbin/nologin cellflow
-COPY --from=cuda-builder /opt/venv /opt/venv
-COPY --from=cuda-builder /opt/cellflow-rt /opt/cellflow-rt
+# the base image's own installer goes too (python:*-slim has one): nothing is installed at run time
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgomp1 \
+ && rm -rf /var/lib/apt/lists/* \
+ && if python -m pip --version >/dev/null 2>&1; then python -m pip uninstall -q -y pip setuptools wheel; fi \
+ && useradd --system --uid 10001 --gid 0 --create-home --home-dir /home/cellflow --shell /usr/sbin/nologin cellflow
 ENV PATH=/opt/venv/bin:$PATH \
     NUMBA_CACHE_DIR=/opt/cellflow-rt/numba-cache \
     NUMBA_CPU_NAME=generic \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/home/cellflow
-USER 10001
 WORKDIR /data
+
+# ------------------------------------------------------------------------------------------------
+# CUDA runtime. The NVIDIA container toolkit (`docker run --gpus all`) mounts the host driver's
+# libcuda; the CUDA and cuDNN libraries of the wheels are found through ld.so.conf.
+FROM runtime-base AS cuda
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+COPY --from=cuda-builder /opt/venv /opt/venv
+COPY --from=cuda-builder /opt/cellflow-rt /opt/cellflow-rt
+RUN site=$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
+ && printf '%s\n' "$site/nvidia/cu13/lib" "$site/nvidia/cudnn/lib" > /etc/ld.so.conf.d/cellflow-rt-cuda.conf \
+ && ldconfig
+ENV NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+USER 10001
+# the build fails if a first run would still compile anything
 RUN n=$(find "$NUMBA_CACHE_DIR" -type f | wc -l) \
  && cellflow-rt run --example --savedir /tmp/check --save_png \
  && test "$(find "$NUMBA_CACHE_DIR" -type f | wc -l)" -eq "$n" \
@@ -113,24 +126,11 @@ CMD ["--help"]
 
 # ------------------------------------------------------------------------------------------------
 # CPU runtime: the last stage, what a plain `docker build` produces
-FROM python:${PYTHON_VERSION}-slim AS cpu
+FROM runtime-base AS cpu
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# the base image's own installer goes too: nothing is installed at run time
-RUN apt-get update \
- && apt-get install -y --no-install-recommends libgomp1 \
- && rm -rf /var/lib/apt/lists/* \
- && python -m pip uninstall -q -y pip setuptools wheel \
- && useradd --system --uid 10001 --gid 0 --create-home --home-dir /home/cellflow --shell /usr/sbin/nologin cellflow
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /opt/cellflow-rt /opt/cellflow-rt
-ENV PATH=/opt/venv/bin:$PATH \
-    NUMBA_CACHE_DIR=/opt/cellflow-rt/numba-cache \
-    NUMBA_CPU_NAME=generic \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    HOME=/home/cellflow
 USER 10001
-WORKDIR /data
 # the build fails if a first run would still compile anything
 RUN n=$(find "$NUMBA_CACHE_DIR" -type f | wc -l) \
  && cellflow-rt run --example --savedir /tmp/check --save_png \

@@ -442,6 +442,7 @@ def info():
     from . import _numba
     from .gpu import cuda_status
     from .network import available_providers
+    from .provider_options import GPU_PROVIDERS
     from .network_openvino import bf16_status
     from .registry import list_models, user_model_dir
 
@@ -449,6 +450,11 @@ def info():
     click.echo(f"python {sys.version.split()[0]}, numpy {numpy.__version__}, numba {numba.__version__}, "
                f"onnxruntime {onnxruntime.__version__}")
     click.echo(f"execution providers: {', '.join(available_providers())}")
+    if any(p in GPU_PROVIDERS for p in available_providers()):
+        from .cuda_device import cuda_devices
+
+        count, no_device = cuda_devices()
+        click.echo(f"CUDA devices: {count}" + (f" ({no_device})" if no_device else ""))
     click.echo(f"bf16 (--precision bf16): {bf16_status()}")
     click.echo(f"GPU dynamics (--dynamics gpu): {cuda_status() or 'available'}")
     click.echo(f"numba cache: {_numba.CACHE_DIR}")

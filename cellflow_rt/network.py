@@ -1,7 +1,8 @@
 """The network: one ONNX Runtime session per model, providers by preference, batched tiles.
 
 Providers are tried in the order TensorRT > CUDA > CPU among those this onnxruntime build offers;
-a requested provider that is unavailable falls back with a warning, or raises with ``strict``.
+a requested provider that is unavailable (not in the build, or a GPU provider on a machine without a
+CUDA device) falls back with a warning, or raises with ``strict``.
 :func:`open_network` picks the backend for a precision: ONNX Runtime for fp32 (and fp16 on TensorRT),
 OpenVINO for bf16 on the CPU (:mod:`.network_openvino`).
 """
@@ -15,6 +16,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import provider_options
+from .provider_options import GPU_PROVIDERS
 
 #: Preference order when the caller does not choose.
 DEFAULT_PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -33,7 +35,7 @@ PRECISIONS = ("fp32", "fp16", "bf16", "tf32")
 
 
 class ProviderUnavailableError(RuntimeError):
-    """A strictly requested execution provider is not available in this onnxruntime build."""
+    """A strictly requested execution provider is not in this onnxruntime build, or has no device."""
 
 
 def available_providers() -> Sequence[str]:
@@ -57,14 +59,18 @@ def choose_providers(requested: Optional[Union[str, Sequence[str]]] = None, stri
         Raise :class:`ProviderUnavailableError` instead of falling back when a requested provider
         is missing.
     """
-    available = list(available_providers())
+    built = list(available_providers())
+    available, no_device = _without_gpu_if_no_device(built)
     if requested is None:
         return [p for p in DEFAULT_PROVIDER_ORDER if p in available] or available
     wanted = [_canonical(r) for r in ([requested] if isinstance(requested, str) else requested)]
     missing = [p for p in wanted if p not in available]
     if missing:
-        message = (f"execution provider(s) {missing} not available in this onnxruntime build "
-                   f"(available: {available})")
+        if no_device and all(p in built for p in missing):
+            message = f"execution provider(s) {missing} cannot run here: {no_device}"
+        else:
+            message = (f"execution provider(s) {missing} not available in this onnxruntime build "
+                       f"(available: {built})")
         if strict:
             raise ProviderUnavailableError(message)
         warnings.warn(message + "; falling back to CPUExecutionProvider")
@@ -72,6 +78,16 @@ def choose_providers(requested: Optional[Union[str, Sequence[str]]] = None, stri
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
     return chosen
+
+
+def _without_gpu_if_no_device(providers: list) -> Tuple[list, str]:
+    """``providers`` less the GPU ones when the machine has no CUDA device, and the reason ("" if any)."""
+    if not any(p in GPU_PROVIDERS for p in providers):
+        return providers, ""
+    from .cuda_device import cuda_devices
+
+    count, reason = cuda_devices()
+    return (providers, "") if count else ([p for p in providers if p not in GPU_PROVIDERS], reason)
 
 
 class Network:
@@ -124,7 +140,7 @@ class Network:
         options.enable_mem_pattern = False
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         chosen = choose_providers(providers, strict=strict_provider)
-        if chosen[0] in provider_options.GPU_PROVIDERS and hasattr(ort, "preload_dlls"):
+        if chosen[0] in GPU_PROVIDERS and hasattr(ort, "preload_dlls"):
             # CUDA and cuDNN from the nvidia-* pip packages, when that is where they are
             ort.preload_dlls()
         options_per_provider = [self._provider_options(p, cache_dir, precision, batch_size, nchan) for p in chosen]
@@ -155,7 +171,7 @@ class Network:
         #: The precision the network runs in.
         self.precision = precision
         #: The network runs on a CUDA device (CUDA or TensorRT provider): :meth:`run_on_device` works.
-        self.on_gpu = self.providers[0] in provider_options.GPU_PROVIDERS
+        self.on_gpu = self.providers[0] in GPU_PROVIDERS
         #: Most tiles per run (the TensorRT profile's batch range); None = any number.
         self.max_batch = max(1, int(batch_size)) if self.providers[0] == provider_options.TENSORRT else None
         #: Tiles per ``session.run`` on the CPU provider, whatever the batch size: MLAS is as fast on

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Slim an installed virtual environment for a runtime image (used by the Dockerfile's builder
-# stages, and replayed by tests/test_docker_recipe.py): no pip/setuptools/wheel, no test suites,
-# no C/C++/Cython sources or headers, no type stubs, shared objects stripped of their symbols.
+# stages): no pip/setuptools/wheel, no test suites, no C/C++/Cython sources or headers (except the
+# CUDA ones compiled at run time), no type stubs, shared objects stripped of their symbols.
 # Python bytecode stays here (warm-cache.py --prune-bytecode later keeps the bytecode of the modules
 # a run imports: the runtime user cannot write it, and compiling those at every start costs ~1.5 s).
 #
@@ -26,15 +26,18 @@ if [ -d "$capi" ] && command -v readelf >/dev/null \
     && ! readelf -d "$capi"/*.so* 2>/dev/null | grep -q 'NEEDED.*\[libonnxruntime\.so'; then
     rm -f "$capi"/libonnxruntime.so*
 fi
-# sources, headers and stubs of compiled extensions
+# sources, headers and stubs of compiled extensions. Not those of the CUDA wheels (nvidia/) and of
+# numba-cuda: NVRTC compiles numba-cuda's CUDA sources with those headers at run time.
 find "$site" -type f \( -name '*.c' -o -name '*.cpp' -o -name '*.h' -o -name '*.hpp' -o -name '*.pyx' \
-    -o -name '*.pxd' -o -name '*.pxi' -o -name '*.pyi' \) -delete
+    -o -name '*.pxd' -o -name '*.pxi' -o -name '*.pyi' \) ! -path "$site/nvidia/*" ! -path "$site/numba_cuda/*" -delete
 find "$site" -depth -type d -name include -path '*/numpy/*' -exec rm -rf {} +
 
 # symbols of the extension modules and libraries. Not the libraries auditwheel vendored into
 # <package>.libs/: patchelf rewrote their headers, and strip then leaves them unloadable ("ELF load
-# command address/offset not page-aligned"); they are stripped already.
-find "$site" -type f \( -name '*.so' -o -name '*.so.*' \) ! -path '*.libs/*' -exec strip --strip-unneeded {} +
+# command address/offset not page-aligned"); they are stripped already. Not the CUDA wheels'
+# libraries either (nvidia/: 2 GB, stripped already, with device code that is not strip's business).
+find "$site" -type f \( -name '*.so' -o -name '*.so.*' \) ! -path '*.libs/*' ! -path "$site/nvidia/*" \
+    -exec strip --strip-unneeded {} +
 
 # bytecode of what was removed
 find "$site" -depth -type d -name __pycache__ -empty -exec rmdir {} +

@@ -1,4 +1,4 @@
-"""Pre-warm numba's cache for an image (Dockerfile builder stages; tests/test_docker_recipe.py).
+"""Pre-warm numba's cache for an image (the Dockerfile's builder stages).
 
 Runs ``cellflow-rt run`` in this process on the bundled example (2D with the diameter estimated and
 every output format, without resampling, with nearest-pixel flows) and on a small Z-stack made from
@@ -78,10 +78,13 @@ def main(argv) -> None:
     cache = os.environ.get("NUMBA_CACHE_DIR")
     if not cache:
         raise SystemExit("set NUMBA_CACHE_DIR to the image's cache folder")
+    before = {p: p.stat().st_mtime_ns for p in Path(cache).rglob("*") if p.is_file()}
     with tempfile.TemporaryDirectory() as tmp:
         warm(Path(tmp))
-    size = sum(p.stat().st_size for p in Path(cache).rglob("*") if p.is_file())
-    print(f"numba cache: {cache}, {size / 1e6:.1f} MB "
+    after = {p: p.stat() for p in Path(cache).rglob("*") if p.is_file()}
+    written = sum(before.get(p) != st.st_mtime_ns for p, st in after.items())
+    size = sum(st.st_size for st in after.values())
+    print(f"numba cache: {cache}, {len(after)} files ({written} written by these runs), {size / 1e6:.1f} MB "
           f"(cpu {os.environ.get('NUMBA_CPU_NAME') or 'host'})")
     if "--prune-bytecode" in argv:
         prune_bytecode()

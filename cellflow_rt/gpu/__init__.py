@@ -19,11 +19,10 @@ from __future__ import annotations
 import functools
 from typing import Sequence
 
+from ..provider_options import GPU_PROVIDERS
 from ..settings import DYNAMICS
 
 
-#: ONNX Runtime providers that run the network on an NVIDIA GPU.
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 __all__ = ["DYNAMICS", "DynamicsUnavailableError", "choose_dynamics", "compute_masks", "cuda_status",
            "resize_and_compute_masks"]
