@@ -383,15 +383,23 @@ def test_no_partial_file_when_a_writer_fails(tmp_path, monkeypatch):
     outputs.save_masks(masks, tmp_path / "img.tif", png=False, tif=True)
     before = (tmp_path / "img_cp_masks.tif").read_bytes()
 
-    def broken_imwrite(path, data, **kwargs):
-        Path(path).write_bytes(b"II*\x00 half a tiff")
+    def disk_full(path, data=None, **kwargs):  # part of the file, then the error of a full disk
+        with open(path, "wb") as fh:
+            fh.write(b"II*\x00 half a file")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(tifffile, "imwrite", broken_imwrite)
-    with pytest.raises(OutputWriteError, match="No space left"):
-        outputs.save_masks(masks + 1, tmp_path / "img.tif", png=False, tif=True)
-    with pytest.raises(OutputWriteError):
-        outputs.save_masks_ome_tif(masks, tmp_path / "img.tif")
+    with monkeypatch.context() as patch:  # the writers that build their bytes in memory first
+        patch.setattr(Path, "write_bytes", disk_full)
+        with pytest.raises(OutputWriteError, match="No space left"):
+            outputs.save_masks(masks + 1, tmp_path / "img.tif", png=False, tif=True)
+        with pytest.raises(OutputWriteError, match="No space left"):
+            outputs.save_geojson(masks, tmp_path / "img.tif")
+        with pytest.raises(OutputWriteError, match="No space left"):
+            outputs.save_rois_zip(masks, tmp_path / "img.tif")
+    with monkeypatch.context() as patch:  # those that stream through tifffile
+        patch.setattr(tifffile, "imwrite", disk_full)
+        with pytest.raises(OutputWriteError):
+            outputs.save_masks_ome_tif(masks, tmp_path / "img.tif")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img_cp_masks.tif"]
     assert (tmp_path / "img_cp_masks.tif").read_bytes() == before
     with warnings.catch_warnings():
