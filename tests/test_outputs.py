@@ -2,6 +2,8 @@
 with tifffile / Pillow / roifile / json."""
 import json
 import warnings
+import zipfile
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -358,6 +360,29 @@ def test_geojson_round_trip(tmp_path):
         outputs.save_geojson(masks, tmp_path / "toy.tif", object_type="cell")
     with pytest.raises(ValueError, match="2D"):
         outputs.save_geojson(np.stack([masks, masks]), tmp_path / "toy.tif")
+
+
+def test_bytes_writers_give_the_files_content(tmp_path):
+    """``geojson_bytes``, ``rois_zip_bytes``, ``masks_tiff_bytes``: what the save_* functions write
+    (and what ``cellflow-rt serve`` answers), built in memory."""
+    masks = _toy_masks()
+    image = tmp_path / "toy.tif"
+    assert outputs.geojson_bytes(masks) == outputs.save_geojson(masks, image).read_bytes()
+    with zipfile.ZipFile(BytesIO(outputs.rois_zip_bytes(masks))) as got, \
+            zipfile.ZipFile(outputs.save_rois_zip(masks, image)) as want:
+        entries = [(i.filename, i.compress_type, i.file_size, i.CRC) for i in want.infolist()]
+        assert [(i.filename, i.compress_type, i.file_size, i.CRC) for i in got.infolist()] == entries
+        assert [e[0] for e in entries] == ["1.roi", "2.roi", "7.roi"]
+    for labels in (masks, np.stack([masks, masks[::-1]]), np.arange(70000, dtype=np.uint32).reshape(280, 250)):
+        (path,) = outputs.save_masks(labels, image, png=False, tif=True)
+        assert outputs.masks_tiff_bytes(labels) == path.read_bytes()
+        with tifffile.TiffFile(BytesIO(outputs.masks_tiff_bytes(labels, compression=None))) as tif:
+            assert tif.pages[0].compression == tifffile.COMPRESSION.NONE
+            assert tif.series[0].dtype == (np.uint16 if labels.max() < 2**16 else np.uint32)
+            np.testing.assert_array_equal(tif.asarray(), labels)
+    for encode in (outputs.geojson_bytes, outputs.rois_zip_bytes):
+        with pytest.raises(ValueError, match="2D"):
+            encode(np.stack([masks, masks]))
 
 
 # --------------------------------------------------------------------------------------------------
