@@ -6,7 +6,8 @@ One module per format or concern, so that a new format has an obvious home:
 =================  ====================================================================================
 module             job
 =================  ====================================================================================
-``read``           :func:`imread` (a file), :func:`imread_bytes` (its bytes in memory): TIFF, PNG, JPEG, ``.npy``
+``read``           :func:`imread` (a file), :func:`imread_bytes` (its bytes in memory): TIFF, PNG, JPEG,
+                   ``.npy``
 ``peek``           :func:`peek_shape`: an image's shape from its header, before decoding
 ``source``         the readers' input: a path or an in-memory buffer, one code path for both
 ``pillow_read``    PNG/JPEG, and LZW/JPEG TIFFs without imagecodecs, through Pillow

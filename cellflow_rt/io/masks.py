@@ -75,7 +75,8 @@ def save_masks(masks, file_name: PathLike, png: bool = True, tif: bool = False,
     if png:
         written.append(write_png(output_path(file_name, f"{suffix}.png", savedir), masks.astype(np.uint16, copy=False)))
     if tif:
-        written.append(write_bytes(output_path(file_name, f"{suffix}.tif", savedir), masks_tiff_bytes(masks)))
+        data = masks_tiff_bytes(masks)
+        written.append(write_bytes(output_path(file_name, f"{suffix}.tif", savedir), data))
     return written
 
 

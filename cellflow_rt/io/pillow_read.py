@@ -1,5 +1,5 @@
-"""Decoding through Pillow: PNG and JPEG files (or their bytes), and the LZW/JPEG-compressed TIFFs that tifffile
-cannot decode without imagecodecs (Pillow's wheels ship libtiff, libjpeg-turbo and zlib).
+"""Decoding through Pillow: PNG and JPEG files (or their bytes), and the LZW/JPEG-compressed TIFFs
+that tifffile cannot decode without imagecodecs (Pillow's wheels ship libtiff, libjpeg-turbo and zlib).
 
 Pillow returns what OpenCV (Cellpose's reader) returns for 8-bit and 16-bit gray, RGB and RGBA
 PNGs and for JPEGs (the same libjpeg-turbo arithmetic), but reduces 16-bit colour to 8 bits and has
@@ -85,7 +85,8 @@ def read_png_jpeg(source: Source, kind: str, where: Optional[PathLike]) -> np.nd
                 im.load()
                 arr = _as_array(im)
         except (OSError, SyntaxError, ValueError, EOFError) as exc:  # Pillow's errors for bad data
-            raise ImageReadError(where, f"corrupt or truncated {kind.upper()} ({type(exc).__name__}: {exc})") from exc
+            raise ImageReadError(where, f"corrupt or truncated {kind.upper()} "
+                                        f"({type(exc).__name__}: {exc})") from exc
     if arr.dtype == np.int32 and kind == "png":  # older Pillow: 16-bit gray as mode "I"
         arr = arr.astype(np.uint16)
     return arr

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..io import ImageReadError, imread_bytes, peek_shape
 
-#: Content-Type -> format (:data:`cellflow_rt.io.FORMATS`); ``application/octet-stream`` (or no header) is sniffed.
+#: Content-Type -> format (:data:`cellflow_rt.io.FORMATS`); ``application/octet-stream`` (or no header)
+#: is sniffed.
 CONTENT_TYPES = {
     "image/tiff": "tiff", "image/tif": "tiff", "image/x-tiff": "tiff",
     "image/png": "png",
