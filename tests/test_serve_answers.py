@@ -89,3 +89,15 @@ def test_rle_round_trip(masks):
     np.testing.assert_array_equal(got, masks)
     assert summary["n_masks"] == len(np.unique(masks[masks > 0]))
     assert sum(rle_encode(masks)["lengths"]) == masks.size
+
+
+def test_the_client_side_stays_light():
+    """The Python client decodes JSON answers with ``rle_decode`` from here: numpy only, no numba."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from cellflow_rt.serve.answers import rle_decode; import cellflow_rt.client; "
+              "rle_decode({'values': [0, 2], 'lengths': [3, 1], 'shape': [2, 2]}); "
+              "assert not {'numba', 'tifffile', 'PIL', 'roifile'} & set(sys.modules), sorted(sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -12,6 +12,9 @@ Accept                     answer                                   same as
 ``application/json``       counts, diameter, timings, labels RLE    (the summary line + masks)
 =========================  =======================================  =============================
 
+The writers (and their numba kernels) are imported on first use: the Python client imports
+:func:`rle_decode` from here and stays light.
+
 The JSON answer's ``masks`` are run-length encoded over the label image in C (row-major) order:
 ``values[i]`` repeated ``lengths[i]`` times, reshaped to ``shape`` (see :func:`rle_decode`).
 """
@@ -21,10 +24,6 @@ import json
 from typing import Dict, List, Tuple
 
 import numpy as np
-
-from ..io.geojson import geojson_bytes
-from ..io.imagej import rois_zip_bytes
-from ..io.masks import label_dtype, masks_tiff_bytes
 
 TIFF, GEOJSON, ZIP, JSON = "image/tiff", "application/geo+json", "application/zip", "application/json"
 #: Answer media types, the default first.
@@ -100,6 +99,8 @@ def rle_decode(masks: dict) -> np.ndarray:
 
 def json_bytes(masks: np.ndarray, summary: dict) -> bytes:
     """``summary`` (model, counts, diameter, timings) plus the run-length encoded labels."""
+    from ..io.masks import label_dtype
+
     encoded = {"encoding": "rle", "order": "C", "shape": list(masks.shape),
                "dtype": np.dtype(label_dtype(masks)).name, **rle_encode(masks)}
     return json.dumps({**summary, "masks": encoded}, separators=(",", ":")).encode()
@@ -113,6 +114,8 @@ def encode_answer(answer_type: str, masks: np.ndarray, summary: dict) -> bytes:
     NotAcceptableError
         GeoJSON or a ROI set asked for 3D masks.
     """
+    from ..io import geojson_bytes, masks_tiff_bytes, rois_zip_bytes
+
     if answer_type == TIFF:
         # not compressed: zlib would cost more time than sending the bytes over loopback takes, and a
         # client across a network asks for HTTP compression (Accept-Encoding: gzip) instead
