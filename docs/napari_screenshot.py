@@ -22,10 +22,11 @@ def main() -> int:
     if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
         print("no display: run under xvfb-run (see the docstring)", file=sys.stderr)
         return 2
-    import imagecodecs
     import numpy as np
     import napari
     from qtpy.QtWidgets import QApplication
+
+    from cellflow_rt.io.png import encode_png
 
     viewer = napari.Viewer(title="napari + cellflow-rt", show=True)
     viewer.window.resize(1400, 820)
@@ -43,7 +44,7 @@ def main() -> int:
     viewer.reset_view()
     app.processEvents()
     shot = viewer.screenshot(canvas_only=False, flash=False)
-    OUT.write_bytes(imagecodecs.png_encode(np.ascontiguousarray(shot[..., :3]), level=9))
+    OUT.write_bytes(encode_png(np.ascontiguousarray(shot[..., :3]), level=9))
     print(f"{OUT} ({shot.shape[1]} x {shot.shape[0]}): {widget.status_label.text()}")
     viewer.close()
     return 0

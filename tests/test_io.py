@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from io import BytesIO as _BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,8 @@ import pytest
 import tifffile
 from pillow_codecs import jpeg_bytes, png_bytes
 
-from cellflow_rt.io import (ImageReadError, OutputWriteError, atomic_write, find_images, image_stem,
-                            imread)
+from cellflow_rt.io import (FORMATS, ImageReadError, OutputWriteError, atomic_write, find_images, image_stem,
+                            imread, imread_bytes, peek_shape)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DSB = SHARED / "data" / "dsb2018_sample"
@@ -153,7 +154,12 @@ def test_real_dsb_image():
 # imread: errors
 
 
+def _format_of(path):
+    return next((kind for kind, extensions in FORMATS.items() if Path(path).suffix.lower() in extensions), None)
+
+
 def _assert_read_error(path, *words):
+    """imread refuses the file, naming it and the problem; imread_bytes refuses its bytes the same way."""
     with pytest.raises(ImageReadError) as info:
         imread(path)
     message = str(info.value)
@@ -161,6 +167,15 @@ def _assert_read_error(path, *words):
     for word in words:
         assert word in message, message
     assert isinstance(info.value, ValueError)
+    kind = _format_of(path)
+    if kind and Path(path).is_file():
+        data = Path(path).read_bytes()
+        with pytest.raises(ImageReadError) as from_bytes:
+            imread_bytes(data, kind)
+        assert from_bytes.value.path is None and str(from_bytes.value).startswith("cannot read image: ")
+        assert all(word in from_bytes.value.problem for word in words), from_bytes.value.problem
+        if data:  # the same words up to the decoder's own message (which may name the file object)
+            assert from_bytes.value.problem.split(" (")[0] == info.value.problem.split(" (")[0]
     return message
 
 
@@ -223,6 +238,103 @@ def test_pickled_npy_is_refused(tmp_path):
     _assert_read_error(tmp_path / "img_seg.npy", "pickled")
     (tmp_path / "cut.npy").write_bytes((tmp_path / "img_seg.npy").read_bytes()[:60])
     _assert_read_error(tmp_path / "cut.npy")
+
+
+# --------------------------------------------------------------------------------------------------
+# imread_bytes and peek_shape: an image file's bytes in memory (errors: _assert_read_error above)
+
+
+def _bytes_cases():
+    rng = _rng()
+    yy, xx = np.mgrid[:40, :50]
+    smooth = (yy * 3 + xx).astype(np.uint8)
+    rgb = rng.integers(0, 255, (40, 50, 3)).astype(np.uint8)
+    buffer = _BytesIO()
+    np.save(buffer, rng.random((4, 40, 50)).astype(np.float32))
+    return [
+        ("tiff", "u16", _tiff_bytes(rng.integers(0, 4000, (40, 50)).astype(np.uint16))),
+        ("tiff", "stack", _tiff_bytes(rng.integers(0, 255, (12, 40, 50)).astype(np.uint8), compression="zlib")),
+        ("tiff", "lzw_rgb", _pillow_tiff_bytes([rgb], "tiff_lzw")),  # Pillow's libtiff without imagecodecs
+        ("tiff", "jpeg_gray", _pillow_tiff_bytes([smooth, smooth[::-1]], "jpeg", quality=95)),
+        ("png", "u16", png_bytes(rng.integers(0, 65535, (40, 50)).astype(np.uint16))),
+        ("png", "rgba", png_bytes(np.concatenate([rgb, rgb[..., :1]], -1))),  # alpha dropped
+        ("png", "gray_alpha", png_bytes(rgb[..., :2])),
+        ("png", "palette", _palette_png(rgb[..., 0] // 64)),  # decoded to RGB
+        ("jpeg", "gray", jpeg_bytes(smooth, 90)),
+        ("jpeg", "rgb", jpeg_bytes(rgb, 90)),
+        ("npy", "f32", buffer.getvalue()),
+    ]
+
+
+def _tiff_bytes(array, **kwargs):
+    buffer = _BytesIO()
+    tifffile.imwrite(buffer, array, photometric="minisblack", **kwargs)
+    return buffer.getvalue()
+
+
+def _pillow_tiff_bytes(planes, compression, **kwargs):
+    with tempfile.TemporaryDirectory() as folder:
+        _pillow_tiff(Path(folder) / "x.tif", planes, compression, **kwargs)
+        return (Path(folder) / "x.tif").read_bytes()
+
+
+def _palette_png(indices):
+    from PIL import Image
+
+    image = Image.fromarray(indices.astype(np.uint8), mode="P")
+    image.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])
+    buffer = _BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind,label,data", _bytes_cases(), ids=lambda v: v if isinstance(v, str) else "")
+def test_bytes_are_read_as_the_file_is(tmp_path, kind, label, data):
+    path = tmp_path / f"image{FORMATS[kind][0]}"
+    path.write_bytes(data)
+    expected = imread(path)
+    for given in (data, bytearray(data), memoryview(data)):
+        got = imread_bytes(given, kind)
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
+    # the header announces at least as many values as the decoded array holds (alpha, palette)
+    shape = peek_shape(data, kind)
+    assert shape[:2] == expected.shape[:2] or shape == expected.shape
+    assert np.prod(shape) >= expected.size
+
+
+@pytest.mark.parametrize("kind", list(FORMATS))
+def test_peek_shape_before_decoding(kind):
+    image = np.zeros((300, 400), np.uint8)
+    data = {"tiff": lambda: _tiff_bytes(image), "png": lambda: png_bytes(image),
+            "jpeg": lambda: jpeg_bytes(image), "npy": lambda: _npy_bytes(image)}[kind]()
+    assert peek_shape(data, kind)[:2] == (300, 400)
+    with pytest.raises(ImageReadError):
+        peek_shape(data[:8], kind)
+
+
+def _npy_bytes(array, **kwargs):
+    buffer = _BytesIO()
+    np.save(buffer, array, **kwargs)
+    return buffer.getvalue()
+
+
+def test_peek_shape_refuses_pickles_from_the_header():
+    data = _npy_bytes(np.array([{"masks": 1}, None], dtype=object), allow_pickle=True)
+    with pytest.raises(ImageReadError, match="pickled"):
+        peek_shape(data, "npy")
+    with pytest.raises(ImageReadError, match="numeric"):
+        peek_shape(_npy_bytes(np.array(["a", "b"])), "npy")
+
+
+def test_imread_bytes_arguments():
+    with pytest.raises(ValueError, match="format"):
+        imread_bytes(b"II*\x00", "bmp")
+    with pytest.raises(ValueError, match="format"):
+        peek_shape(b"II*\x00", "tif")
+    with pytest.raises(ImageReadError, match=r"cannot read image 'upload\.png': .*PNG") as info:
+        imread_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10, "png", name="upload.png")
+    assert info.value.path == Path("upload.png")
 
 
 # --------------------------------------------------------------------------------------------------

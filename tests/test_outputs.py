@@ -2,6 +2,8 @@
 with tifffile / Pillow / roifile / json."""
 import json
 import warnings
+import zipfile
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -360,6 +362,29 @@ def test_geojson_round_trip(tmp_path):
         outputs.save_geojson(np.stack([masks, masks]), tmp_path / "toy.tif")
 
 
+def test_bytes_writers_give_the_files_content(tmp_path):
+    """``geojson_bytes``, ``rois_zip_bytes``, ``masks_tiff_bytes``: what the save_* functions write
+    (and what ``cellflow-rt serve`` answers), built in memory."""
+    masks = _toy_masks()
+    image = tmp_path / "toy.tif"
+    assert outputs.geojson_bytes(masks) == outputs.save_geojson(masks, image).read_bytes()
+    with zipfile.ZipFile(BytesIO(outputs.rois_zip_bytes(masks))) as got, \
+            zipfile.ZipFile(outputs.save_rois_zip(masks, image)) as want:
+        entries = [(i.filename, i.compress_type, i.file_size, i.CRC) for i in want.infolist()]
+        assert [(i.filename, i.compress_type, i.file_size, i.CRC) for i in got.infolist()] == entries
+        assert [e[0] for e in entries] == ["1.roi", "2.roi", "7.roi"]
+    for labels in (masks, np.stack([masks, masks[::-1]]), np.arange(70000, dtype=np.uint32).reshape(280, 250)):
+        (path,) = outputs.save_masks(labels, image, png=False, tif=True)
+        assert outputs.masks_tiff_bytes(labels) == path.read_bytes()
+        with tifffile.TiffFile(BytesIO(outputs.masks_tiff_bytes(labels, compression=None))) as tif:
+            assert tif.pages[0].compression == tifffile.COMPRESSION.NONE
+            assert tif.series[0].dtype == (np.uint16 if labels.max() < 2**16 else np.uint32)
+            np.testing.assert_array_equal(tif.asarray(), labels)
+    for encode in (outputs.geojson_bytes, outputs.rois_zip_bytes):
+        with pytest.raises(ValueError, match="2D"):
+            encode(np.stack([masks, masks]))
+
+
 # --------------------------------------------------------------------------------------------------
 # flows files
 
@@ -383,15 +408,23 @@ def test_no_partial_file_when_a_writer_fails(tmp_path, monkeypatch):
     outputs.save_masks(masks, tmp_path / "img.tif", png=False, tif=True)
     before = (tmp_path / "img_cp_masks.tif").read_bytes()
 
-    def broken_imwrite(path, data, **kwargs):
-        Path(path).write_bytes(b"II*\x00 half a tiff")
+    def disk_full(path, data=None, **kwargs):  # part of the file, then the error of a full disk
+        with open(path, "wb") as fh:
+            fh.write(b"II*\x00 half a file")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(tifffile, "imwrite", broken_imwrite)
-    with pytest.raises(OutputWriteError, match="No space left"):
-        outputs.save_masks(masks + 1, tmp_path / "img.tif", png=False, tif=True)
-    with pytest.raises(OutputWriteError):
-        outputs.save_masks_ome_tif(masks, tmp_path / "img.tif")
+    with monkeypatch.context() as patch:  # the writers that build their bytes in memory first
+        patch.setattr(Path, "write_bytes", disk_full)
+        with pytest.raises(OutputWriteError, match="No space left"):
+            outputs.save_masks(masks + 1, tmp_path / "img.tif", png=False, tif=True)
+        with pytest.raises(OutputWriteError, match="No space left"):
+            outputs.save_geojson(masks, tmp_path / "img.tif")
+        with pytest.raises(OutputWriteError, match="No space left"):
+            outputs.save_rois_zip(masks, tmp_path / "img.tif")
+    with monkeypatch.context() as patch:  # those that stream through tifffile
+        patch.setattr(tifffile, "imwrite", disk_full)
+        with pytest.raises(OutputWriteError):
+            outputs.save_masks_ome_tif(masks, tmp_path / "img.tif")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img_cp_masks.tif"]
     assert (tmp_path / "img_cp_masks.tif").read_bytes() == before
     with warnings.catch_warnings():

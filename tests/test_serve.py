@@ -21,6 +21,7 @@ import pytest
 import tifffile
 
 from cli_helpers import crop, run_cli
+from pillow_codecs import jpeg_bytes, png_bytes
 from serve_helpers import ServerProcess, metric_value
 
 pytest.importorskip("starlette")
@@ -46,16 +47,6 @@ def _npy(array, allow_pickle=False) -> bytes:
     return buffer.getvalue()
 
 
-def _png(array) -> bytes:
-    import imagecodecs
-    return imagecodecs.png_encode(array)
-
-
-def _jpeg(array) -> bytes:
-    import imagecodecs
-    return imagecodecs.jpeg8_encode(array, level=95)
-
-
 def _labels(answer) -> np.ndarray:
     assert answer.status == 200, answer.text
     assert answer.headers["content-type"] == "image/tiff"
@@ -77,7 +68,7 @@ def reference(tmp_path_factory):
     """Image files in each format and ``cellflow-rt run``'s outputs for them (one process)."""
     folder = tmp_path_factory.mktemp("reference")
     small, big = crop(128), crop(512)
-    files = {"small.tif": _tiff(small), "small_png.png": _png(small), "small_jpg.jpg": _jpeg(small),
+    files = {"small.tif": _tiff(small), "small_png.png": png_bytes(small), "small_jpg.jpg": jpeg_bytes(small),
              "small_npy.npy": _npy(small), "big.tif": _tiff(big)}
     for name, data in files.items():
         (folder / name).write_bytes(data)
@@ -196,7 +187,7 @@ def test_other_model_and_channels(server):
     rgb = np.zeros((96, 96, 3), np.uint8)
     rgb[..., 1] = crop(96)
     rgb[..., 2] = crop(96)[::-1]
-    answer = server.post("/segment?model=cyto_demo&chan=2&chan2=3&diameter=30", _png(rgb), content_type="image/png")
+    answer = server.post("/segment?model=cyto_demo&chan=2&chan2=3&diameter=30", png_bytes(rgb), content_type="image/png")
     expected, _, _ = models.CellposeModel(pretrained_model="cyto_demo").eval(rgb, channels=[2, 3], diameter=30)
     np.testing.assert_array_equal(_labels(answer), expected)
 
@@ -207,7 +198,7 @@ def test_other_model_and_channels(server):
 
 def _bad_cases():
     gray = crop(64)
-    tif, png = _tiff(gray), _png(gray)
+    tif, png = _tiff(gray), png_bytes(gray)
     nan, inf = gray.astype(np.float32), gray.astype(np.float32)
     nan[3, 4], inf[5, 6] = np.nan, np.inf
     side = int((MAX_IMAGE_MPX * 1e6) ** 0.5) + 20
@@ -220,7 +211,7 @@ def _bad_cases():
         ("truncated_tiff", "", tif[: len(tif) // 2], "image/tiff", None, 400, "TIFF"),
         ("truncated_png", "", png[: len(png) // 2], "image/png", None, 400, "PNG"),
         ("corrupt_png", "", b"\x89PNG\r\n\x1a\n" + b"garbage!" * 50, "image/png", None, 400, "PNG"),
-        ("truncated_jpeg", "", _jpeg(gray)[:400], "image/jpeg", None, 400, "JPEG"),
+        ("truncated_jpeg", "", jpeg_bytes(gray)[:400], "image/jpeg", None, 400, "JPEG"),
         ("not_an_image", "", b"this is not an image\n" * 50, "application/octet-stream", None, 415, "signature"),
         ("text_content_type", "", tif, "text/plain", None, 415, "text/plain"),
         ("wrong_content_type", "", tif, "image/png", None, 415, "TIFF"),
@@ -232,7 +223,7 @@ def _bad_cases():
         ("string_npy", "", _npy(np.array(["a", "b"])), "application/x-npy", None, 400, "numeric"),
         ("truncated_npy", "", _npy(gray)[:-100], "application/x-npy", None, 400, "truncated"),
         ("too_many_pixels", "", _npy(np.zeros((side, side), np.uint8)), "application/x-npy", None, 413, "limit"),
-        ("png_bomb", "", _png(np.zeros((side, side), np.uint8)), "image/png", None, 413, "limit"),
+        ("png_bomb", "", png_bytes(np.zeros((side, side), np.uint8)), "image/png", None, 413, "limit"),
         ("tiny_diameter", "diameter=2", _tiff(crop(256)), "image/tiff", None, 413, "resized"),
         ("huge_niter", "niter=1000000", tif, "image/tiff", None, 413, "Euler"),
         ("unknown_model", "model=cyto3", tif, "image/tiff", None, 400, "cyto3"),

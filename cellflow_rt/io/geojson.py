@@ -10,7 +10,7 @@ from .errors import PathLike
 from .outlines import planar_outlines
 from .paths import output_path
 
-__all__ = ["save_geojson"]
+__all__ = ["save_geojson", "geojson_bytes"]
 
 
 def save_geojson(masks, file_name: PathLike, savedir: Optional[PathLike] = None,
@@ -39,6 +39,29 @@ def save_geojson(masks, file_name: PathLike, savedir: Optional[PathLike] = None,
     ``label`` (the mask's label id) and ``measurements: {"label": id}`` (kept by QuPath's importer).
     Masks whose outline has 4 points or fewer are left out, as in the ImageJ outputs.
     """
+    data = geojson_bytes(masks, object_type)
+    return write_bytes(output_path(file_name, ".geojson", savedir), data)
+
+
+def geojson_bytes(masks, object_type: str = "detection") -> bytes:
+    """The content of :func:`save_geojson`'s file: a compact UTF-8 GeoJSON FeatureCollection.
+
+    Parameters
+    ----------
+    masks : ndarray
+        (Ly, Lx) labels.
+    object_type : {"detection", "annotation"}
+        QuPath object type of each feature.
+
+    Returns
+    -------
+    bytes
+
+    Raises
+    ------
+    ValueError
+        3D masks, or another ``object_type``.
+    """
     if object_type not in ("detection", "annotation"):
         raise ValueError(f"object_type must be 'detection' or 'annotation', got {object_type!r}")
     labels, outlines = planar_outlines(masks, "GeoJSON polygons")
@@ -52,5 +75,4 @@ def save_geojson(masks, file_name: PathLike, savedir: Optional[PathLike] = None,
                          "geometry": {"type": "Polygon", "coordinates": [ring]},
                          "properties": {"objectType": object_type, "label": int(label),
                                         "measurements": {"label": int(label)}}})
-    text = json.dumps({"type": "FeatureCollection", "features": features}, separators=(",", ":"))
-    return write_bytes(output_path(file_name, ".geojson", savedir), text.encode())
+    return json.dumps({"type": "FeatureCollection", "features": features}, separators=(",", ":")).encode()

@@ -1,6 +1,7 @@
 """Label images: ``<stem>_cp_masks.png`` (16-bit) and ``<stem>_cp_masks.tif`` (Cellpose's ``io.save_masks``)."""
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 from typing import List, Optional
@@ -8,12 +9,12 @@ from typing import List, Optional
 import numpy as np
 
 from .._labels import as_label_image
-from .atomic import write_tiff
+from .atomic import write_bytes
 from .errors import PathLike
 from .paths import MASKS_SUFFIX, output_path
 from .png import write_png
 
-__all__ = ["save_masks", "label_dtype"]
+__all__ = ["save_masks", "masks_tiff_bytes", "label_dtype"]
 
 
 def label_dtype(masks: np.ndarray):
@@ -74,7 +75,30 @@ def save_masks(masks, file_name: PathLike, png: bool = True, tif: bool = False,
     if png:
         written.append(write_png(output_path(file_name, f"{suffix}.png", savedir), masks.astype(np.uint16, copy=False)))
     if tif:
-        written.append(write_tiff(output_path(file_name, f"{suffix}.tif", savedir),
-                                   masks.astype(dtype, copy=False), photometric="minisblack",
-                                   compression="zlib"))
+        data = masks_tiff_bytes(masks)
+        written.append(write_bytes(output_path(file_name, f"{suffix}.tif", savedir), data))
     return written
+
+
+def masks_tiff_bytes(masks, compression: Optional[str] = "zlib") -> bytes:
+    """The label TIFF of :func:`save_masks` (``tif=True``) as bytes: uint16, or uint32 when needed;
+    3D masks one page per plane.
+
+    Parameters
+    ----------
+    masks : ndarray
+        (Ly, Lx) or (Lz, Ly, Lx) labels, 0 = background.
+    compression : {"zlib", None}
+        zlib, as the file is written, or none (faster to make, e.g. for an answer sent over loopback).
+
+    Returns
+    -------
+    bytes
+    """
+    import tifffile
+
+    masks = as_label_image(masks, "masks")
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, masks.astype(label_dtype(masks), copy=False), photometric="minisblack",
+                     compression=compression)
+    return buffer.getvalue()

@@ -1,5 +1,5 @@
-"""Decoding through Pillow: PNG and JPEG files, and the LZW/JPEG-compressed TIFFs that tifffile
-cannot decode without imagecodecs (Pillow's wheels ship libtiff, libjpeg-turbo and zlib).
+"""Decoding through Pillow: PNG and JPEG files (or their bytes), and the LZW/JPEG-compressed TIFFs
+that tifffile cannot decode without imagecodecs (Pillow's wheels ship libtiff, libjpeg-turbo and zlib).
 
 Pillow returns what OpenCV (Cellpose's reader) returns for 8-bit and 16-bit gray, RGB and RGBA
 PNGs and for JPEGs (the same libjpeg-turbo arithmetic), but reduces 16-bit colour to 8 bits and has
@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
-from .errors import ImageReadError
+from .errors import ImageReadError, PathLike
+from .source import Source, open_source, source_bytes, source_head
 
 __all__ = ["read_png_jpeg", "read_tiff_series"]
 
@@ -40,9 +41,8 @@ def _no_pixel_limit():
             Image.MAX_IMAGE_PIXELS = limit
 
 
-def _png_is_16bit_colour(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        head = fh.read(26)
+def _png_is_16bit_colour(source: Source) -> bool:
+    head = source_head(source, 26)
     # signature (8), IHDR length + type (8), width, height (8), bit depth, colour type
     return len(head) == 26 and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 6)
 
@@ -59,58 +59,69 @@ def _as_array(im) -> np.ndarray:
     return arr.astype(arr.dtype.newbyteorder("="), copy=False) if arr.dtype.byteorder == ">" else arr
 
 
-def read_png_jpeg(path: Path) -> np.ndarray:
-    """A PNG or JPEG file as an array (alpha still present; the caller drops it)."""
+def read_png_jpeg(source: Source, kind: str, where: Optional[PathLike]) -> np.ndarray:
+    """A PNG or JPEG (``kind`` "png" or "jpeg") as an array (alpha still present; the caller drops it).
+
+    Parameters
+    ----------
+    source : Path or io.BytesIO
+        The file, or its bytes.
+    kind : {"png", "jpeg"}
+    where : path-like or None
+        What errors name.
+    """
     from PIL import Image
 
-    if path.suffix.lower() == ".png" and _png_is_16bit_colour(path):
+    if kind == "png" and _png_is_16bit_colour(source):
         try:
             import imagecodecs
         except ImportError:
-            raise ImageReadError(path, f"16-bit colour PNG: Pillow would keep only 8 bits per sample; "
-                                       f"{CODECS_HINT}") from None
-        return imagecodecs.png_decode(path.read_bytes())
-    kind = "PNG" if path.suffix.lower() == ".png" else "JPEG"
-    with open(path, "rb") as fh, _no_pixel_limit():  # errors opening the file stay OSErrors
+            raise ImageReadError(where, f"16-bit colour PNG: Pillow would keep only 8 bits per sample; "
+                                        f"{CODECS_HINT}") from None
+        return imagecodecs.png_decode(source_bytes(source))
+    with open_source(source) as fh, _no_pixel_limit():  # errors opening the file stay OSErrors
         try:
             with Image.open(fh) as im:
                 im.load()
                 arr = _as_array(im)
         except (OSError, SyntaxError, ValueError, EOFError) as exc:  # Pillow's errors for bad data
-            raise ImageReadError(path, f"corrupt or truncated {kind} ({type(exc).__name__}: {exc})") from exc
-    if arr.dtype == np.int32 and path.suffix.lower() == ".png":  # older Pillow: 16-bit gray as mode "I"
+            raise ImageReadError(where, f"corrupt or truncated {kind.upper()} "
+                                        f"({type(exc).__name__}: {exc})") from exc
+    if arr.dtype == np.int32 and kind == "png":  # older Pillow: 16-bit gray as mode "I"
         arr = arr.astype(np.uint16)
     return arr
 
 
-def read_tiff_series(path: Path, series, problem: str) -> np.ndarray:
+def read_tiff_series(source: Source, series, problem: str, where: Optional[PathLike]) -> np.ndarray:
     """tifffile's ``series`` (shape, dtype and pages from its metadata), its pages decoded by Pillow.
 
     Parameters
     ----------
-    path : Path
-        The TIFF.
+    source : Path or io.BytesIO
+        The TIFF, or its bytes.
     series : tifffile.TiffPageSeries
         The series to read (Cellpose reads the first).
     problem : str
         tifffile's message, quoted when Pillow cannot give the exact pixels either.
+    where : path-like or None
+        What errors name.
     """
     from PIL import Image
 
     pages = list(series.pages)
     refusal = f"{problem}; Pillow cannot read this layout exactly either: {CODECS_HINT}"
     if not pages or any(page is None or not isinstance(page.index, int) for page in pages):
-        raise ImageReadError(path, refusal)
+        raise ImageReadError(where, refusal)
     planes = []
-    with open(path, "rb") as fh, _no_pixel_limit(), Image.open(fh) as im:
+    with open_source(source) as fh, _no_pixel_limit(), Image.open(fh) as im:
         for page in pages:
             try:
                 im.seek(page.index)
                 plane = _as_array(im)
             except (OSError, ValueError, EOFError) as exc:
-                raise ImageReadError(path, f"{refusal} ({type(exc).__name__}: {exc})") from exc
+                raise ImageReadError(where, f"{refusal} ({type(exc).__name__}: {exc})") from exc
             if plane.shape != tuple(page.shape) or plane.dtype != series.dtype:
-                raise ImageReadError(path, f"{refusal} (Pillow gives {plane.dtype} {plane.shape} for a "
+                raise ImageReadError(where, f"{refusal} (Pillow gives {plane.dtype} {plane.shape} for a "
                                            f"{series.dtype} {tuple(page.shape)} page)")
             planes.append(plane)
     return np.stack(planes).reshape(series.shape)

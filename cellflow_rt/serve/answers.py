@@ -1,7 +1,7 @@
 """Masks -> the bytes of an answer, chosen by the request's ``Accept`` header, built in memory.
 
-The formats are those of ``cellflow-rt run``'s files, with the same content (HTTP compression, when a
-client asks for it, is the app's business):
+The formats are those of ``cellflow-rt run``'s files, made by the same :mod:`cellflow_rt.io` functions
+(HTTP compression, when a client asks for it, is the app's business):
 
 =========================  =======================================  =============================
 Accept                     answer                                   same as
@@ -12,14 +12,15 @@ Accept                     answer                                   same as
 ``application/json``       counts, diameter, timings, labels RLE    (the summary line + masks)
 =========================  =======================================  =============================
 
+The writers (and their numba kernels) are imported on first use: the Python client imports
+:func:`rle_decode` from here and stays light.
+
 The JSON answer's ``masks`` are run-length encoded over the label image in C (row-major) order:
 ``values[i]`` repeated ``lengths[i]`` times, reshaped to ``shape`` (see :func:`rle_decode`).
 """
 from __future__ import annotations
 
-import io
 import json
-import zipfile
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -73,67 +74,11 @@ def choose_answer(accept: str) -> str:
     return best
 
 
-def _label_dtype(masks: np.ndarray):
-    return np.uint16 if masks.size == 0 or int(masks.max()) < 2**16 else np.uint32
-
-
 def count_masks(masks: np.ndarray) -> int:
     """Number of distinct labels > 0."""
     if masks.size == 0:
         return 0
     return int(np.count_nonzero(np.bincount(masks.ravel())[1:]))
-
-
-def tiff_bytes(masks: np.ndarray) -> bytes:
-    """The label image of ``--save_tif`` (uint16, or uint32 above 65535 labels; 3D as pages), not
-    compressed: zlib would cost more time than sending the bytes over loopback takes, and a client
-    across a network asks for HTTP compression (``Accept-Encoding: gzip``) instead."""
-    import tifffile
-
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, masks.astype(_label_dtype(masks), copy=False), photometric="minisblack")
-    return buffer.getvalue()
-
-
-def _outlines(masks: np.ndarray, what: str):
-    from ..outlines import outlines_with_labels
-
-    if masks.ndim != 2:
-        raise NotAcceptableError(f"{what} hold 2D masks; these masks have shape {masks.shape}: "
-                                 f"ask for {TIFF} or {JSON}")
-    return outlines_with_labels(masks)
-
-
-def geojson_bytes(masks: np.ndarray, object_type: str = "detection") -> bytes:
-    """QuPath polygons, as ``--save_geojson`` writes them: one closed outline ring per mask with 5 or
-    more outline points, properties ``objectType``, ``label`` and ``measurements.label``."""
-    labels, outlines = _outlines(masks, "GeoJSON answers")
-    features = []
-    for label, outline in zip(labels, outlines):
-        if not len(outline):
-            continue
-        ring = outline.tolist()
-        ring.append(ring[0])
-        features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
-                         "properties": {"objectType": object_type, "label": int(label),
-                                        "measurements": {"label": int(label)}}})
-    return json.dumps({"type": "FeatureCollection", "features": features}, separators=(",", ":")).encode()
-
-
-def rois_zip_bytes(masks: np.ndarray) -> bytes:
-    """An ImageJ ROI set, as ``--save_rois`` writes it: one polygon ROI per mask with 5 or more
-    outline points, named by its zero-padded label."""
-    from roifile import ImagejRoi
-
-    labels, outlines = _outlines(masks, "ROI sets")
-    width = len(str(int(labels[-1]))) if labels.size else 1
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for label, outline in zip(labels, outlines):
-            if len(outline):
-                name = f"{int(label):0{width}d}"
-                archive.writestr(f"{name}.roi", ImagejRoi.frompoints(outline, name=name).tobytes())
-    return buffer.getvalue()
 
 
 def rle_encode(masks: np.ndarray) -> Dict[str, list]:
@@ -154,17 +99,30 @@ def rle_decode(masks: dict) -> np.ndarray:
 
 def json_bytes(masks: np.ndarray, summary: dict) -> bytes:
     """``summary`` (model, counts, diameter, timings) plus the run-length encoded labels."""
+    from ..io.masks import label_dtype
+
     encoded = {"encoding": "rle", "order": "C", "shape": list(masks.shape),
-               "dtype": np.dtype(_label_dtype(masks)).name, **rle_encode(masks)}
+               "dtype": np.dtype(label_dtype(masks)).name, **rle_encode(masks)}
     return json.dumps({**summary, "masks": encoded}, separators=(",", ":")).encode()
 
 
 def encode_answer(answer_type: str, masks: np.ndarray, summary: dict) -> bytes:
-    """The body of an answer of ``answer_type`` (one of :data:`ANSWER_TYPES`)."""
+    """The body of an answer of ``answer_type`` (one of :data:`ANSWER_TYPES`).
+
+    Raises
+    ------
+    NotAcceptableError
+        GeoJSON or a ROI set asked for 3D masks.
+    """
+    from ..io import geojson_bytes, masks_tiff_bytes, rois_zip_bytes
+
     if answer_type == TIFF:
-        return tiff_bytes(masks)
-    if answer_type == GEOJSON:
-        return geojson_bytes(masks)
-    if answer_type == ZIP:
-        return rois_zip_bytes(masks)
+        # not compressed: zlib would cost more time than sending the bytes over loopback takes, and a
+        # client across a network asks for HTTP compression (Accept-Encoding: gzip) instead
+        return masks_tiff_bytes(masks, compression=None)
+    if answer_type in (GEOJSON, ZIP):
+        if masks.ndim != 2:
+            raise NotAcceptableError(f"{answer_type} answers hold 2D masks; these masks have shape "
+                                     f"{masks.shape}: ask for {TIFF} or {JSON}")
+        return geojson_bytes(masks) if answer_type == GEOJSON else rois_zip_bytes(masks)
     return json_bytes(masks, summary)

@@ -1,23 +1,23 @@
 """A request body -> an image array, in memory, with the size checked before anything is decoded.
 
-The format comes from the ``Content-Type`` header or, for ``application/octet-stream`` or no header,
-from the body's first bytes. The image is read the way :func:`cellflow_rt.io.imread` reads a file of
-that format (TIFF: the first series; PNG/JPEG: RGB with any alpha channel dropped; ``.npy``: plain
-numeric arrays only, never pickles), from the bytes instead of a path: nothing touches the disk.
-Before decoding, each format's header gives the array's shape, so that a small compressed body that
-would expand past the server's pixel limit is refused without allocating it.
+What is about HTTP lives here: the format comes from the ``Content-Type`` header or, for
+``application/octet-stream`` or no header, from the body's first bytes; the server's pixel limit;
+the errors, each answered with its status code by the app. Reading is :mod:`cellflow_rt.io`'s: the
+header's shape (:func:`~cellflow_rt.io.peek_shape`), checked against the limit so that a small
+compressed body that would expand past it is refused without allocating it, then the bytes read
+exactly as ``cellflow-rt run`` reads a file of that format (:func:`~cellflow_rt.io.imread_bytes`);
+nothing touches the disk.
 """
 from __future__ import annotations
 
-import io
-import logging
-import struct
-import threading
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
-#: Content-Type -> format; ``application/octet-stream`` (or no header) is sniffed.
+from ..io import ImageReadError, imread_bytes, peek_shape
+
+#: Content-Type -> format (:data:`cellflow_rt.io.FORMATS`); ``application/octet-stream`` (or no header)
+#: is sniffed.
 CONTENT_TYPES = {
     "image/tiff": "tiff", "image/tif": "tiff", "image/x-tiff": "tiff",
     "image/png": "png",
@@ -113,19 +113,14 @@ def decode_image(data: bytes, kind: str, max_values: int) -> np.ndarray:
     ------
     BadImageError, ImageTooLargeError
     """
-    shape = _header_shape(data, kind)
-    _check_size(shape, max_values)
     try:
-        image = _DECODERS[kind](data)
-    except (BadImageError, ImageTooLargeError):
-        raise
-    except MemoryError:
-        raise ImageTooLargeError(f"decoding the {kind.upper()} ran out of memory") from None
-    except Exception as exc:  # decoders raise many types; one line for the client
-        raise BadImageError(f"corrupt or truncated {kind.upper()} ({type(exc).__name__}: {exc})") from None
+        _check_size(peek_shape(data, kind), max_values)
+        image = imread_bytes(data, kind)
+    except ImageReadError as exc:
+        if isinstance(exc.__cause__, MemoryError):
+            raise ImageTooLargeError(f"decoding the {kind.upper()} ran out of memory") from None
+        raise BadImageError(exc.problem) from None
     _check_size(image.shape, max_values)
-    if image.size == 0:
-        raise BadImageError(f"the {kind.upper()} holds no pixels (shape {image.shape})")
     return image
 
 
@@ -134,145 +129,3 @@ def _check_size(shape: Tuple[int, ...], max_values: int) -> None:
     if values > max_values:
         raise ImageTooLargeError(f"the image has {values / 1e6:.1f} million pixel values (shape "
                                  f"{tuple(shape)}), over this server's limit of {max_values / 1e6:g} million")
-
-
-# --------------------------------------------------------------------------------------------------
-# headers: the shape before decoding
-
-
-def _header_shape(data: bytes, kind: str) -> Tuple[int, ...]:
-    try:
-        return _HEADERS[kind](data)
-    except BadImageError:
-        raise
-    except Exception as exc:
-        raise BadImageError(f"corrupt or truncated {kind.upper()} header ({type(exc).__name__}: {exc})") from None
-
-
-def _png_shape(data: bytes) -> Tuple[int, ...]:
-    if len(data) < 33 or data[12:16] != b"IHDR":
-        raise BadImageError("corrupt or truncated PNG (no IHDR header)")
-    width, height, _, colour = struct.unpack(">IIBB", data[16:26])
-    samples = {0: 1, 2: 3, 3: 4, 4: 2, 6: 4}.get(colour)  # palette images decode to RGB(A)
-    if samples is None:
-        raise BadImageError(f"corrupt PNG (colour type {colour})")
-    return (height, width, samples)
-
-
-def _jpeg_shape(data: bytes) -> Tuple[int, ...]:
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            raise BadImageError("corrupt JPEG (marker expected)")
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0x01,) or 0xD0 <= marker <= 0xD8:
-            pos += 2
-            continue
-        length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if pos + 10 > len(data):
-                break
-            height, width, components = struct.unpack(">HHB", data[pos + 5:pos + 10])
-            return (height, width, components)
-        if marker == 0xDA:
-            break
-        pos += 2 + length
-    raise BadImageError("corrupt or truncated JPEG (no frame header before the image data)")
-
-
-def _npy_shape(data: bytes) -> Tuple[int, ...]:
-    fh = io.BytesIO(data)
-    version = np.lib.format.read_magic(fh)
-    if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
-    elif version == (2, 0):
-        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
-    else:
-        raise BadImageError(f".npy format version {version} is not read here (1.0 and 2.0 are)")
-    if dtype.hasobject:
-        raise BadImageError("the .npy holds pickled Python objects (a Cellpose _seg.npy?); "
-                            "only plain numeric arrays are read")
-    if dtype.kind not in "biuf":
-        raise BadImageError(f"the .npy holds dtype {dtype}; expected a numeric array")
-    return tuple(shape)
-
-
-def _tiff_shape(data: bytes) -> Tuple[int, ...]:
-    import tifffile
-
-    with tifffile.TiffFile(io.BytesIO(data)) as tif:
-        if not tif.series:
-            raise BadImageError("the TIFF holds no image series")
-        return tuple(tif.series[0].shape)
-
-
-_HEADERS = {"png": _png_shape, "jpeg": _jpeg_shape, "npy": _npy_shape, "tiff": _tiff_shape}
-
-
-# --------------------------------------------------------------------------------------------------
-# decoders
-
-
-class _TiffErrors(logging.Handler):
-    """Error records tifffile logs from this thread: a truncated TIFF gives missing pages and a log
-    record rather than an exception."""
-
-    def __init__(self):
-        super().__init__(level=logging.ERROR)
-        self.thread = threading.get_ident()
-        self.messages: List[str] = []
-
-    def emit(self, record):
-        if record.thread == self.thread:
-            self.messages.append(record.getMessage())
-
-
-def _decode_tiff(data: bytes) -> np.ndarray:
-    import tifffile
-
-    errors = _TiffErrors()
-    logger = logging.getLogger("tifffile")
-    logger.addHandler(errors)
-    try:
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            image = tif.asarray()
-    finally:
-        logger.removeHandler(errors)
-    if errors.messages:
-        raise BadImageError(f"corrupt or truncated TIFF ({errors.messages[0]})")
-    return image
-
-
-def _drop_alpha(image: np.ndarray) -> np.ndarray:
-    if image.ndim == 3 and image.shape[-1] in (2, 4):  # gray + alpha or RGB + alpha, as io.imread
-        image = image[..., :-1]
-        if image.shape[-1] == 1:
-            image = image[..., 0]
-    return np.ascontiguousarray(image)
-
-
-def _decode_png(data: bytes) -> np.ndarray:
-    import imagecodecs
-
-    return _drop_alpha(imagecodecs.png_decode(data))
-
-
-def _decode_jpeg(data: bytes) -> np.ndarray:
-    import imagecodecs
-
-    # libjpeg fills a truncated scan with gray and only warns: require the end-of-image marker
-    # after the last start-of-scan marker
-    last_scan = data.rfind(b"\xff\xda")
-    if last_scan < 0 or data.rfind(b"\xff\xd9") < last_scan:
-        raise BadImageError("truncated JPEG (no end-of-image marker after the image data)")
-    return _drop_alpha(imagecodecs.jpeg8_decode(data))
-
-
-def _decode_npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
-
-
-_DECODERS = {"png": _decode_png, "jpeg": _decode_jpeg, "npy": _decode_npy, "tiff": _decode_tiff}
