@@ -68,7 +68,8 @@ def _copy_example(savedir):
 @click.option("--no_norm", is_flag=True, help="Do not normalise images.")
 @click.option("--norm_percentile", nargs=2, type=float, default=None, help="Percentiles mapped to 0 and 1.")
 @click.option("--diameter", default=30.0, show_default=True, type=float,
-              help="Cell diameter in pixels; 0 estimates it with the model's size model.")
+              help="Cell diameter in pixels; 0 estimates it with the model's size model. Cellpose 4 models: "
+                   "the image is resized by 30 / diameter only when a diameter is given.")
 @click.option("--flow_threshold", default=0.4, show_default=True, type=float, help="Flow error threshold (0 = off).")
 @click.option("--cellprob_threshold", default=0.0, show_default=True, type=float, help="Cell probability threshold.")
 @click.option("--min_size", default=15, show_default=True, type=int, help="Smallest mask kept (pixels; -1 = off).")
@@ -145,6 +146,8 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
         providers = provider or (["tensorrt", "cuda"] if use_gpu else "cpu")
         model = LoadedModel.load(model_name, providers=providers, strict_provider=provider is not None,
                                  num_threads=threads or None, precision=precision)
+        if model.generation == 4:
+            settings = _cellpose4_settings(ctx, settings)
     except ProviderUnavailableError as exc:
         raise click.ClickException(str(exc))
     except (ValueError, FileNotFoundError) as exc:
@@ -179,6 +182,25 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
         for r in failed:
             click.echo(f"  {r.path}: {r.error}", err=True)
         sys.exit(1)
+
+
+def _cellpose4_settings(ctx, settings):
+    """``run``'s settings for a Cellpose 4 model, as Cellpose 4.2.1.1's command line sets them.
+
+    No diameter unless one is given (0 included: no resize); ``--chan``, ``--chan2``,
+    ``--all_channels``, ``--invert`` and ``--no_interp`` have no meaning there (a warning says so);
+    3D runs default to Z on axis 0.
+    """
+    import warnings
+
+    given = [f"--{name}" for name in ("chan", "chan2", "all_channels", "invert", "no_interp")
+             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+    if given:
+        warnings.warn(f"{', '.join(given)}: not used by Cellpose 4 models (all channels, up to 3, are used)")
+    diameter = settings.diameter if ctx.get_parameter_source("diameter") != click.core.ParameterSource.DEFAULT else None
+    stacked = settings.do_3D or settings.stitch_threshold > 0
+    return settings.with_(channels=None, invert=False, interp=True, diameter=diameter,
+                          z_axis=0 if stacked and settings.z_axis is None else settings.z_axis)
 
 
 def _run_blockwise(paths, model, settings, blocksize, overlap, scheduler, estimate, savedir):
@@ -225,6 +247,9 @@ def info():
     click.echo(f"user models: {user_model_dir()}")
     click.echo("models:")
     for m in list_models():
+        if m.generation == 4:
+            click.echo(f"  {m.name:24s} Cellpose 4 (Cellpose-SAM), up to 3 channels      {m.onnx_path}")
+            continue
         size = "size model" if m.size_model is not None else "no size model"
         click.echo(f"  {m.name:24s} diam_mean {float(m.diam_mean):5.1f}  channels {list(m.default_channels)}  "
                    f"{size}  {m.onnx_path}")

@@ -42,6 +42,11 @@ class LoadedModel:
         return int(self.info.nchan)
 
     @property
+    def generation(self) -> int:
+        """3: a CPnet run as Cellpose 3.1.1.1 does; 4: a Cellpose-SAM run as Cellpose 4.2.1.1 does."""
+        return self.info.generation
+
+    @property
     def diam_mean(self):
         if self.info.builtin_name:
             return _BUILTIN_DIAM_MEAN.get(self.info.builtin_name, 30.0)

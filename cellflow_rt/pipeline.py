@@ -2,7 +2,9 @@
 
 The orchestrator of one image (2D, a stack of 2D planes, or a 3D volume). Each stage lives in its
 own module; this file only decides what runs, in which precision, and in which order, the way
-Cellpose 3.1.1.1's ``CellposeModel.eval`` does.
+Cellpose 3.1.1.1's ``CellposeModel.eval`` does. Cellpose 4 (Cellpose-SAM) models follow Cellpose
+4.2.1.1's ``eval`` instead (:mod:`.pipeline_cp4`): :func:`predict`, :func:`finish` and
+:func:`rescale_for` hand them over on the model's generation (``LoadedModel.generation``).
 """
 from __future__ import annotations
 
@@ -50,6 +52,9 @@ class Segmentation:
 
 def rescale_for(model: LoadedModel, settings: EvalSettings):
     """Resize factor of the network input, in the reference's precision (errata A4)."""
+    if getattr(model, "generation", 3) == 4:  # (objects with diameters only are Cellpose 3 metadata)
+        from .pipeline_cp4 import rescale_for as rescale_cp4
+        return rescale_cp4(settings)
     if settings.diameter is not None and settings.diameter > 0:
         return model.diam_mean / float(settings.diameter)
     if settings.rescale is not None:
@@ -87,7 +92,8 @@ class Prediction:
     """The network stage's result for one image, before dynamics (see :func:`predict`).
 
     ``dP`` is (2, N, Y, X) for N planes, or (3, Z, Y, X) with ``do_3D``; ``shape`` is the spatial
-    shape the masks must have.
+    shape the masks must have; ``generation`` the Cellpose generation whose rules :func:`finish`
+    follows.
     """
 
     dP: np.ndarray
@@ -98,10 +104,14 @@ class Prediction:
     diameter: float
     settings: EvalSettings
     timings: Dict[str, float] = field(default_factory=dict)
+    generation: int = 3
 
 
 def predict(image: np.ndarray, model: LoadedModel, settings: EvalSettings = EvalSettings()) -> Prediction:
     """First half of :func:`segment`: preprocessing and the network (flows, cell probability, style)."""
+    if getattr(model, "generation", 3) == 4:
+        from .pipeline_cp4 import predict as predict_cp4
+        return predict_cp4(image, model, settings)
     timings = {}
     tic = time.perf_counter()
     x = prepare_image(image, settings, model.nchan)
@@ -131,6 +141,9 @@ def predict(image: np.ndarray, model: LoadedModel, settings: EvalSettings = Eval
 
 def finish(prediction: Prediction) -> Segmentation:
     """Second half of :func:`segment`: dynamics, flow check, resize back, hole filling, stitching."""
+    if prediction.generation == 4:
+        from .pipeline_cp4 import finish as finish_cp4
+        return finish_cp4(prediction)
     p, settings = prediction, prediction.settings
     timings = dict(p.timings)
     if not settings.compute_masks:

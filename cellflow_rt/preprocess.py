@@ -162,19 +162,20 @@ def select_channels(data: np.ndarray, channels: Sequence[int]) -> np.ndarray:
     return data
 
 
-def _percentiles(channel: np.ndarray, lower: float, upper: float) -> Tuple[np.float32, np.float32]:
+def _percentiles(channel: np.ndarray, lower: float, upper: float,
+                 rule: str = "numpy2.0") -> Tuple[np.float32, np.float32]:
     """1st/99th percentiles as the reference computes them (strided subsample for big arrays)."""
     if channel.size > _PERCENTILE_SUBSAMPLE_SIZE:
         step = [max(1, n // 224) for n in channel.shape]
         if channel.ndim == 3:
             step[0] = max(1, channel.shape[0] // 50)
         channel = channel[tuple(slice(None, None, s) for s in step)]
-    return percentiles(channel, (lower, upper))
+    return percentiles(channel, (lower, upper), rule=rule)
 
 
-def _normalize_channel(channel: np.ndarray, lower: float, upper: float) -> None:
+def _normalize_channel(channel: np.ndarray, lower: float, upper: float, rule: str = "numpy2.0") -> None:
     """Map percentiles (lower, upper) to (0, 1) in place, in float32 like the reference."""
-    lo, hi = _percentiles(channel, lower, upper)
+    lo, hi = _percentiles(channel, lower, upper, rule)
     if hi - lo > 1e-3:
         channel -= lo
         channel /= (hi - lo)
@@ -183,7 +184,8 @@ def _normalize_channel(channel: np.ndarray, lower: float, upper: float) -> None:
 
 
 def normalize_image(img: np.ndarray, normalize: bool = True, invert: bool = False,
-                    percentile: Tuple[float, float] = (1.0, 99.0), norm3D: bool = True) -> np.ndarray:
+                    percentile: Tuple[float, float] = (1.0, 99.0), norm3D: bool = True,
+                    percentile_rule: str = "numpy2.0") -> np.ndarray:
     """Percentile-normalise each channel (skipping constant ones), then optionally invert.
 
     Parameters
@@ -198,6 +200,9 @@ def normalize_image(img: np.ndarray, normalize: bool = True, invert: bool = Fals
         Lower and upper percentiles.
     norm3D : bool
         For a 4-D stack, one normalisation over the whole volume; otherwise per plane.
+    percentile_rule : {"numpy2.0", "numpy2.1"}
+        The percentile arithmetic of the reference's numpy (:mod:`.percentile`): 2.0 for Cellpose
+        3.1.1.1's references, 2.1 and later for Cellpose 4.2.1.1's.
 
     Returns
     -------
@@ -221,7 +226,7 @@ def normalize_image(img: np.ndarray, normalize: bool = True, invert: bool = Fals
         for c in range(x.shape[-1]):
             channel = plane[..., c]
             if np.ptp(channel) > 0:
-                _normalize_channel(channel, lower, upper)
+                _normalize_channel(channel, lower, upper, percentile_rule)
                 good[c] = True
     if invert:
         for c in np.flatnonzero(good):
