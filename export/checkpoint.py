@@ -206,9 +206,10 @@ def detect_cpsam_spec(state: dict, source="checkpoint"):
         spec = read_spec(state)
         expected = expected_shapes(spec)
     except (KeyError, IndexError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{source} has CPSAM key names but unusable shapes: {err}") from None
+        raise CheckpointError(f"{source} looks like a Cellpose-SAM (Cellpose 4) checkpoint but its tensors are "
+                              f"unusable: {type(err).__name__}: {err}") from None
     _compare_keys(state, expected, set(DIAMETER_KEYS), source,
-                  f"a CPSAM with width {spec.embed_dim}, depth {spec.depth}, {spec.num_heads} heads")
+                  f"a Cellpose-SAM with width {spec.embed_dim}, depth {spec.depth}, {spec.num_heads} heads")
     return spec
 
 
