@@ -166,3 +166,17 @@ def test_full_size_random_cpsam_exports_at_parity(tmp_path):
     assert onnx_bytes > 1.1e9
     assert parity["max_abs_error_flows"] <= 1e-4
     assert [c["batch"] for c in parity["cases"]] == [2, 2]
+
+
+def test_registry_checks_cellpose4_manifests(cpsam_tiny, tmp_path):
+    import shutil
+
+    from cellflow_rt.registry import ModelFileError, resolve_model
+
+    manifest = json.loads(cpsam_tiny.read_text())
+    shutil.copy(cpsam_tiny.with_suffix(".onnx"), tmp_path / "cpsam_tiny.onnx")
+    for change, message in (({"cpsam": None}, "'cpsam'"), ({"cellpose_generation": 5}, "cellpose_generation"),
+                            ({"cellpose_generation": 3}, "'nbase'")):
+        (tmp_path / "cpsam_tiny.json").write_text(json.dumps({**manifest, **change}))
+        with pytest.raises(ModelFileError, match=message):
+            resolve_model(tmp_path / "cpsam_tiny.json")
