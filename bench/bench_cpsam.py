@@ -42,7 +42,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import SHARED, peak_rss_mib, thread_env, write_json  # noqa: E402
+from _common import SHARED, thread_env, write_json  # noqa: E402
 
 OUT = HERE / "out"
 CHECKPOINT = OUT / "cpsam_random_vitl.pth"
@@ -51,6 +51,14 @@ REFERENCE = SHARED / "reference" / "cpsam"
 TINY = SHARED / "weights" / "cellflow_cpsam_tiny_demo"
 VIT_L = dict(embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096, neck_dim=256, nout=3,
              rel_pos_lengths=tuple(127 if i in (5, 11, 17, 23) else 27 for i in range(24)))
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS since it started (VmHWM: unlike ru_maxrss, not inherited from a big parent)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def full_size_model() -> Path:
@@ -66,8 +74,11 @@ def full_size_model() -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     if not CHECKPOINT.is_file():
         torch.save(random_cpsam_state(CPSAMSpec(**VIT_L), seed=0), CHECKPOINT)
+    # in a child process, so that this one stays small (its workers would inherit its peak RSS)
     tic = time.perf_counter()
-    export_checkpoint(CHECKPOINT, name="cpsam_random_vitl", out_dir=MODELS, parity_tiles=1)
+    subprocess.run([sys.executable, "-c", "import sys; from cellflow_rt.export import export_checkpoint; "
+                    "export_checkpoint(sys.argv[1], name='cpsam_random_vitl', out_dir=sys.argv[2], parity_tiles=1)",
+                    str(CHECKPOINT), str(MODELS)], check=True)
     print(f"exported in {time.perf_counter() - tic:.0f} s", file=sys.stderr)
     return onnx_path
 
@@ -137,21 +148,24 @@ def measure_tile(args) -> dict:
     tile_path = OUT / "tile.npy"
     np.save(tile_path, bench_tile())
     rows = {}
-    for name, precision in (("cellflow fp32", "fp32"), ("cellflow bf16", "bf16")):
-        rows[name] = run_ours(dict(mode="tile", onnx=str(onnx_path), precision=precision, threads=args.threads,
-                                   repeats=args.repeats, tile=str(tile_path), out=str(OUT / f"tile_{precision}.npy")),
-                              args.threads)
-    for name, bf16 in (("cellpose fp32", False), ("cellpose bf16", True)):
-        rows[name] = run_reference(dict(mode="tile", weights=str(CHECKPOINT), bfloat16=bf16, threads=args.threads,
-                                        repeats=args.repeats, tile=str(tile_path),
-                                        masks_out=str(OUT / f"tile_cellpose_{'bf16' if bf16 else 'fp32'}.npy")),
-                                   args.reference_python, args.threads)
+    # rounds interleave the four runtimes, so that a change of load on a shared machine hits all alike
+    for _ in range(args.rounds):
+        for name, precision in (("cellflow fp32", "fp32"), ("cellflow bf16", "bf16")):
+            _merge(rows, name, run_ours(dict(mode="tile", onnx=str(onnx_path), precision=precision,
+                                             threads=args.threads, repeats=args.repeats, tile=str(tile_path),
+                                             out=str(OUT / f"tile_{precision}.npy")), args.threads))
+        for name, bf16 in (("cellpose fp32", False), ("cellpose bf16", True)):
+            _merge(rows, name, run_reference(dict(mode="tile", weights=str(CHECKPOINT), bfloat16=bf16,
+                                                  threads=args.threads, repeats=args.repeats, tile=str(tile_path),
+                                                  masks_out=str(OUT / f"tile_cellpose_{'bf16' if bf16 else 'fp32'}.npy")),
+                                             args.reference_python, args.threads))
     reference = np.load(OUT / "tile_cellpose_fp32.npy")
     for name in rows:
         key = {"cellflow fp32": "fp32", "cellflow bf16": "bf16", "cellpose fp32": "cellpose_fp32",
                "cellpose bf16": "cellpose_bf16"}[name]
         rows[name]["max_abs_error_vs_cellpose_fp32"] = float(np.abs(np.load(OUT / f"tile_{key}.npy") - reference).max())
-    print(f"\nfull-size Cellpose-SAM, one 256^2 tile, {args.threads} threads per side, median of {args.repeats}")
+    print(f"\nfull-size Cellpose-SAM, one 256^2 tile, {args.threads} threads per side, median of {args.rounds} "
+          f"round(s) x {args.repeats}")
     print("| runtime | s per tile | speed-up vs cellpose fp32 | first call [s] | peak RSS [MiB] | max abs error vs cellpose fp32 |")
     print("|---|---|---|---|---|---|")
     base = statistics.median(rows["cellpose fp32"]["seconds"])
@@ -162,6 +176,17 @@ def measure_tile(args) -> dict:
     return rows
 
 
+def _merge(rows: dict, name: str, result: dict) -> None:
+    """Accumulate one worker's result: timings appended, peak RSS and load time the largest."""
+    if name not in rows:
+        rows[name] = result
+        return
+    row = rows[name]
+    row["seconds"] = row["seconds"] + result["seconds"]
+    row["peak_rss_mib"] = max(row["peak_rss_mib"], result["peak_rss_mib"])
+    row["load_s"] = max(row["load_s"], result["load_s"])
+
+
 def measure_image(args) -> dict:
     import tifffile
 
@@ -170,22 +195,24 @@ def measure_image(args) -> dict:
     onnx_path = full_size_model()
     image = image_path(CASES["nuclei_1024"])
     rows = {}
-    for name, precision in (("cellflow fp32", "fp32"), ("cellflow bf16", "bf16")):
-        rows[name] = run_ours(dict(mode="image", onnx=str(onnx_path), precision=precision, threads=args.threads,
-                                   repeats=args.repeats, image=str(image), out=str(OUT / f"image_{precision}.npy")),
-                              args.threads)
-    for name, bf16 in (("cellpose fp32", False), ("cellpose bf16", True)):
-        rows[name] = run_reference(dict(mode="image", weights=str(CHECKPOINT), bfloat16=bf16, threads=args.threads,
-                                        repeats=args.repeats, image=str(image),
-                                        masks_out=str(OUT / f"image_cellpose_{'bf16' if bf16 else 'fp32'}.npy")),
-                                   args.reference_python, args.threads)
+    # each precision's pair back to back, so that both sides of a ratio see the same load
+    for precision in ("fp32", "bf16"):
+        rows[f"cellflow {precision}"] = run_ours(dict(mode="image", onnx=str(onnx_path), precision=precision,
+                                                      threads=args.threads, repeats=args.repeats, image=str(image),
+                                                      out=str(OUT / f"image_{precision}.npy")), args.threads)
+        rows[f"cellpose {precision}"] = run_reference(dict(mode="image", weights=str(CHECKPOINT),
+                                                           bfloat16=precision == "bf16", threads=args.threads,
+                                                           repeats=args.repeats, image=str(image),
+                                                           masks_out=str(OUT / f"image_cellpose_{precision}.npy")),
+                                                      args.reference_python, args.threads)
     shape = tifffile.imread(image).shape
     print(f"\nfull-size Cellpose-SAM (random weights), {shape[0]}x{shape[1]} end to end (eval, default arguments), "
           f"{args.threads} threads per side, median of {args.repeats}")
     print("| runtime | s | speed-up vs cellpose fp32 | peak RSS [MiB] | masks |")
     print("|---|---|---|---|---|")
     base = statistics.median(rows["cellpose fp32"]["seconds"])
-    for name, r in rows.items():
+    for name in ("cellpose fp32", "cellflow fp32", "cellpose bf16", "cellflow bf16"):
+        r = rows[name]
         s = statistics.median(r["seconds"])
         print(f"| {name} | {s:.1f} | {base / s:.2f}x | {r['peak_rss_mib']:.0f} | {r['n_masks']} |")
     return rows
@@ -234,7 +261,8 @@ def main():
     parser.add_argument("--tile", action="store_true", help="per-tile network time, full-size network")
     parser.add_argument("--image", action="store_true", help="1024^2 end to end, full-size network")
     parser.add_argument("--precision-table", action="store_true", help="AP by precision on the reference cases")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per worker (after a first call for --tile)")
+    parser.add_argument("--rounds", type=int, default=1, help="--tile: times each runtime is started, interleaved")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reference-python", default="/work/ref/cp4/bin/python")
     parser.add_argument("--json", help="write the measurements here")

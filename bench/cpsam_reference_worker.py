@@ -28,6 +28,10 @@ import torch  # noqa: E402
 
 
 def peak_rss_mib() -> float:
+    """Peak RSS since exec (VmHWM; ru_maxrss would include the parent's peak at fork)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
