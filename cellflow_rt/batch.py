@@ -295,7 +295,7 @@ def run_batch(paths: Sequence[Path], model: LoadedModel, settings: EvalSettings,
         Called with (index, FileResult) after each file, in input order (progress reporting).
     streaming : bool, optional
         Force (True) or forbid (False) the streaming schedule; default: streaming on the GPU path
-        (never with ``restore``).
+        (never with ``restore`` or a Cellpose 4 model).
     restore : RestoreStep, optional
         Image restoration before segmentation (``--restore_type``); no diameter estimate then.
     """
@@ -303,7 +303,7 @@ def run_batch(paths: Sequence[Path], model: LoadedModel, settings: EvalSettings,
     todo = [not (skip_existing and all(p.exists() for p in expected_outputs(path, options))) for path in paths]
     if streaming is None:
         streaming = restore is None and device_resident(model, settings)
-    if streaming:
+    if streaming and getattr(model, "generation", 3) == 3:  # (Cellpose 4 models prepare images their own way)
         return _run_streaming(paths, todo, model, settings, options, estimate, on_result)
 
     def start(i):

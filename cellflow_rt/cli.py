@@ -158,7 +158,8 @@ def _add_model(path: Path) -> None:
 @click.option("--norm3D/--no_norm3D", "norm3D", default=True, show_default=True,
               help="Stitched stacks: normalise the whole stack (or each plane).")
 @click.option("--diameter", default=30.0, show_default=True, type=float,
-              help="Cell diameter in pixels; 0 estimates it with the model's size model.")
+              help="Cell diameter in pixels; 0 estimates it with the model's size model. Cellpose 4 models: "
+                   "the image is resized by 30 / diameter only when a diameter is given.")
 @click.option("--flow_threshold", default=0.4, show_default=True, type=float, help="Flow error threshold (0 = off).")
 @click.option("--cellprob_threshold", default=0.0, show_default=True, type=float, help="Cell probability threshold.")
 @click.option("--min_size", default=15, show_default=True, type=int, help="Smallest mask kept (pixels; -1 = off).")
@@ -269,6 +270,11 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
         model = LoadedModel.load(model_name, providers=providers, strict_provider=provider is not None,
                                  num_threads=threads or None, precision=precision, batch_size=batch_size,
                                  ortho=ortho_model_name).require_kind("segmentation", "--pretrained_model")
+        if model.generation == 4:
+            settings = _cellpose4_settings(ctx, settings)
+            if restore_type:
+                raise click.UsageError("--restore_type: Cellpose 3's restoration nets go with Cellpose 3 models, "
+                                       f"not the Cellpose 4 model {model.name}")
         where = choose_dynamics(settings.dynamics, model.net.providers)
         if blocksize is not None:
             from .big.normalization import check_blockwise_normalization
@@ -338,8 +344,23 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
         sys.exit(1)
 
 
-#: Normalisation flags that make ``normalize`` a dict (Cellpose's option names).
-_NORMALIZE_FLAGS = ("lowhigh", "sharpen_radius", "smooth_radius", "tile_norm_blocksize", "tile_norm_smooth3D", "norm3D")
+def _cellpose4_settings(ctx, settings):
+    """``run``'s settings for a Cellpose 4 model, as Cellpose 4.2.1.1's command line sets them.
+
+    No diameter unless one is given (0 included: no resize); ``--chan``, ``--chan2``,
+    ``--all_channels``, ``--invert`` and ``--no_interp`` have no meaning there (a warning says so);
+    3D runs default to Z on axis 0.
+    """
+    import warnings
+
+    given = [f"--{name}" for name in ("chan", "chan2", "all_channels", "invert", "no_interp")
+             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+    if given:
+        warnings.warn(f"{', '.join(given)}: not used by Cellpose 4 models (all channels, up to 3, are used)")
+    diameter = settings.diameter if ctx.get_parameter_source("diameter") != click.core.ParameterSource.DEFAULT else None
+    stacked = settings.do_3D or settings.stitch_threshold > 0
+    return settings.with_(channels=None, invert=False, interp=True, diameter=diameter,
+                          z_axis=0 if stacked and settings.z_axis is None else settings.z_axis)
 
 
 def _cellpose_normalize(ctx, no_norm, invert, norm_percentile, lowhigh, **flags):
@@ -462,6 +483,9 @@ def info():
     click.echo(f"user models: {user_model_dir()}")
     click.echo("models:")
     for m in list_models():
+        if m.generation == 4:
+            click.echo(f"  {m.name:24s} Cellpose 4 (Cellpose-SAM), up to 3 channels      {m.onnx_path}")
+            continue
         size = "size model" if m.size_model is not None else "no size model"
         if m.is_restoration:
             size = f"restoration: {m.restore_type}"

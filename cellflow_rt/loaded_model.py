@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 
 from .network import Network, open_network
-from .registry import ModelInfo, resolve_model
+from .registry import CPSAM_TILE, ModelInfo, resolve_model
 
 #: Cellpose's diam_mean for its built-in models, used by name instead of the checkpoint's value.
 _BUILTIN_DIAM_MEAN = {"nuclei": 17.0}
@@ -41,7 +41,8 @@ class LoadedModel:
 
         def network(path):
             return open_network(path, providers=providers, strict_provider=strict_provider, num_threads=num_threads,
-                                precision=precision, batch_size=batch_size, nchan=int(info.nchan))
+                                precision=precision, batch_size=batch_size, nchan=int(info.nchan),
+                                fixed_tile=CPSAM_TILE if info.generation == 4 else None)
 
         net_ortho = None
         if ortho is not None:
@@ -59,6 +60,11 @@ class LoadedModel:
     @property
     def nchan(self) -> int:
         return int(self.info.nchan)
+
+    @property
+    def generation(self) -> int:
+        """3: a CPnet run as Cellpose 3.1.1.1 does; 4: a Cellpose-SAM run as Cellpose 4.2.1.1 does."""
+        return self.info.generation
 
     @property
     def diam_mean(self):

@@ -3,10 +3,13 @@
 ``CellposeModel(pretrained_model=NAME_OR_PATH).eval(x, ...)`` returns ``masks, flows, styles`` and
 ``Cellpose(model_type=NAME).eval(x, ...)`` returns ``masks, flows, styles, diams``, with Cellpose's
 argument names and defaults; ``flows = [rgb_flow, dP, cellprob]``. These classes only translate
-arguments; the work is done by :func:`cellflow_rt.pipeline.segment`.
+arguments; the work is done by :func:`cellflow_rt.pipeline.segment`. For a Cellpose 4
+(Cellpose-SAM) model, ``CellposeModel`` returns a :class:`~.models_cp4.CellposeSAMModel`, whose
+``eval`` is Cellpose 4.2.1.1's.
 """
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Optional, Sequence
 
@@ -22,7 +25,7 @@ from .settings import EvalSettings
 DEFAULT_MODEL = "cyto_demo"
 
 #: Constructor arguments Cellpose accepts that have no meaning here (torch devices, backbones).
-_IGNORED_INIT_ARGS = {"device", "mkldnn", "backbone", "diam_mean", "nchan"}
+_IGNORED_INIT_ARGS = {"device", "mkldnn", "backbone", "diam_mean", "nchan", "use_bfloat16"}
 #: eval arguments Cellpose accepts that we accept and ignore.
 _IGNORED_EVAL_ARGS = {"progress"}
 
@@ -83,8 +86,28 @@ class CellposeModel:
     pretrained_model_ortho : str or path, optional
         A model for do_3D's ZY and ZX views (the YX view uses ``pretrained_model``), as in Cellpose.
     **kwargs
-        Cellpose-only arguments (``device``, ``mkldnn``, ...): accepted and ignored with a warning.
+        Cellpose-only arguments (``device``, ``mkldnn``, ``use_bfloat16``, ...): accepted and ignored
+        with a warning.
+
+    Notes
+    -----
+    A Cellpose 4 (Cellpose-SAM) model gives a :class:`~.models_cp4.CellposeSAMModel` (a subclass
+    whose ``eval`` has Cellpose 4.2.1.1's arguments).
     """
+
+    def __new__(cls, *args, **kwargs):
+        if cls is CellposeModel:
+            from .registry import ModelNotFoundError, resolve_model
+            bound = inspect.signature(cls.__init__).bind_partial(None, *args, **kwargs).arguments
+            name = bound.get("pretrained_model") or bound.get("model_type") or DEFAULT_MODEL
+            try:
+                generation = resolve_model(name).generation
+            except (ModelNotFoundError, ValueError, TypeError):
+                generation = 3  # __init__ raises the error with its message
+            if generation == 4:
+                from .models_cp4 import CellposeSAMModel
+                cls = CellposeSAMModel
+        return super().__new__(cls)
 
     def __init__(self, gpu: bool = False, pretrained_model=None, model_type: Optional[str] = None,
                  providers=None, num_threads: Optional[int] = None, precision: str = "fp32",

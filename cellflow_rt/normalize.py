@@ -140,7 +140,7 @@ class NormalizeOptions:
         return {name: getattr(self, name) for name in NORMALIZE_KEYS}
 
 
-def normalize_img(x: np.ndarray, options: NormalizeOptions) -> np.ndarray:
+def normalize_img(x: np.ndarray, options: NormalizeOptions, percentile_rule: str = "numpy2.0") -> np.ndarray:
     """Normalise an image's network channels with Cellpose's options.
 
     Parameters
@@ -149,6 +149,9 @@ def normalize_img(x: np.ndarray, options: NormalizeOptions) -> np.ndarray:
         float32 (N, Y, X, C): N planes (1 for a 2D image), C channels; changed in place when float32.
     options : NormalizeOptions
         What to do; with ``normalize`` False ``x`` is returned as float32, untouched.
+    percentile_rule : {"numpy2.0", "numpy2.1"}
+        The percentile arithmetic of the reference's numpy (:mod:`.percentile`): 2.0 for Cellpose
+        3.1.1.1, 2.1 for Cellpose 4.2.1.1.
 
     Returns
     -------
@@ -180,14 +183,14 @@ def normalize_img(x: np.ndarray, options: NormalizeOptions) -> np.ndarray:
                 warnings.warn("invert has no effect with tile_norm_blocksize (as in Cellpose 3.1.1.1)", stacklevel=2)
             # Cellpose's tile branch never marks channels as normalised, so invert skips them.
             x = _tile_normalize(x, options.tile_norm_blocksize, options.percentile, options.norm3D,
-                                options.tile_norm_smooth3D)
+                                options.tile_norm_smooth3D, percentile_rule)
         else:
             planes = [x] if x.shape[0] == 1 or options.norm3D else list(x)
             for plane in planes:
                 for c in range(nchan):
                     channel = plane[..., c]
                     if np.ptp(channel) > 0:
-                        _normalize_channel(channel, *options.percentile)
+                        _normalize_channel(channel, *options.percentile, percentile_rule)
                         good[c] = True
     if options.invert:
         for c in np.flatnonzero(good):
@@ -211,7 +214,7 @@ def _apply_lowhigh(x: np.ndarray, lowhigh) -> None:
         x[..., c] /= (hi - lo)
 
 
-def _percentile_sample(channel: np.ndarray) -> np.ndarray:
+def percentile_sample(channel: np.ndarray) -> np.ndarray:
     """The values Cellpose takes percentiles of: a strided subsample above 224**3 elements."""
     if channel.size <= PERCENTILE_SUBSAMPLE_SIZE:
         return channel
@@ -221,9 +224,9 @@ def _percentile_sample(channel: np.ndarray) -> np.ndarray:
     return channel[tuple(slice(None, None, s) for s in step)]
 
 
-def _normalize_channel(channel: np.ndarray, lower: float, upper: float) -> None:
+def _normalize_channel(channel: np.ndarray, lower: float, upper: float, rule: str = "numpy2.0") -> None:
     """Map percentiles (lower, upper) to (0, 1) in place, in float32 like the reference."""
-    lo, hi = percentiles(_percentile_sample(channel), (lower, upper))
+    lo, hi = percentiles(percentile_sample(channel), (lower, upper), rule=rule)
     if hi - lo > 1e-3:
         channel -= lo
         channel /= (hi - lo)
@@ -314,7 +317,7 @@ def _fill_flat_blocks(lo: np.ndarray, hi: np.ndarray) -> None:
 
 
 def _tile_normalize(x: np.ndarray, blocksize: int, percentile: Tuple[float, float], norm3D: bool,
-                    smooth3D: float) -> np.ndarray:
+                    smooth3D: float, rule: str = "numpy2.0") -> np.ndarray:
     """Cellpose's ``normalize99_tile`` on (Z, Y, X, C): per-block percentiles, flat blocks filled,
     block grids smoothed (scipy's ``gaussian_filter1d``) and bilinearly upsampled (OpenCV's
     arithmetic), then ``(x - low) / (high - low)`` per pixel."""
@@ -341,7 +344,8 @@ def _tile_normalize(x: np.ndarray, blocksize: int, percentile: Tuple[float, floa
         for j, y0 in enumerate(ystarts):
             for i, x0 in enumerate(xstarts):
                 for c in range(nchan):
-                    lo[z, j, i, c], hi[z, j, i, c] = percentiles(x[z, y0:y0 + by, x0:x0 + bx, c], (lower, upper))
+                    block = x[z, y0:y0 + by, x0:x0 + bx, c]
+                    lo[z, j, i, c], hi[z, j, i, c] = percentiles(block, (lower, upper), rule=rule)
         _fill_flat_blocks(lo[z], hi[z])
     for axis in (0, 1):  # over Z and over rows of blocks (not columns), as the reference
         lo = gaussian_filter1d(lo, 1, axis=axis)

@@ -2,7 +2,9 @@
 
 The orchestrator of one image (2D, a stack of 2D planes, or a 3D volume). Each stage lives in its
 own module; this file only decides what runs, in which precision, and in which order, the way
-Cellpose 3.1.1.1's ``CellposeModel.eval`` does.
+Cellpose 3.1.1.1's ``CellposeModel.eval`` does. Cellpose 4 (Cellpose-SAM) models follow Cellpose
+4.2.1.1's ``eval`` instead (:mod:`.pipeline_cp4`): :func:`predict`, :func:`finish` and
+:func:`rescale_for` hand them over on the model's generation (``LoadedModel.generation``).
 """
 from __future__ import annotations
 
@@ -52,6 +54,9 @@ class Segmentation:
 
 def rescale_for(model: LoadedModel, settings: EvalSettings):
     """Resize factor of the network input, in the reference's precision (errata A4)."""
+    if getattr(model, "generation", 3) == 4:  # (objects with diameters only are Cellpose 3 metadata)
+        from .pipeline_cp4 import rescale_for as rescale_cp4
+        return rescale_cp4(settings)
     if settings.diameter is not None and settings.diameter > 0:
         return model.diam_mean / float(settings.diameter)
     if settings.rescale is not None:
@@ -99,7 +104,8 @@ class Prediction:
 
     ``dP`` is (2, N, Y, X) for N planes, or (3, Z, Y, X) with ``do_3D``; ``shape`` is the spatial
     shape the masks must have; ``providers`` are the network's execution providers (they decide
-    where ``dynamics="auto"`` runs the dynamics).
+    where ``dynamics="auto"`` runs the dynamics); ``generation`` the Cellpose generation whose rules
+    :func:`finish` follows.
     """
 
     dP: np.ndarray
@@ -111,10 +117,14 @@ class Prediction:
     settings: EvalSettings
     timings: Dict[str, float] = field(default_factory=dict)
     providers: Sequence[str] = ()
+    generation: int = 3
 
 
 def predict(image: np.ndarray, model: LoadedModel, settings: EvalSettings = EvalSettings()) -> Prediction:
     """First half of :func:`segment`: preprocessing and the network (flows, cell probability, style)."""
+    if getattr(model, "generation", 3) == 4:
+        from .pipeline_cp4 import predict as predict_cp4
+        return predict_cp4(image, model, settings)
     tic = time.perf_counter()
     x = prepare_image(image, settings, model.nchan)
     return predict_prepared(x, model, settings, {"preprocess": time.perf_counter() - tic})
@@ -125,9 +135,10 @@ def device_resident(model: LoadedModel, settings: EvalSettings) -> bool:
 
     Yes when the dynamics run on the GPU (:func:`cellflow_rt.gpu.choose_dynamics`: the network runs
     on CUDA or TensorRT and numba sees a CUDA device, unless ``settings.dynamics`` is ``cpu``) and
-    the image is 2D or a stack of planes (do_3D runs on the host path).
+    the image is 2D or a stack of planes (do_3D runs on the host path). Cellpose 4 models run on the
+    host path (:mod:`.pipeline_cp4`).
     """
-    if settings.do_3D or not getattr(model.net, "on_gpu", False):
+    if settings.do_3D or getattr(model, "generation", 3) == 4 or not getattr(model.net, "on_gpu", False):
         return False
     return choose_dynamics(settings.dynamics, tuple(getattr(model.net, "providers", ()))) == "gpu"
 
@@ -178,6 +189,9 @@ def dynamics_for(settings: EvalSettings, providers: Sequence[str] = ()) -> Calla
 
 def finish(prediction: Prediction) -> Segmentation:
     """Second half of :func:`segment`: dynamics, flow check, resize back, hole filling, stitching."""
+    if prediction.generation == 4:
+        from .pipeline_cp4 import finish as finish_cp4
+        return finish_cp4(prediction)
     p, settings = prediction, prediction.settings
     timings = dict(p.timings)
     if not settings.compute_masks:

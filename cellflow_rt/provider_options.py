@@ -98,11 +98,16 @@ def cuda_options(precision: str = "fp32") -> dict:
     return {**CUDA_BASE_OPTIONS, "use_tf32": "1" if precision == "tf32" else "0"}
 
 
-def trt_profile_shapes(nchan: int, batch_size: int) -> Tuple[str, str, str]:
-    """``trt_profile_min_shapes``, ``..._opt_shapes``, ``..._max_shapes`` for the input ``image``."""
+def trt_profile_shapes(nchan: int, batch_size: int, fixed_tile: Optional[int] = None) -> Tuple[str, str, str]:
+    """``trt_profile_min_shapes``, ``..._opt_shapes``, ``..._max_shapes`` for the input ``image``.
+
+    ``fixed_tile``: the side of a graph with a fixed tile size (Cellpose-SAM: 256); None for CPnet's
+    dynamic tiles (MIN_TILE to TILE).
+    """
     batch_size = max(1, int(batch_size))
-    return (f"image:1x{nchan}x{MIN_TILE}x{MIN_TILE}", f"image:{batch_size}x{nchan}x{TILE}x{TILE}",
-            f"image:{batch_size}x{nchan}x{TILE}x{TILE}")
+    low, high = (fixed_tile, fixed_tile) if fixed_tile else (MIN_TILE, TILE)
+    return (f"image:1x{nchan}x{low}x{low}", f"image:{batch_size}x{nchan}x{high}x{high}",
+            f"image:{batch_size}x{nchan}x{high}x{high}")
 
 
 def trt_cache_dirs(model_sha256: str, precision: str, batch_size: int, gpu: GpuIdentity,
@@ -115,7 +120,7 @@ def trt_cache_dirs(model_sha256: str, precision: str, batch_size: int, gpu: GpuI
 
 def tensorrt_options(model_sha256: str, nchan: int, precision: str = "fp32", batch_size: int = 8,
                      gpu: Optional[GpuIdentity] = None, cache_dir: Optional[Union[str, Path]] = None,
-                     create: bool = True) -> dict:
+                     create: bool = True, fixed_tile: Optional[int] = None) -> dict:
     """TensorRT provider options: the explicit profile, keyed caches, fp16 (see the module docstring).
 
     Parameters
@@ -134,6 +139,8 @@ def tensorrt_options(model_sha256: str, nchan: int, precision: str = "fp32", bat
         Default: :func:`default_cache_dir`.
     create : bool
         Create the cache folders (TensorRT does not).
+    fixed_tile : int, optional
+        The tile side of a graph with fixed spatial axes (Cellpose-SAM: 256).
     """
     gpu = gpu or current_gpu()
     engines, timing = trt_cache_dirs(model_sha256, "fp16" if precision == "fp16" else "fp32", batch_size, gpu,
@@ -141,7 +148,7 @@ def tensorrt_options(model_sha256: str, nchan: int, precision: str = "fp32", bat
     if create:
         engines.mkdir(parents=True, exist_ok=True)
         timing.mkdir(parents=True, exist_ok=True)
-    min_shapes, opt_shapes, max_shapes = trt_profile_shapes(nchan, batch_size)
+    min_shapes, opt_shapes, max_shapes = trt_profile_shapes(nchan, batch_size, fixed_tile)
     return {
         "device_id": "0",
         "trt_fp16_enable": "True" if precision == "fp16" else "False",

@@ -1,7 +1,9 @@
 """Where models come from: bundled and user models, their JSON manifests, and checksums.
 
 A model is an ONNX file ``NAME.onnx`` with a manifest ``NAME.json`` beside it (written by
-``cellflow-rt export``; format ``cellflow-rt-model/1``). Models are looked up by name, first in
+``cellflow-rt export``; format ``cellflow-rt-model/1``). The manifest says which Cellpose generation
+the model belongs to (``cellpose_generation``: 3 for CPnet models, the default; 4 for Cellpose-SAM),
+and :attr:`ModelInfo.generation` is where the rest of the package reads it. Models are looked up by name, first in
 the user folder (``$CELLFLOW_RT_MODELS`` or ``~/.cellflow/models``; a user model shadows a
 bundled one of the same name), then among the bundled models, or given by path to either file.
 The ONNX file's sha256 must match its manifest; it is checked once per process per file.
@@ -27,6 +29,10 @@ FP16_SUFFIX = "_fp16"
 MODEL_KINDS = ("segmentation", "restoration")
 #: Cellpose 3's restoration types; only ``upsample`` changes how a net is run.
 RESTORE_TYPES = ("denoise", "deblur", "upsample", "oneclick")
+#: Cellpose generations a manifest can declare (``cellpose_generation``; absent means 3).
+GENERATIONS = (3, 4)
+#: The tile side of Cellpose 4 (Cellpose-SAM) graphs, whose spatial axes are fixed.
+CPSAM_TILE = 256
 # key -> accepted JSON types; the runtime relies on these, the rest is informative.
 _REQUIRED_KEYS = {
     "format": (str,),
@@ -35,10 +41,13 @@ _REQUIRED_KEYS = {
     "onnx_sha256": (str,),
     "nchan": (int,),
     "nout": (int,),
-    "nbase": (list,),
     "diam_mean": (int, float),
     "diam_labels": (int, float),
-    "default_channels": (list,),
+}
+# ... and per generation: a Cellpose 4 (CPSAM) model has no nbase, default channels or size model.
+_REQUIRED_KEYS_BY_GENERATION = {
+    3: {"nbase": (list,), "default_channels": (list,)},
+    4: {"cpsam": (dict,)},
 }
 
 
@@ -67,8 +76,9 @@ class ModelInfo:
         Cellpose uses 30 (17 for nuclei) as diam_mean instead of the stored value.
     nchan, nout : int
         Input and output channels of the network.
-    default_channels : tuple of int
-        The channels the model was trained for (``(0, 0)`` grayscale, ``(1, 2)`` cyto ...).
+    default_channels : tuple of int or None
+        The channels the model was trained for (``(0, 0)`` grayscale, ``(1, 2)`` cyto ...); None for
+        Cellpose 4 models, which take the image's first 3 channels.
     builtin_name : str or None
         ``cyto``/``cyto2``/``cyto3``/``nuclei`` for Cellpose's own models, else None.
     size_model : SizeModelParams or None
@@ -81,6 +91,9 @@ class ModelInfo:
         ``"segmentation"`` or ``"restoration"`` (manifests without the key are segmentation models).
     restore_type : str or None
         A restoration model's type (:data:`RESTORE_TYPES`); None for segmentation models.
+    generation : int
+        The Cellpose generation whose ``eval`` the model follows: 3 (CPnet: Cellpose 3.1.1.1) or 4
+        (Cellpose-SAM: Cellpose 4.2.1.1).
     """
 
     name: str
@@ -90,13 +103,14 @@ class ModelInfo:
     diam_labels: float
     nchan: int
     nout: int
-    default_channels: Tuple[int, int]
+    default_channels: Optional[Tuple[int, int]]
     builtin_name: Optional[str]
     size_model: Optional[SizeModelParams] = field(compare=False, repr=False)
     source: str = field(default="path", compare=False)
     precision: str = "fp32"
     kind: str = "segmentation"
     restore_type: Optional[str] = None
+    generation: int = 3
 
     @property
     def is_restoration(self) -> bool:
@@ -200,15 +214,20 @@ def read_manifest(path) -> dict:
         raise ModelFileError(
             f"manifest {path} has format {manifest.get('format')!r}; this cellflow-rt reads {MANIFEST_FORMAT!r}"
         )
-    for key, types in _REQUIRED_KEYS.items():
+    generation = manifest.get("cellpose_generation", 3)
+    if generation not in GENERATIONS or isinstance(generation, bool):
+        raise ModelFileError(f"manifest {path}: cellpose_generation must be one of {GENERATIONS}, got {generation!r} "
+                             "(a newer cellflow-rt may read it)")
+    for key, types in {**_REQUIRED_KEYS, **_REQUIRED_KEYS_BY_GENERATION[generation]}.items():
         value = manifest.get(key)
         if not isinstance(value, types) or isinstance(value, bool):
             raise ModelFileError(f"manifest {path}: '{key}' is missing or not a {types[0].__name__} ({value!r})")
     onnx_file = manifest["onnx_file"]
     if Path(onnx_file).name != onnx_file or not onnx_file.endswith(".onnx"):
         raise ModelFileError(f"manifest {path}: onnx_file must be a file name beside it, got {onnx_file!r}")
-    channels = manifest["default_channels"]
-    if len(channels) != 2 or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in channels):
+    channels = manifest.get("default_channels")
+    if generation == 3 and (len(channels) != 2 or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
+                                                          for c in channels)):
         raise ModelFileError(f"manifest {path}: default_channels must be two non-negative ints, got {channels!r}")
     kind = manifest.get("kind", "segmentation")
     if kind not in MODEL_KINDS:
@@ -277,13 +296,14 @@ def _load(manifest_path: Path, onnx_path: Optional[Path], source: str) -> ModelI
         diam_labels=float(manifest["diam_labels"]),
         nchan=manifest["nchan"],
         nout=manifest["nout"],
-        default_channels=tuple(manifest["default_channels"]),
+        default_channels=tuple(manifest["default_channels"]) if "default_channels" in manifest else None,
         builtin_name=manifest.get("builtin_name"),
         size_model=size_model,
         source=source,
         precision=precision,
         kind=manifest.get("kind", "segmentation"),
         restore_type=manifest.get("restore_type"),
+        generation=manifest.get("cellpose_generation", 3),
     )
 
 

@@ -7,16 +7,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
 from .settings import BSIZE
 
 
-def pad_amounts(L: int, div: int = 16, extra: int = 1) -> Tuple[int, int]:
-    """Zeros added before and after an axis of length ``L``: to a multiple of ``div``, plus ``div``."""
-    Lpad = int(div * np.ceil(L / div) - L)
+def pad_amounts(L: int, div: int = 16, extra: int = 1, min_size: Optional[int] = None) -> Tuple[int, int]:
+    """Zeros added before and after an axis of length ``L``: to a multiple of ``div``, plus ``div``.
+
+    With ``min_size`` (Cellpose 4, whose network only takes whole tiles), an axis shorter than
+    ``min_size`` is instead padded to ``max(min_size, L + div)``.
+    """
+    if min_size is None or L >= min_size:
+        Lpad = int(div * np.ceil(L / div) - L)
+    else:
+        Lpad = max(0, min_size - L - extra * div)
     return extra * div // 2 + Lpad // 2, extra * div // 2 + Lpad - Lpad // 2
 
 

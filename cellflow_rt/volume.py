@@ -45,33 +45,38 @@ def resize_volume(x: np.ndarray, rescale, anisotropy) -> np.ndarray:
 
 
 def run_network_3d(net, x: np.ndarray, augment: bool, batch_size: int, tile_overlap: float, bsize: int,
-                   net_ortho=None):
+                   net_ortho=None, pad_to=None, styles: bool = True):
     """Sum of the three views' outputs: (Z, Y, X, 4) = dZ, dY, dX, cellprob; and the last view's styles.
 
     ``net_ortho``, if given, runs the ZX and ZY views (Cellpose's ``pretrained_model_ortho``).
+    ``pad_to`` and ``styles`` as in :func:`~cellflow_rt.flows.run_network` (Cellpose 4's tiling).
     """
     yf = np.zeros(x.shape[:3] + (4,), np.float32)
-    styles = None
+    view_styles = None
     for view, (to_slices, back, targets) in enumerate(_VIEWS):
         view_net = net if view == 0 or net_ortho is None else net_ortho
-        y, styles = run_network(view_net, x.transpose(to_slices), rescale=None, augment=augment,
-                                batch_size=batch_size, tile_overlap=tile_overlap, bsize=bsize)
+        y, view_styles = run_network(view_net, x.transpose(to_slices), rescale=None, augment=augment,
+                                     batch_size=batch_size, tile_overlap=tile_overlap, bsize=bsize, pad_to=pad_to,
+                                     styles=styles)
         yf[..., 3] += y[..., 2].transpose(back)
         for j, target in enumerate(targets):
             yf[..., target] += y[..., j].transpose(back)
         del y
-    return yf, styles
+    return yf, view_styles
 
 
-def volume_flows(x: np.ndarray, model, settings, rescale):
+def volume_flows(x: np.ndarray, model, settings, rescale, bsize=None, pad_to=None, styles: bool = True):
     """do_3D flows of a normalised (Z, Y, X, C) volume: dP (3, Z, Y, X), cellprob (Z, Y, X), styles.
 
     With ``resample`` the field comes back at the volume's own size, else at the rescaled size.
+    ``bsize`` (default ``settings.bsize``), ``pad_to`` and ``styles``: the tiling, as in
+    :func:`~cellflow_rt.flows.run_network`.
     """
     Lz, Ly, Lx = x.shape[:3]
     xr = resize_volume(x, rescale, settings.anisotropy)
-    yf, styles = run_network_3d(model.net, xr, settings.augment, settings.batch_size, settings.tile_overlap,
-                                settings.bsize, net_ortho=getattr(model, "net_ortho", None))
+    yf, view_styles = run_network_3d(model.net, xr, settings.augment, settings.batch_size, settings.tile_overlap,
+                                     bsize or settings.bsize, net_ortho=getattr(model, "net_ortho", None),
+                                     pad_to=pad_to, styles=styles)
     del xr
     if settings.resample:
         if rescale != 1.0:
@@ -85,4 +90,4 @@ def volume_flows(x: np.ndarray, model, settings, rescale):
         from scipy.ndimage import gaussian_filter
         s = settings.flow3D_smooth
         dP = gaussian_filter(dP, (0, s, s, s))
-    return dP, cellprob, styles
+    return dP, cellprob, view_styles

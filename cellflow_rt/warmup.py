@@ -16,14 +16,20 @@ import numpy as np
 
 from . import provider_options
 from .network import available_providers
+from .registry import CPSAM_TILE
 
 
 class NoGpuError(RuntimeError):
     """No GPU execution provider or no CUDA device: nothing to warm up."""
 
 
-def warmup_shapes(nchan: int, batch_size: int) -> List[Tuple[int, int, int, int]]:
-    """Tile batches run once each: the TensorRT profile's corners (largest first, the usual shape)."""
+def warmup_shapes(nchan: int, batch_size: int, fixed_tile: Optional[int] = None) -> List[Tuple[int, int, int, int]]:
+    """Tile batches run once each: the TensorRT profile's corners (largest first, the usual shape).
+
+    ``fixed_tile``: the tile side of a graph with fixed spatial axes (Cellpose-SAM).
+    """
+    if fixed_tile:
+        return [(batch_size, nchan, fixed_tile, fixed_tile), (1, nchan, fixed_tile, fixed_tile)]
     tile, small = provider_options.TILE, provider_options.MIN_TILE
     return [(batch_size, nchan, tile, tile), (1, nchan, tile, tile), (1, nchan, small, small)]
 
@@ -98,7 +104,8 @@ def warmup(model_name, precision: str = "fp32", batch_size: int = 8, provider: O
              + (f", engines in {report['engine_cache']}" if "engine_cache" in report else ""))
 
     rng = np.random.default_rng(0)
-    for shape in warmup_shapes(model.nchan, batch_size):
+    fixed_tile = CPSAM_TILE if model.generation == 4 else None
+    for shape in warmup_shapes(model.nchan, batch_size, fixed_tile):
         tic = time.perf_counter()
         model.net.run(rng.random(shape, dtype=np.float32), batch_size=batch_size)
         key = "x".join(map(str, shape))

@@ -1,8 +1,10 @@
-"""Reading a Cellpose CPnet checkpoint: load it safely, recognise its architecture, read its diameters.
+"""Reading a Cellpose checkpoint: load it safely, recognise its architecture, read its diameters.
 
 A Cellpose 3 checkpoint is ``torch.save(state_dict)`` of a CPnet (313 entries for the standard
-``nbase = [2, 32, 64, 128, 256]``, ``nout = 3``). Anything else (random bytes, a truncated file,
-a Cellpose-SAM checkpoint, another network's weights) is refused with :class:`CheckpointError`.
+``nbase = [2, 32, 64, 128, 256]``, ``nout = 3``). A Cellpose 4 checkpoint is the state dict of a
+CPSAM (Cellpose-SAM: ``W2`` and SAM encoder entries, :mod:`.cpsam`). Anything else (random bytes,
+a truncated file, Cellpose 4's DINOv3 variant, another network's weights) is refused with
+:class:`CheckpointError`.
 """
 from __future__ import annotations
 
@@ -21,10 +23,13 @@ DIAMETER_KEYS = ("diam_mean", "diam_labels")
 _FIRST_BN = "downsample.down.res_down_0.conv.conv_0.0.weight"
 _LEVEL_CONV = re.compile(r"^downsample\.down\.res_down_(\d+)\.conv\.conv_0\.2\.weight$")
 _OUTPUT_CONV = "output.2.weight"
+#: ``Checkpoint.architecture`` values.
+CPNET = "cpnet"
+CPSAM = "cpsam"
 
 
 class CheckpointError(ValueError):
-    """The file is not a Cellpose 3 CPnet checkpoint that we can export."""
+    """The file is not a Cellpose 3 CPnet or Cellpose 4 CPSAM checkpoint that we can export."""
 
 
 @dataclass(frozen=True)
@@ -35,14 +40,16 @@ class Checkpoint:
     ----------
     path : Path
         The file it was read from.
-    spec : CPnetSpec
-        Channel counts detected from the tensor shapes.
+    spec : CPnetSpec or CPSAMSpec
+        Channel counts (CPnet) or sizes (CPSAM) detected from the tensor shapes.
     state_dict : dict
         Tensors ready for ``CPnet.load_state_dict(strict=True)`` (missing diameters filled in).
     diam_mean, diam_labels : float
         The stored float32 values as Python floats (30.0 when the checkpoint has none).
     has_diameters : bool
         Whether the checkpoint stores ``diam_mean`` and ``diam_labels`` itself.
+    architecture : str
+        ``"cpnet"`` (Cellpose 3) or ``"cpsam"`` (Cellpose 4).
     """
 
     path: Path
@@ -51,15 +58,22 @@ class Checkpoint:
     diam_mean: float
     diam_labels: float
     has_diameters: bool
+    architecture: str = CPNET
+
+    @property
+    def generation(self) -> int:
+        """The Cellpose generation the checkpoint belongs to: 3 (CPnet) or 4 (CPSAM)."""
+        return 4 if self.architecture == CPSAM else 3
 
 
 def load_checkpoint(path) -> Checkpoint:
-    """Load and validate a CPnet checkpoint.
+    """Load and validate a CPnet (Cellpose 3) or CPSAM (Cellpose 4) checkpoint.
 
     Parameters
     ----------
     path : str or Path
-        A file written by ``torch.save(CPnet.state_dict())`` (Cellpose's format).
+        A file written by ``torch.save(net.state_dict())`` (Cellpose's format). Zip-format files
+        are memory-mapped, so a 1.2 GB Cellpose-SAM checkpoint is not copied into memory.
 
     Returns
     -------
@@ -68,7 +82,8 @@ def load_checkpoint(path) -> Checkpoint:
     Raises
     ------
     CheckpointError
-        When the file cannot be unpickled safely, is not a state dict, or is not a CPnet.
+        When the file cannot be unpickled safely, is not a state dict, or is neither a CPnet nor
+        a CPSAM.
     FileNotFoundError
         When ``path`` does not exist.
     """
@@ -78,7 +93,7 @@ def load_checkpoint(path) -> Checkpoint:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no such file: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _torch_load(path)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... here
         raise CheckpointError(
             f"checkpoint {path} could not be read as a PyTorch state dict "
@@ -86,6 +101,31 @@ def load_checkpoint(path) -> Checkpoint:
         ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a CPnet state dict")
+    return checkpoint_from_state_dict(state, path)
+
+
+def _torch_load(path: Path):
+    import torch
+
+    try:  # zip-format files (every torch.save since 1.6) can be memory-mapped
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a legacy-format file, or a corrupt one: read it whole (and report that error)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def checkpoint_from_state_dict(state: dict, path) -> Checkpoint:
+    """A :class:`Checkpoint` from a state dict already in memory (``path`` names its source).
+
+    Raises
+    ------
+    CheckpointError
+        When the state dict is neither a CPnet nor a CPSAM.
+    """
+    import torch
+
+    path = Path(path)
+    if "W2" in state or "module.W2" in state:
+        return _cpsam_checkpoint(state, path)
     spec = detect_spec(state, source=path)
     state = dict(state)
     has_diameters = all(k in state for k in DIAMETER_KEYS)
@@ -114,11 +154,6 @@ def detect_spec(state: dict, source="checkpoint"):
     """
     from .cpnet import CPnetSpec, expected_shapes
 
-    if "W2" in state:
-        raise CheckpointError(
-            f"{source} is a Cellpose-SAM (Cellpose 4) checkpoint (it has a 'W2' entry); "
-            "cellflow-rt runs Cellpose 3 CPnet checkpoints only"
-        )
     levels = sorted(int(m.group(1)) for k in state if (m := _LEVEL_CONV.match(k)))
     if _FIRST_BN not in state or _OUTPUT_CONV not in state or levels != list(range(len(levels))) or not levels:
         raise CheckpointError(
@@ -132,7 +167,55 @@ def detect_spec(state: dict, source="checkpoint"):
         expected = expected_shapes(spec)
     except (IndexError, RuntimeError, ValueError) as err:
         raise CheckpointError(f"{source} has CPnet key names but unusable shapes: {err}") from None
-    optional = set(DIAMETER_KEYS)
+    _compare_keys(state, expected, set(DIAMETER_KEYS), source,
+                  f"a 2D CPnet with nbase={list(spec.nbase)}, nout={spec.nout}")
+    return spec
+
+
+def _cpsam_checkpoint(state: dict, path: Path) -> Checkpoint:
+    from .cpsam import cpsam_state, is_cpsam_state
+
+    if not is_cpsam_state(state):
+        kind = "a DINOv3 encoder (Cellpose 4's CPDINO)" if any("cls_token" in k for k in state) else "no SAM encoder"
+        raise CheckpointError(f"{path} is a Cellpose 4 checkpoint with {kind}; cellflow-rt exports Cellpose 4's "
+                              "CPSAM (Cellpose-SAM) networks and Cellpose 3's CPnets")
+    state = cpsam_state(state)
+    spec = detect_cpsam_spec(state, source=path)
+    has_diameters = all(k in state for k in DIAMETER_KEYS)
+    import torch
+
+    for key in DIAMETER_KEYS:
+        state.setdefault(key, torch.full((1,), DEFAULT_DIAMETER))
+    return Checkpoint(path=path, spec=spec, state_dict=state, diam_mean=_stored_float(state["diam_mean"]),
+                      diam_labels=_stored_float(state["diam_labels"]), has_diameters=has_diameters,
+                      architecture=CPSAM)
+
+
+def detect_cpsam_spec(state: dict, source="checkpoint"):
+    """Recognise a CPSAM from its state dict and return its :class:`~.cpsam.CPSAMSpec`.
+
+    Width, depth, head count (from the relative-position tables), MLP and neck widths are read from
+    a few tensors; then every key and shape is compared with the CPSAM they imply.
+
+    Raises
+    ------
+    CheckpointError
+        With a message naming what does not fit.
+    """
+    from .cpsam import detect_cpsam_spec as read_spec, expected_shapes
+
+    try:
+        spec = read_spec(state)
+        expected = expected_shapes(spec)
+    except (KeyError, IndexError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{source} looks like a Cellpose-SAM (Cellpose 4) checkpoint but its tensors are "
+                              f"unusable: {type(err).__name__}: {err}") from None
+    _compare_keys(state, expected, set(DIAMETER_KEYS), source,
+                  f"a Cellpose-SAM with width {spec.embed_dim}, depth {spec.depth}, {spec.num_heads} heads")
+    return spec
+
+
+def _compare_keys(state: dict, expected: dict, optional: set, source, what: str) -> None:
     missing = sorted(set(expected) - set(state) - optional)
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
@@ -142,10 +225,7 @@ def detect_spec(state: dict, source="checkpoint"):
             for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
             if keys
         )
-        raise CheckpointError(
-            f"{source} does not match a 2D CPnet with nbase={list(spec.nbase)}, nout={spec.nout} ({details})"
-        )
-    return spec
+        raise CheckpointError(f"{source} does not match {what} ({details})")
 
 
 def _stored_float(tensor) -> float:

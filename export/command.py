@@ -19,15 +19,16 @@ from .parity import ParityError
 @click.option("--fp16", is_flag=True, help="Also write NAME_fp16.onnx (half precision, float32 IO).")
 @click.option("--description", help="Free text stored in the manifest.")
 @click.option("--channels", nargs=2, type=click.IntRange(0, 3), default=None,
-              help="Default channels of the model, e.g. 0 0 (grayscale) or 1 2 (cyto). Default 0 0.")
+              help="Default channels of a Cellpose 3 model, e.g. 0 0 (grayscale) or 1 2 (cyto). Default 0 0.")
 @click.option("--restore-type", "restore_type", type=click.Choice(RESTORE_TYPES), default=None,
               help="For a Cellpose 3 restoration checkpoint (one input channel, one output): what it restores. "
                    "Default: from Cellpose's name (denoise_cyto3, upsample_nuclei, ...).")
 def export_command(checkpoint, size_model, name, out_dir, fp16, description, channels, restore_type):
-    """Export a Cellpose 3 CPnet CHECKPOINT (a path, or a built-in name such as cyto3 or denoise_cyto3
-    found in Cellpose's model folder) to ONNX with a JSON manifest, after checking that ONNX Runtime
-    reproduces the torch network. Segmentation and restoration nets are told apart by their shapes.
-    Needs the export extra: pip install 'cellflow-rt[export]'."""
+    """Export a Cellpose 3 CPnet or Cellpose 4 CPSAM (Cellpose-SAM) CHECKPOINT (a path, or a built-in
+    name such as cyto3 or denoise_cyto3 found in Cellpose's model folder) to ONNX with a JSON
+    manifest, after checking that ONNX Runtime reproduces the torch network. Segmentation and
+    restoration nets are told apart by their shapes. Needs the export extra:
+    pip install 'cellflow-rt[export]'."""
     try:
         require_export_dependencies()
     except ExportDependencyError as err:

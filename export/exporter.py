@@ -1,7 +1,8 @@
-"""``export_checkpoint``: a Cellpose CPnet checkpoint in, a verified ONNX model and manifest out.
+"""``export_checkpoint``: a Cellpose checkpoint in, a verified ONNX model and manifest out.
 
-checkpoint -> CPnet (torch) -> ONNX -> parity gate (ONNX Runtime against torch) -> NAME.onnx,
-[NAME_fp16.onnx,] NAME.json. Nothing is written unless the fp32 graph passes the gate.
+checkpoint -> CPnet or CPSAM (torch) -> ONNX -> parity gate (ONNX Runtime against torch) ->
+NAME.onnx, [NAME_fp16.onnx,] NAME.json. Nothing is written unless the fp32 graph passes the gate.
+Cellpose 4 (CPSAM) checkpoints take the memory-conscious route of :mod:`.cpsam_export`.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from cellflow_rt.registry import FP16_SUFFIX, RESTORE_TYPES, sha256_file, user_m
 
 from .manifest import model_facts, set_onnx_metadata, write_bytes_atomic, write_manifest
 from .onnx_export import OPSET
-from .parity import FLOWS_TOLERANCE, PARITY_SIZES, STYLE_TOLERANCE, check_parity, format_report, measure_parity
+from .parity import (CPSAM_PARITY_TILES, FLOWS_TOLERANCE, PARITY_SIZES, STYLE_TOLERANCE, check_parity, format_report,
+                     measure_parity, runtime_versions)
 from .size_model import read_size_model
 from .sources import (builtin_name_of, builtin_restoration_of, check_model_name, default_model_name,
                       default_size_model, locate_checkpoint)
@@ -51,15 +53,18 @@ def export_checkpoint(
     *,
     opset: int = OPSET,
     parity_sizes=PARITY_SIZES,
+    parity_tiles: int = CPSAM_PARITY_TILES,
     echo: Optional[Callable[[str], None]] = print,
 ) -> Path:
-    """Export a Cellpose 3 CPnet checkpoint to ONNX with its manifest.
+    """Export a Cellpose 3 CPnet or Cellpose 4 CPSAM (Cellpose-SAM) checkpoint to ONNX with its manifest.
 
     Parameters
     ----------
-    checkpoint : str or Path
+    checkpoint : str, Path or Checkpoint
         A checkpoint file, or a built-in name (``cyto3``, ``nuclei``, or a basename) found in
-        Cellpose's model folder (``$CELLPOSE_LOCAL_MODELS_PATH`` or ``~/.cellpose/models``).
+        Cellpose's model folder (``$CELLPOSE_LOCAL_MODELS_PATH`` or ``~/.cellpose/models``); or a
+        :class:`~.checkpoint.Checkpoint` already loaded (e.g. by
+        :func:`~.checkpoint.checkpoint_from_state_dict`).
     size_model : str or Path, optional
         Cellpose size model (``.npy``). Default: the file Cellpose pairs with the checkpoint
         (``size_<basename>.npy`` for built-ins, ``<checkpoint>_size.npy`` otherwise) if it exists.
@@ -77,7 +82,7 @@ def export_checkpoint(
         Free text stored in the manifest.
     channels : sequence of two int, optional
         The channels the model expects by default (``[0, 0]`` grayscale, ``[1, 2]`` cyto...).
-        Default ``[0, 0]``.
+        Default ``[0, 0]``. Cellpose 3 only (Cellpose 4 takes the image's first 3 channels).
     restore_type : {"denoise", "deblur", "upsample", "oneclick"}, optional
         For a restoration net (Cellpose 3's ``denoise.py``: one input channel, one output), what it
         does; taken from Cellpose's name (``denoise_cyto3``, ``upsample_nuclei``...) when not given,
@@ -85,7 +90,10 @@ def export_checkpoint(
     opset : int
         ONNX opset.
     parity_sizes : sequence of (int, int)
-        Tile sizes (multiples of 16) for the parity gate.
+        Tile sizes (multiples of 16) for the CPnet parity gate.
+    parity_tiles : int
+        256 x 256 tiles of the CPSAM parity gate (each costs seconds per runtime for a full-size
+        network).
     echo : callable or None
         Receives progress and the measured errors, line by line; None is silent.
 
@@ -101,22 +109,30 @@ def export_checkpoint(
     FileNotFoundError
         The checkpoint or size model does not exist.
     CheckpointError, SizeModelError
-        The files are not a CPnet checkpoint / a Cellpose size model; ``restore_type`` given for a
-        segmentation net, or missing for a restoration net with a name Cellpose does not use.
+        The files are not a CPnet or CPSAM checkpoint / a Cellpose size model; ``restore_type`` given
+        for a segmentation net, or missing for a restoration net with a name Cellpose does not use.
+    ValueError
+        A size model, channels or a restore type given with a Cellpose 4 checkpoint.
     ParityError
         ONNX Runtime's output differs from torch's by more than 1e-4 (flows) or 1e-5 (style).
     """
     say = echo or (lambda _: None)
     require_export_dependencies()
-    from .checkpoint import CheckpointError, load_checkpoint
+    from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
     from .cpnet import HalfPrecisionCPnet, build_cpnet
     from .onnx_export import cpnet_to_onnx
 
-    source = locate_checkpoint(checkpoint)
+    loaded = checkpoint if isinstance(checkpoint, Checkpoint) else None
+    source = loaded.path if loaded is not None else locate_checkpoint(checkpoint)
     name = check_model_name(name if name is not None else default_model_name(source))
     out_dir = Path(out_dir) if out_dir is not None else user_model_dir()
+    ckpt = loaded if loaded is not None else load_checkpoint(source)
+    if ckpt.generation == 4:
+        if restore_type is not None:
+            raise ValueError("restore_type: Cellpose 4 (Cellpose-SAM) checkpoints are segmentation models")
+        return _export_cellpose4(ckpt, size_model, channels, name=name, out_dir=out_dir, fp16=fp16,
+                                 description=description, opset=opset, parity_tiles=parity_tiles, say=say)
 
-    ckpt = load_checkpoint(source)
     builtin = builtin_name_of(source)
     say(f"checkpoint {source}: CPnet nbase={list(ckpt.spec.nbase)} nout={ckpt.spec.nout}, "
         f"diam_mean {ckpt.diam_mean:g}, diam_labels {ckpt.diam_labels:g}"
@@ -164,7 +180,7 @@ def export_checkpoint(
     say(format_report(parity, "fp32 ONNX vs torch"))
     check_parity(parity)
     facts["parity"] = {"flows_tolerance": FLOWS_TOLERANCE, "style_tolerance": STYLE_TOLERANCE,
-                       **parity, **_versions()}
+                       **parity, **runtime_versions()}
 
     half_data = None
     if fp16:
@@ -195,6 +211,24 @@ def export_checkpoint(
     written = [onnx_path] + ([out_dir / facts["fp16"]["onnx_file"]] if half_data is not None else []) + [manifest_path]
     say("wrote " + ", ".join(str(p) for p in written))
     return manifest_path
+
+
+def _export_cellpose4(ckpt, size_model, channels, *, name, out_dir, fp16, description, opset, parity_tiles, say):
+    from .cpsam_export import export_cpsam
+
+    if size_model is not None:
+        raise ValueError("size_model: Cellpose 4 (Cellpose-SAM) models have no size model")
+    if channels is not None:
+        raise ValueError("channels: Cellpose 4 (Cellpose-SAM) models take the image's first 3 channels; "
+                         "default channels apply to Cellpose 3 models only")
+    spec = ckpt.spec
+    say(f"checkpoint {ckpt.path}: Cellpose 4 CPSAM, width {spec.embed_dim}, depth {spec.depth}, "
+        f"{spec.num_heads} heads, MLP {spec.mlp_dim}, neck {spec.neck_dim}")
+    source_sha256 = sha256_file(ckpt.path) if ckpt.path.is_file() else None
+    if description is None:
+        description = f"Cellpose 4 CPSAM (Cellpose-SAM) exported by cellflow-rt from {ckpt.path.name}"
+    return export_cpsam(ckpt, name=name, out_dir=out_dir, fp16=fp16, description=description,
+                        source_sha256=source_sha256, opset=opset, parity_tiles=parity_tiles, echo=say)
 
 
 def _check_channels(channels) -> list[int]:
@@ -230,10 +264,3 @@ def _default_description(source: Path, builtin, restore_type=None) -> str:
     if builtin:
         return f"Cellpose built-in model '{builtin}' ({source.name}), exported by cellflow-rt"
     return f"Cellpose CPnet exported by cellflow-rt from {source.name}"
-
-
-def _versions() -> dict:
-    import onnxruntime
-    import torch
-
-    return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}

@@ -1,8 +1,10 @@
 """The model manifest (``NAME.json``) and the same facts in the ONNX file's ``metadata_props``.
 
 The runtime (:mod:`cellflow_rt.registry`) reads the manifest; its keys are fixed by the format
-``cellflow-rt-model/1``. The ONNX metadata repeats the facts that do not depend on the file's own
-bytes, so that an ONNX file separated from its manifest still says what it is.
+``cellflow-rt-model/1``. A Cellpose 4 (Cellpose-SAM) manifest says so with ``cellpose_generation``
+4 and ``architecture`` "cpsam", and describes its network in ``cpsam`` instead of ``nbase`` (it has
+no default channels and no size model). The ONNX metadata repeats the facts that do not depend on
+the file's own bytes, so that an ONNX file separated from its manifest still says what it is.
 """
 from __future__ import annotations
 
@@ -62,18 +64,86 @@ def model_facts(
     }
 
 
+def cpsam_model_facts(
+    *,
+    name: str,
+    description: str,
+    source_file: str,
+    source_sha256: str,
+    exporter_version: str,
+    opset: int,
+    spec,
+    diam_mean: float,
+    diam_labels: float,
+) -> dict:
+    """Return the manifest entries of a Cellpose 4 CPSAM model, in the manifest's key order.
+
+    ``diam_mean`` and ``diam_labels`` are the checkpoint's stored values, for information: Cellpose 4
+    resizes by ``30 / diameter`` and never reads them.
+    """
+    return {
+        "format": MANIFEST_FORMAT,
+        "name": name,
+        "description": description,
+        "onnx_file": f"{name}.onnx",
+        "onnx_sha256": None,
+        "source_file": source_file,
+        "source_sha256": source_sha256,
+        "exporter_version": exporter_version,
+        "opset": int(opset),
+        "cellpose_generation": 4,
+        "architecture": "cpsam",
+        "nchan": int(spec.nchan),
+        "nout": int(spec.nout),
+        "cpsam": spec.as_json(),
+        "diam_mean": float(diam_mean),
+        "diam_labels": float(diam_labels),
+        "builtin_name": None,
+        "size_model": None,
+        "parity": None,
+        "fp16": None,
+    }
+
+
+def onnx_metadata_entries(facts: dict, precision: str = "fp32") -> dict:
+    """The ``cellflow_rt.*`` metadata keys and JSON values for a model file."""
+    entries = {k: v for k, v in facts.items() if k not in _NOT_IN_METADATA}
+    entries["precision"] = precision
+    return {METADATA_PREFIX + key: json.dumps(value) for key, value in entries.items()}
+
+
 def set_onnx_metadata(model, facts: dict, precision: str = "fp32") -> None:
     """Write ``facts`` (JSON-encoded, keys prefixed ``cellflow_rt.``) into ``model.metadata_props``."""
     model.producer_name = "cellflow-rt export"
     model.producer_version = str(facts["exporter_version"])
     model.doc_string = facts["description"]
     del model.metadata_props[:]
-    entries = {k: v for k, v in facts.items() if k not in _NOT_IN_METADATA}
-    entries["precision"] = precision
-    for key, value in entries.items():
+    for key, value in onnx_metadata_entries(facts, precision).items():
         prop = model.metadata_props.add()
-        prop.key = METADATA_PREFIX + key
-        prop.value = json.dumps(value)
+        prop.key = key
+        prop.value = value
+
+
+def append_onnx_metadata(path, facts: dict, precision: str = "fp32") -> None:
+    """Add the metadata of :func:`set_onnx_metadata` to an ONNX file without loading its graph.
+
+    Protocol buffers parse concatenated messages as one message merged from both (repeated fields
+    appended, single fields taken from the last), so appending a ModelProto that holds only the
+    metadata, producer and doc string gives the file those entries; a 1.2 GB network is neither
+    read nor rewritten. The file must not have metadata of its own (torch's exporter writes none).
+    """
+    import onnx
+
+    extra = onnx.ModelProto()
+    extra.producer_name = "cellflow-rt export"
+    extra.producer_version = str(facts["exporter_version"])
+    extra.doc_string = facts["description"]
+    for key, value in onnx_metadata_entries(facts, precision).items():
+        prop = extra.metadata_props.add()
+        prop.key = key
+        prop.value = value
+    with open(path, "ab") as f:
+        f.write(extra.SerializeToString())
 
 
 def read_onnx_metadata(model) -> dict:

@@ -1,8 +1,10 @@
-"""The parity gate: the ONNX graph must compute what the torch CPnet computes.
+"""The parity gate: the ONNX graph must compute what the torch network computes.
 
-Both run on the same inputs (random noise and smooth blob images, like normalised micrographs) at
-batch 1 and 8 and at several tile sizes, square and not; the largest absolute differences are
-measured per case. :func:`check_parity` refuses a graph whose error exceeds the tolerances.
+Both run on the same inputs (random noise and smooth blob images, like normalised micrographs); the
+largest absolute differences are measured per case. CPnet: batch 1 and 8 at several tile sizes,
+square and not. Cellpose-SAM (fixed 256 x 256 tiles, a network that takes seconds per tile on a
+CPU): a few tiles, run by ONNX Runtime as one batch of a size the graph was not traced at.
+:func:`check_parity` refuses a graph whose error exceeds the tolerances.
 """
 from __future__ import annotations
 
@@ -138,14 +140,75 @@ def check_parity(
         )
 
 
+def runtime_versions() -> dict:
+    """The torch and ONNX Runtime versions the gate ran with (recorded in the manifest)."""
+    import onnxruntime
+    import torch
+
+    return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
+
+
 def format_report(report: dict, label: str = "fp32") -> str:
     """Return the measured errors as a few human-readable lines."""
     lines = [
         f"{label}: max abs error flows {report['max_abs_error_flows']:.3g}, style {report['max_abs_error_style']:.3g}"
     ]
     for case in report["cases"]:
+        tile = f" tile {case['tile']}" if "tile" in case else ""
         lines.append(
-            f"  batch {case['batch']:>2} {case['height']}x{case['width']}: "
+            f"  batch {case['batch']:>2}{tile} {case['height']}x{case['width']}: "
             f"flows {case['max_abs_error_flows']:.3g}, style {case['max_abs_error_style']:.3g}"
         )
     return "\n".join(lines)
+
+
+#: Tiles the Cellpose-SAM gate runs through torch by default (one noise tile, one blob tile).
+CPSAM_PARITY_TILES = 2
+
+
+def cpsam_parity_images(tiles: int = CPSAM_PARITY_TILES) -> np.ndarray:
+    """float32 ``[tiles, 3, 256, 256]`` inputs for the Cellpose-SAM gate (see :func:`parity_images`)."""
+    from .cpsam import NCHAN, TILE
+
+    return parity_images(NCHAN, TILE, TILE, batch=tiles, seed=0)
+
+
+def measure_cpsam_parity(torch_flows: np.ndarray, onnx_path, images: np.ndarray) -> dict:
+    """ONNX Runtime against torch on the Cellpose-SAM gate's tiles.
+
+    The graph runs the tiles plus a repeat of the first as one batch (a batch size the graph was
+    not traced at, and each tile next to others); every tile's flows are compared with torch's and
+    the (all-zero) style with zeros.
+
+    Parameters
+    ----------
+    torch_flows : ndarray
+        The torch network's flows on ``images`` (computed before the export, so that the torch
+        network need not be in memory with the ONNX Runtime session).
+    onnx_path : path
+        The exported graph.
+    images : ndarray
+        The gate's tiles, ``[n, 3, 256, 256]``.
+
+    Returns
+    -------
+    dict
+        As :func:`measure_parity`.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    batch = np.concatenate([images, images[:1]])
+    flows, style = onnx_outputs(session, batch)
+    del session
+    expected = np.concatenate([torch_flows, torch_flows[:1]])
+    height, width = images.shape[2:]
+    cases = [{"batch": int(batch.shape[0]), "tile": i, "height": int(height), "width": int(width),
+              "max_abs_error_flows": float(np.max(np.abs(flows[i] - expected[i]))),
+              "max_abs_error_style": float(np.max(np.abs(style[i])))} for i in range(batch.shape[0])]
+    return {
+        "inputs": "all channels",
+        "max_abs_error_flows": float(np.max([c["max_abs_error_flows"] for c in cases])),
+        "max_abs_error_style": float(np.max([c["max_abs_error_style"] for c in cases])),
+        "cases": cases,
+    }

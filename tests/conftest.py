@@ -31,3 +31,26 @@ def reference_cases(dim: str = "2d"):
     """Names of the reference cases (empty when ../shared is absent)."""
     root = REFERENCE_2D if dim == "2d" else REFERENCE_3D
     return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+
+
+REFERENCE_CPSAM = SHARED / "reference" / "cpsam"
+CPSAM_TINY = SHARED / "weights" / "cellflow_cpsam_tiny_demo"
+
+
+def cpsam_cases():
+    """Names of the Cellpose 4 (Cellpose-SAM) reference cases (empty when ../shared is absent)."""
+    return sorted(p.name for p in REFERENCE_CPSAM.iterdir() if p.is_dir()) if REFERENCE_CPSAM.is_dir() else []
+
+
+@pytest.fixture(scope="session")
+def cpsam_tiny(tmp_path_factory):
+    """Manifest of the Cellpose-SAM demo, exported once per test session (with its fp16 variant)."""
+    pytest.importorskip("torch")
+    require_shared()
+    from cellflow_rt.export import export_checkpoint
+
+    lines = []
+    manifest = export_checkpoint(CPSAM_TINY, name="cpsam_tiny", out_dir=tmp_path_factory.mktemp("cpsam"), fp16=True,
+                                 echo=lines.append)
+    manifest.with_name("export.log").write_text("\n".join(lines))
+    return manifest

@@ -71,3 +71,10 @@ def test_default_cache_follows_the_environment(tmp_path, monkeypatch):
 
 def test_gpu_key_is_file_name_safe():
     assert po.GpuIdentity("NVIDIA GeForce RTX 4090 (laptop)", (8, 9)).key == "NVIDIA-GeForce-RTX-4090-laptop-sm89"
+
+
+def test_tensorrt_profile_of_a_fixed_tile_graph_is_that_tile_at_every_batch():
+    # Cellpose-SAM graphs take 256 x 256 tiles only: a profile reaching 32 x 32 would not build
+    options = po.tensorrt_options(SHA, nchan=3, batch_size=4, gpu=H200, create=False, fixed_tile=256)
+    assert options["trt_profile_min_shapes"] == "image:1x3x256x256"
+    assert options["trt_profile_opt_shapes"] == options["trt_profile_max_shapes"] == "image:4x3x256x256"

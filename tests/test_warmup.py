@@ -21,3 +21,9 @@ def test_warmup_runs_the_corners_of_the_tensorrt_profile():
     as_text = {f"image:{'x'.join(map(str, s))}" for s in shapes}
     assert {profile[0], profile[2]} <= as_text
     assert (1, 2, po.TILE, po.TILE) in shapes
+
+
+def test_warmup_of_a_fixed_tile_graph_runs_only_that_tile():
+    shapes = warmup_shapes(3, 4, fixed_tile=256)
+    assert {s[2:] for s in shapes} == {(256, 256)}
+    assert {s[0] for s in shapes} == {1, 4}

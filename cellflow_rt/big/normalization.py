@@ -1,7 +1,7 @@
 """One normalisation for the whole image, computed from per-block statistics, and the empty-block test.
 
 Cellpose normalises a whole image (or a whole volume) with its 1st/99th percentiles, taken on a
-strided subsample once the image has more than 224**3 pixels (``normalize._percentile_sample``). Per-block
+strided subsample once the image has more than 224**3 pixels (``normalize.percentile_sample``). Per-block
 percentiles would give every block a different contrast, hence different cells at block faces. So a
 first pass over the blocks collects, per network channel: the minimum and maximum (Cellpose leaves a
 constant channel alone), exactly the pixels of Cellpose's strided subsample that fall in the block,

@@ -3,7 +3,8 @@ file, and ``<stem>_flows_cp_masks.tif`` / ``<stem>_dP_cp_masks.tif``.
 
 Arithmetic follows the reference step by step in the input's float type (float32 flows stay
 float32, as numpy 2 computes them in Cellpose), so the uint8 results are the reference's.
-Percentiles use :func:`cellflow_rt.percentile.percentiles` (numpy 2.0's arithmetic, the reference's).
+Percentiles use :func:`cellflow_rt.percentile.percentiles` (numpy 2.0's arithmetic, Cellpose 3's
+reference; Cellpose 4's flow picture takes numpy 2.1's and subsamples big arrays: ``cellpose4=True``).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from ..normalize import percentile_sample
 from ..percentile import percentiles
 from .atomic import write_tiff
 from .errors import PathLike
@@ -20,13 +22,18 @@ from .paths import MASKS_SUFFIX, output_path
 __all__ = ["flow_to_rgb", "cellprob_to_uint8", "normalize99", "save_flows"]
 
 
-def normalize99(x: np.ndarray, lower: float = 1.0, upper: float = 99.0) -> np.ndarray:
+def normalize99(x: np.ndarray, lower: float = 1.0, upper: float = 99.0, cellpose4: bool = False) -> np.ndarray:
     """Scale so that the 1st percentile maps to 0 and the 99th to 1 (Cellpose's ``normalize99``).
 
     Float32 unless ``x`` is float64; all zeros when the percentiles differ by 1e-3 or less.
+    ``cellpose4``: Cellpose 4.2.1.1's call (numpy 2.1's percentiles, on a strided subsample of
+    arrays above 224**3 elements).
     """
     x = np.array(x, dtype=np.float64 if np.asarray(x).dtype == np.float64 else np.float32)
-    lo, hi = percentiles(x, (lower, upper))
+    if cellpose4:
+        lo, hi = percentiles(percentile_sample(x), (lower, upper), rule="numpy2.1")
+    else:
+        lo, hi = percentiles(x, (lower, upper))
     if hi - lo > 1e-3:
         x -= lo
         x /= hi - lo
@@ -35,7 +42,7 @@ def normalize99(x: np.ndarray, lower: float = 1.0, upper: float = 99.0) -> np.nd
     return x
 
 
-def flow_to_rgb(dP) -> np.ndarray:
+def flow_to_rgb(dP, cellpose4: bool = False) -> np.ndarray:
     """RGB picture of flows: hue from the direction, brightness from the magnitude (``dx_to_circ``).
 
     Parameters
@@ -43,6 +50,8 @@ def flow_to_rgb(dP) -> np.ndarray:
     dP : ndarray
         (2, Ly, Lx) flows [dY, dX], or (3, Lz, Ly, Lx) flows [dZ, dY, dX]; any leading spatial axes
         after the first are kept.
+    cellpose4 : bool
+        Cellpose 4.2.1.1's picture (its magnitude normalisation; see :func:`normalize99`).
 
     Returns
     -------
@@ -55,7 +64,7 @@ def flow_to_rgb(dP) -> np.ndarray:
         raise ValueError(f"dP must have shape (2, Ly, Lx) or (3, Lz, Ly, Lx), got {dP.shape}")
     if dP.dtype != np.float64:
         dP = dP.astype(np.float32, copy=False)
-    mag = 255 * np.clip(normalize99(np.sqrt(np.sum(dP**2, axis=0))), 0, 1.0)
+    mag = 255 * np.clip(normalize99(np.sqrt(np.sum(dP**2, axis=0)), cellpose4=cellpose4), 0, 1.0)
     angles = np.arctan2(dP[1], dP[0]) + np.pi
     mag /= 2
     rgb = np.empty((*dP.shape[1:], 3), np.uint8)
