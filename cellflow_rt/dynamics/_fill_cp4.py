@@ -18,6 +18,7 @@ import numba
 import numpy as np
 
 from .._numba import NUMBA_OPTS
+from ._fill import _bounding_boxes
 
 
 @numba.njit(**NUMBA_OPTS)
@@ -63,25 +64,6 @@ def remove_small(masks, min_size):
         v = flat[i]
         if v and v != exempt and counts[v] < min_size:
             flat[i] = 0
-
-
-@numba.njit(**NUMBA_OPTS)
-def _boxes(masks, nlab):
-    Lz, Ly, Lx = masks.shape
-    lo = np.full((nlab + 1, 3), 2**62, np.int64)
-    hi = np.full((nlab + 1, 3), -1, np.int64)
-    for z in range(Lz):
-        for y in range(Ly):
-            for x in range(Lx):
-                k = masks[z, y, x]
-                if k > 0:
-                    lo[k, 0] = min(lo[k, 0], z)
-                    lo[k, 1] = min(lo[k, 1], y)
-                    lo[k, 2] = min(lo[k, 2], x)
-                    hi[k, 0] = max(hi[k, 0], z)
-                    hi[k, 1] = max(hi[k, 1], y)
-                    hi[k, 2] = max(hi[k, 2], x)
-    return lo, hi
 
 
 @numba.njit(inline="always")
@@ -169,7 +151,7 @@ def fill_holes(masks, volume):
     nlab = 0
     for v in masks.reshape(-1):
         nlab = max(nlab, np.int64(v))
-    lo, hi = _boxes(masks, nlab)
+    lo, hi = _bounding_boxes(masks, nlab)
     new_id = 0
     for k in range(1, nlab + 1):
         if hi[k, 0] < 0:
