@@ -320,7 +320,13 @@ def _tile_normalize(x: np.ndarray, blocksize: int, percentile: Tuple[float, floa
                     smooth3D: float, rule: str = "numpy2.0") -> np.ndarray:
     """Cellpose's ``normalize99_tile`` on (Z, Y, X, C): per-block percentiles, flat blocks filled,
     block grids smoothed (scipy's ``gaussian_filter1d``) and bilinearly upsampled (OpenCV's
-    arithmetic), then ``(x - low) / (high - low)`` per pixel."""
+    arithmetic), then ``(x - low) / (high - low)`` per pixel.
+
+    This is what ``eval`` does (it always hands ``normalize_img`` a (Z, Y, X, C) stack). Called
+    directly on a 2D (Y, X, C) image, 3.1.1.1 and 4.2.1.1 instead divide every row by the bounds of
+    the first row (their ``x01[0]`` meant to drop a plane axis that the upsampled bounds do not
+    have), so with more than one row of blocks a direct ``transforms.normalize_img(yxc, ...)`` is not
+    the reference for this function; ``transforms.normalize_img(yxc[None], ...)`` is."""
     from scipy.ndimage import gaussian_filter1d
 
     from .resize import resize_bilinear

@@ -1,6 +1,7 @@
 """Cellpose's normalize dict (normalize.py): every reference case against Cellpose 3.1.1.1, the
 arithmetic the parity rests on, the bad-input errors, and what blockwise runs accept."""
 import json
+import math
 import sys
 import warnings
 
@@ -93,6 +94,84 @@ def test_lowhigh_maps_every_channel_in_float64():
     assert (out[..., 1] == -0.25).all()  # Cellpose's lowhigh leaves no channel alone
     per_channel = normalize_img(x.copy(), NormalizeOptions(lowhigh=[[0, 11], [-1, 1]]))
     np.testing.assert_allclose(per_channel[..., 1], 0.5)
+
+
+TILE_CASES = [case for case in CASES if "tile_norm" in case]
+
+
+@pytest.mark.parametrize("case", TILE_CASES)
+def test_tile_normalisation_matches_cellpose_eval_to_rounding(case):
+    """Tile normalisation alone (no network) against Cellpose's eval, at float32 rounding. The stored
+    images span several rows and columns of blocks, where a misplaced bound would show."""
+    from cellflow_rt.models import _settings_from_eval_kwargs
+    from cellflow_rt.pipeline import prepare_image
+
+    require_shared()
+    d = REFERENCE / case
+    params = json.loads((d / "params.json").read_text())
+    ref = np.load(d / "outputs.npz")["img_norm"]
+    blocksize = params["eval"]["normalize"]["tile_norm_blocksize"]
+    assert min(ref.shape[1:3]) > blocksize
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the stack's z_axis, as in Cellpose
+        normalised = prepare_image(tifffile.imread(d / "image.tif"), _settings_from_eval_kwargs(params["eval"]), 2)
+    np.testing.assert_allclose(normalised, ref, rtol=0, atol=2e-6)
+
+
+def _illuminated_image(shape, seed):
+    """Sparse bright spots on a background, under illumination that varies along Y and X."""
+    rng = np.random.default_rng(seed)
+    Y, X = shape[1:3]
+    yy, xx = np.mgrid[:Y, :X]
+    light = (1 + 5 * yy / Y + 3 * (xx / X) ** 2)[None, :, :, None]
+    return ((rng.random(shape) * 50 + (rng.random(shape) < 0.05) * 800 + 10) * light).astype(np.float32)
+
+
+def _expected_tile_normalisation(x, blocksize, percentile, norm3D, smooth3D):
+    """The documented rule in float64, written independently of normalize.py: block percentiles,
+    Gaussian smoothing of the (Z, block row, block column, C) grids over Z and block rows (once more
+    over block rows, by smooth3D, with norm3D), then half-pixel bilinear upsampling with edge clamping
+    (np.interp) of each plane's grids (per plane without norm3D, else their mean over Z)."""
+    from scipy.ndimage import gaussian_filter1d
+
+    Z, Y, X, C = x.shape
+
+    def starts(L):
+        n = 1 if L <= blocksize else math.ceil(1.2 * L / blocksize)
+        return np.linspace(0, L - min(blocksize, L), n).astype(int), min(blocksize, L)
+
+    (ys, by), (xs, bx) = starts(Y), starts(X)
+    grid = np.array([[[[np.percentile(x[z, y0:y0 + by, x0:x0 + bx, c].astype(np.float64), percentile)
+                        for c in range(C)] for x0 in xs] for y0 in ys] for z in range(Z)])  # (Z, ny, nx, C, 2)
+    for axis in (0, 1):
+        grid = gaussian_filter1d(grid, 1, axis=axis)
+    if norm3D:
+        grid = gaussian_filter1d(grid, smooth3D or 1, axis=1)
+    planes = grid if not norm3D and Z > 1 else grid.mean(axis=0, keepdims=True)
+
+    def upsample(g, L, axis):
+        pos = (np.arange(L) + 0.5) * g.shape[axis] / L - 0.5
+        return np.apply_along_axis(lambda v: np.interp(pos, np.arange(len(v)), v), axis, g)
+
+    bounds = upsample(upsample(planes, Y, 1), X, 2)  # (Z or 1, Y, X, C, 2)
+    lo, hi = bounds[..., 0], bounds[..., 1]
+    return (x - lo) / (hi - lo)
+
+
+@pytest.mark.parametrize("shape, blocksize, options", [
+    ((1, 150, 100, 1), 64, dict(norm3D=False)),
+    ((1, 257, 200, 2), 100, dict()),
+    ((1, 200, 333, 1), 128, dict(tile_norm_smooth3D=0)),
+    ((1, 300, 220, 2), 100, dict(percentile=(3.0, 97.0))),
+    ((4, 140, 150, 2), 48, dict(tile_norm_smooth3D=2.5)),
+    ((3, 130, 170, 1), 64, dict(norm3D=False)),
+])
+def test_tile_bounds_follow_every_row_and_column_of_blocks(shape, blocksize, options):
+    x = _illuminated_image(shape, seed=sum(shape) + blocksize)
+    opts = NormalizeOptions(tile_norm_blocksize=blocksize, **options)
+    out = normalize_img(x.copy(), opts)
+    expected = _expected_tile_normalisation(x, blocksize, opts.percentile, opts.norm3D, opts.tile_norm_smooth3D)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=2e-6)
 
 
 def test_tile_normalisation_flattens_uneven_illumination():
