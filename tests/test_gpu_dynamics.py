@@ -245,3 +245,29 @@ def test_kernels_compile_for_the_gpu_without_fused_multiply_adds():
     if run.returncode == 3:
         pytest.skip(run.stderr.strip())
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+@cuda.jit
+def _block_sum_through_shared(out):
+    values = cuda.shared.array(8, np.int64)
+    values[cuda.threadIdx.x] = cuda.threadIdx.x + 1
+    cuda.syncthreads()
+    if cuda.threadIdx.x == 0:
+        total = 0
+        for t in range(cuda.blockDim.x):
+            total += values[t]
+        out[0] = total
+
+
+def test_threads_of_a_block_share_their_shared_arrays():
+    """The flow check exchanges each mask's centre through shared memory; the simulator must give
+    every thread of a block the same array (see ``gpu._device._serialise_simulator_shared_arrays``)."""
+    from cellflow_rt.gpu._device import simulator_pace
+
+    totals = []
+    with simulator_pace():
+        for _ in range(200):
+            out = cuda.to_device(np.zeros(1, np.int64))
+            _block_sum_through_shared[1, 8](out)
+            totals.append(int(out.copy_to_host()[0]))
+    assert set(totals) == {36}

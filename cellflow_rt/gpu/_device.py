@@ -15,12 +15,53 @@ import contextlib
 import functools
 import math
 import sys
+import threading
 
 import numpy as np
 from numba import config, cuda
 
 #: True when numba runs CUDA kernels in its Python simulator.
 SIMULATOR = bool(config.ENABLE_CUDASIM)
+
+
+def _serialise_simulator_shared_arrays() -> None:
+    """Make the simulator hand every thread of a block the same ``cuda.shared.array``.
+
+    numba-cuda's simulator (0.30.4) keeps a block's shared arrays in a dict keyed by the calling
+    line, filled by an unlocked check-then-set: when two of the block's Python threads reach the
+    line together, each can make its own array, and the block no longer shares it. The flow check
+    (one block per mask, centres and sums exchanged through shared memory) then gave wrong errors
+    in about one run in 20-80 (all masks of that run). A GPU has no such race; this only
+    serialises the simulator's allocation.
+    """
+    from numba.core import types
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+
+    shared = kernelapi.FakeCUDAShared
+    if getattr(shared.array, "serialised", False):
+        return
+    unlocked = shared.array
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:  # dynamic shared memory, or the simulator's error
+            return unlocked(self, shape, dtype, alignment)
+        frame = sys._getframe(1)
+        caller = (frame.f_code.co_filename, frame.f_lineno)
+        with lock:
+            allocated = self._allocations.get(caller)
+            if allocated is None:
+                dtype = numpy_support.as_dtype(dtype) if isinstance(dtype, types.Type) else dtype
+                allocated = self._allocations[caller] = np.empty(shape, dtype)
+        return allocated
+
+    array.serialised = True
+    shared.array = array
+
+
+if SIMULATOR:
+    _serialise_simulator_shared_arrays()
 
 #: Threads per block of the element-wise kernels.
 THREADS = 8 if SIMULATOR else 256
