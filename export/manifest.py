@@ -19,6 +19,21 @@ METADATA_PREFIX = "cellflow_rt."
 _NOT_IN_METADATA = ("onnx_file", "onnx_sha256", "parity", "fp16")
 
 
+def _source_facts(name, description, source_file, source_sha256, exporter_version, opset) -> dict:
+    """The manifest's first entries, the same for every model: format, name, files and their source."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "name": name,
+        "description": description,
+        "onnx_file": f"{name}.onnx",
+        "onnx_sha256": None,
+        "source_file": source_file,
+        "source_sha256": source_sha256,
+        "exporter_version": exporter_version,
+        "opset": int(opset),
+    }
+
+
 def model_facts(
     *,
     name: str,
@@ -40,15 +55,7 @@ def model_facts(
     ``restore_type`` (denoise, deblur, upsample, oneclick) makes it a restoration model (``kind``).
     """
     return {
-        "format": MANIFEST_FORMAT,
-        "name": name,
-        "description": description,
-        "onnx_file": f"{name}.onnx",
-        "onnx_sha256": None,
-        "source_file": source_file,
-        "source_sha256": source_sha256,
-        "exporter_version": exporter_version,
-        "opset": int(opset),
+        **_source_facts(name, description, source_file, source_sha256, exporter_version, opset),
         "nchan": int(spec.nchan),
         "nout": int(spec.nout),
         "nbase": [int(n) for n in spec.nbase],
@@ -82,15 +89,7 @@ def cpsam_model_facts(
     resizes by ``30 / diameter`` and never reads them.
     """
     return {
-        "format": MANIFEST_FORMAT,
-        "name": name,
-        "description": description,
-        "onnx_file": f"{name}.onnx",
-        "onnx_sha256": None,
-        "source_file": source_file,
-        "source_sha256": source_sha256,
-        "exporter_version": exporter_version,
-        "opset": int(opset),
+        **_source_facts(name, description, source_file, source_sha256, exporter_version, opset),
         "cellpose_generation": 4,
         "architecture": "cpsam",
         "nchan": int(spec.nchan),
