@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 
 from .network import Network, open_network
-from .registry import CPSAM_TILE, ModelInfo, resolve_model
+from .registry import ModelInfo, resolve_model
 
 #: Cellpose's diam_mean for its built-in models, used by name instead of the checkpoint's value.
 _BUILTIN_DIAM_MEAN = {"nuclei": 17.0}
@@ -42,7 +42,7 @@ class LoadedModel:
         def network(path):
             return open_network(path, providers=providers, strict_provider=strict_provider, num_threads=num_threads,
                                 precision=precision, batch_size=batch_size, nchan=int(info.nchan),
-                                fixed_tile=CPSAM_TILE if info.generation == 4 else None)
+                                fixed_tile=info.fixed_tile)
 
         net_ortho = None
         if ortho is not None:

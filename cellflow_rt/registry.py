@@ -117,6 +117,12 @@ class ModelInfo:
         return self.kind == "restoration"
 
     @property
+    def fixed_tile(self) -> Optional[int]:
+        """The tile side of a graph with fixed spatial axes (Cellpose 4: :data:`CPSAM_TILE`); None
+        for CPnet graphs, which take any tile size."""
+        return CPSAM_TILE if self.generation == 4 else None
+
+    @property
     def description(self) -> str:
         return str(self.manifest.get("description", ""))
 

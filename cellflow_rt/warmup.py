@@ -16,7 +16,6 @@ import numpy as np
 
 from . import provider_options
 from .network import available_providers
-from .registry import CPSAM_TILE
 
 
 class NoGpuError(RuntimeError):
@@ -104,8 +103,7 @@ def warmup(model_name, precision: str = "fp32", batch_size: int = 8, provider: O
              + (f", engines in {report['engine_cache']}" if "engine_cache" in report else ""))
 
     rng = np.random.default_rng(0)
-    fixed_tile = CPSAM_TILE if model.generation == 4 else None
-    for shape in warmup_shapes(model.nchan, batch_size, fixed_tile):
+    for shape in warmup_shapes(model.nchan, batch_size, model.info.fixed_tile):
         tic = time.perf_counter()
         model.net.run(rng.random(shape, dtype=np.float32), batch_size=batch_size)
         key = "x".join(map(str, shape))
