@@ -163,8 +163,7 @@ def select_channels(data: np.ndarray, channels: Sequence[int]) -> np.ndarray:
 
 
 def normalize_image(img: np.ndarray, normalize: bool = True, invert: bool = False,
-                    percentile: Tuple[float, float] = (1.0, 99.0), norm3D: bool = True,
-                    percentile_rule: str = "numpy2.0") -> np.ndarray:
+                    percentile: Tuple[float, float] = (1.0, 99.0), norm3D: bool = True) -> np.ndarray:
     """Percentile-normalise each channel (skipping constant ones), then optionally invert.
 
     The default normalisation; :func:`cellflow_rt.normalize.normalize_img` takes every option of
@@ -182,9 +181,6 @@ def normalize_image(img: np.ndarray, normalize: bool = True, invert: bool = Fals
         Lower and upper percentiles.
     norm3D : bool
         For a 4-D stack, one normalisation over the whole volume; otherwise per plane.
-    percentile_rule : {"numpy2.0", "numpy2.1"}
-        The percentile arithmetic of the reference's numpy (:mod:`.percentile`): 2.0 for Cellpose
-        3.1.1.1's references, 2.1 and later for Cellpose 4.2.1.1's.
 
     Returns
     -------
@@ -193,7 +189,7 @@ def normalize_image(img: np.ndarray, normalize: bool = True, invert: bool = Fals
     """
     options = NormalizeOptions(normalize=normalize, invert=invert, percentile=percentile, norm3D=norm3D)
     x = img if img.dtype == np.float32 else img.astype(np.float32)
-    return normalize_img(x if x.ndim == 4 else x[np.newaxis], options, percentile_rule).reshape(x.shape)
+    return normalize_img(x if x.ndim == 4 else x[np.newaxis], options).reshape(x.shape)
 
 
 def check_finite(img: np.ndarray) -> None:
