@@ -1,4 +1,5 @@
-"""The ``cellflow-rt`` command: ``run`` (segment files), ``info``, ``export`` (needs torch).
+"""The ``cellflow-rt`` command: ``run`` (segment files), ``info``, ``models`` (Cellpose's published
+models), ``serve``, ``warmup``, ``export`` (needs torch).
 
 Flag names are Cellpose's (``python -m cellpose``) so that existing command lines carry over.
 Exit status: 0 when every input succeeded, 1 when any failed (listed at the end), 2 for usage errors.
@@ -12,6 +13,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .published.command import models_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -126,14 +128,16 @@ def _add_model(path: Path) -> None:
 @click.option("--mask_filter", default="_masks", show_default=True,
               help="Skip files of --dir whose stem ends with this (label images).")
 @click.option("--pretrained_model", "--model", "model_name", default="cyto_demo", show_default=True,
-              help="Bundled or exported model name, or a path to an exported .onnx.")
+              help="Model name (bundled, user, or one of Cellpose's published models such as cyto3, nuclei, "
+                   "cpsam: fetched on first use), or a path to an exported .onnx.")
 @click.option("--pretrained_model_ortho", "ortho_model_name", default=None,
               help="do_3D: model for the ZY and ZX views (name or .onnx path); the YX view uses --pretrained_model.")
 @click.option("--add_model", "add_model", type=click.Path(path_type=Path), default=None,
               help="Copy an exported model (.onnx or its .json manifest) into the user model folder; "
                    "without images, only that.")
 @click.option("--restore_type", default=None,
-              help="Restore images before segmenting with this restoration model (exported name or .onnx path).")
+              help="Restore images before segmenting with this restoration model (Cellpose's name such as "
+                   "denoise_cyto3, fetched on first use; an exported name; or an .onnx path).")
 @click.option("--chan2_restore", is_flag=True,
               help="Accepted for Cellpose compatibility; no effect (Cellpose 3.1.1.1 restores both channels "
                    "with the first net).")
@@ -465,6 +469,7 @@ def info():
     from .network import available_providers
     from .provider_options import GPU_PROVIDERS
     from .network_openvino import bf16_status
+    from .published import cache_dir
     from .registry import list_models, user_model_dir
 
     click.echo(f"cellflow-rt {__version__}")
@@ -481,6 +486,7 @@ def info():
     click.echo(f"numba cache: {_numba.CACHE_DIR}")
     click.echo(f"numba threading layer: {numba.config.THREADING_LAYER} ({numba.config.NUMBA_NUM_THREADS} threads)")
     click.echo(f"user models: {user_model_dir()}")
+    click.echo(f"published models cache: {cache_dir()} (`cellflow-rt models list`)")
     click.echo("models:")
     for m in list_models():
         if m.generation == 4:
@@ -570,6 +576,9 @@ def _add_export_command():
 
 
 _add_export_command()
+
+
+main.add_command(models_command, name="models")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ A model is an ONNX file ``NAME.onnx`` with a manifest ``NAME.json`` beside it (w
 the model belongs to (``cellpose_generation``: 3 for CPnet models, the default; 4 for Cellpose-SAM),
 and :attr:`ModelInfo.generation` is where the rest of the package reads it. Models are looked up by name, first in
 the user folder (``$CELLFLOW_RT_MODELS`` or ``~/.cellflow/models``; a user model shadows a
-bundled one of the same name), then among the bundled models, or given by path to either file.
+bundled one of the same name), then among the bundled models, then in the cache of Cellpose's
+published models converted to ONNX (:mod:`cellflow_rt.published`; a published name that is not there
+yet is fetched and converted), or given by path to either file.
 The ONNX file's sha256 must match its manifest; it is checked once per process per file.
 """
 from __future__ import annotations
@@ -84,7 +86,7 @@ class ModelInfo:
     size_model : SizeModelParams or None
         The size model's parameters when one was exported with the network.
     source : str
-        ``"bundled"``, ``"user"`` or ``"path"`` (not compared: the same files are the same model).
+        ``"bundled"``, ``"user"``, ``"cache"`` (a converted published model) or ``"path"`` (not compared: the same files are the same model).
     precision : str
         ``"fp32"``, or ``"fp16"`` when the half-precision variant was given by path.
     kind : str
@@ -169,6 +171,9 @@ def resolve_model(name_or_path) -> ModelInfo:
     ------
     ModelNotFoundError
         Unknown name (the message lists the available ones) or missing file.
+    cellflow_rt.published.UnsupportedModelError, cellflow_rt.published.DownloadError
+        A published name whose network cellflow-rt does not run, or whose files cannot be fetched
+        (both ValueErrors).
     ModelFileError
         Missing or corrupt manifest, unknown format, or an ONNX file whose sha256 differs from the
         manifest's.
@@ -183,10 +188,10 @@ def resolve_model(name_or_path) -> ModelInfo:
                or "/" in text or os.sep in text)
     if not is_path:
         catalogue = _catalogue()
-        if text not in catalogue:
-            raise ModelNotFoundError(f"model {text!r} not found; {_available(catalogue)}")
-        manifest_path, source = catalogue[text]
-        return _load(manifest_path, None, source)
+        if text in catalogue:
+            manifest_path, source = catalogue[text]
+            return _load(manifest_path, None, source)
+        return _load(_fetch_published(text, catalogue), None, "cache")
     if not path.is_file():
         raise ModelNotFoundError(f"model file not found: {path}")
     suffix = path.suffix.lower()
@@ -203,6 +208,18 @@ def resolve_model(name_or_path) -> ModelInfo:
             "export models with `cellflow-rt export`, which writes both"
         )
     return _load(manifest_path, path, "path")
+
+
+def installed_model(name: str) -> Optional[ModelInfo]:
+    """Return the user, bundled or cached model called ``name``, or None; never downloads.
+
+    Raises
+    ------
+    ModelFileError
+        The model is there but unusable (manifest or checksum).
+    """
+    entry = _catalogue().get(name)
+    return None if entry is None else _load(entry[0], None, entry[1])
 
 
 def read_manifest(path) -> dict:
@@ -313,10 +330,24 @@ def _load(manifest_path: Path, onnx_path: Optional[Path], source: str) -> ModelI
     )
 
 
+def _fetch_published(name: str, catalogue: dict) -> Path:
+    """The manifest of Cellpose's published model ``name``, fetched and converted if needed."""
+    from .published import UnknownModelError, fetch_model
+
+    try:
+        return fetch_model(name)
+    except UnknownModelError:
+        raise ModelNotFoundError(f"model {name!r} not found; {_available(catalogue)}; or one of Cellpose's "
+                                 "published models (`cellflow-rt models list`)") from None
+
+
 def _catalogue() -> dict:
-    """Name -> (manifest path, source) for every NAME.json in the user and bundled folders."""
+    """Name -> (manifest path, source) for every NAME.json in the user and bundled folders and the
+    cache of converted published models."""
+    from .published.cache import cache_dir
+
     catalogue = {}
-    for folder, source in ((user_model_dir(), "user"), (bundled_model_dir(), "bundled")):
+    for folder, source in ((user_model_dir(), "user"), (bundled_model_dir(), "bundled"), (cache_dir(), "cache")):
         if folder.is_dir():
             for manifest_path in sorted(folder.glob("*.json")):
                 catalogue.setdefault(manifest_path.stem, (manifest_path, source))
