@@ -27,7 +27,19 @@ _TIMEOUT = 60.0
 
 
 class DownloadError(ValueError):
-    """A file could not be downloaded (network, server or incomplete transfer)."""
+    """A file could not be downloaded (network, server or incomplete transfer).
+
+    Attributes
+    ----------
+    url : str
+        What was tried.
+    reason : str
+        Why it failed, with the number of attempts when there were several.
+    """
+
+    def __init__(self, message: str, url: str = "", reason: str = ""):
+        super().__init__(message)
+        self.url, self.reason = url, reason
 
 
 class ChecksumError(ValueError):
@@ -94,15 +106,21 @@ def download(url: str, destination, *, sha256: Optional[str] = None, progress: b
             if err.code < 500 and err.code != 429:
                 break  # the server's answer will not change on retry
         except (urllib.error.URLError, OSError, _ShortTransfer) as err:
-            last = str(getattr(err, "reason", None) or err)
+            cause = getattr(err, "reason", None) or err
+            last = str(cause)
+            if isinstance(cause, FileNotFoundError):
+                last = f"no such file {cause.filename}"
+                break  # a local mirror without the file
         else:
             if sha256 is not None and digest != sha256.lower():
                 destination.unlink(missing_ok=True)
                 raise ChecksumError(f"{url}: sha256 {digest} is not the expected {sha256}; the file was "
                                     f"refused (nothing written at {destination})")
             return digest
-    tries = f" after {retries + 1} attempts" if retries and last and not last.startswith("HTTP 4") else ""
-    raise DownloadError(f"cannot download {url} to {destination}{tries}: {last}" + (f". {hint}" if hint else ""))
+    if attempt:
+        last = f"{last} ({attempt + 1} attempts)"
+    raise DownloadError(f"cannot download {url} to {destination}: {last}" + (f". {hint}" if hint else ""),
+                        url=url, reason=last)
 
 
 class _ShortTransfer(Exception):

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 from .cache import DOWNLOADS, cache_dir, cellpose_cache_dir, manifest_path, model_lock
 from .catalog import PublishedFile, PublishedModel, lookup
-from .download import MODELS_URL_ENV, download, source_url
+from .download import MODELS_URL_ENV, DownloadError, download, source_url
 
 
 def is_cached(name: str) -> bool:
@@ -113,9 +113,13 @@ def _obtain(file: PublishedFile, staging: Path, name: str, progress: bool, say) 
     url = source_url(file.name, file.base_url)
     say(f"{name}: downloading {url}")
     destination = staging / file.name
-    hint = (f"To install it by hand, download {file.url} and put it in {cellpose_cache_dir()} (Cellpose's "
-            f"cache), or set {MODELS_URL_ENV} to a mirror or folder that holds the file {file.name}")
-    digest = download(url, destination, sha256=file.sha256, progress=progress, hint=hint)
+    hint = (f"Without internet: download {file.url} elsewhere and put it in {cellpose_cache_dir()} (Cellpose's "
+            f"cache), or set {MODELS_URL_ENV} to a mirror URL or folder that holds the file {file.name}")
+    try:
+        digest = download(url, destination, sha256=file.sha256, progress=progress)
+    except DownloadError as err:
+        raise DownloadError(f"cannot fetch model {name!r}: Cellpose's file {file.name} could not be downloaded "
+                            f"from {url}: {err.reason}. {hint}", url=url, reason=err.reason) from None
     return destination, _record(file, digest, destination.stat().st_size, origin=url)
 
 
