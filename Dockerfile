@@ -8,6 +8,7 @@
 #   CPU image (default target):  docker build -t cellflow-rt .
 #   CUDA image:                  docker build --target cuda -t cellflow-rt:cuda .
 #   CPU image with bf16:         docker build --build-arg EXTRAS="[openvino]" -t cellflow-rt:bf16 .
+#   with Cellpose's models:      docker build --build-arg CELLFLOW_RT_PULL="cyto3 nuclei" -t cellflow-rt:cyto3 .
 #
 #   docker run --rm -v "$PWD:/data" cellflow-rt run --dir /data --model nuclei_demo --diameter 17 --save_tif
 #   docker run --rm --gpus all -v "$PWD:/data" cellflow-rt:cuda run --dir /data --use_gpu --save_tif
@@ -64,6 +65,17 @@ RUN python -m venv /opt/venv \
 RUN sh /src/docker/slim-venv.sh /opt/venv
 RUN /opt/venv/bin/python /src/docker/warm-cache.py --prune-bytecode \
  && chmod -R a+rwX /opt/cellflow-rt
+# --build-arg CELLFLOW_RT_PULL="cyto3 nuclei" pre-pulls Cellpose's published models into the image's
+# model cache (downloaded and converted at build time: both images then run them offline);
+# --build-arg CELLFLOW_RT_MODELS_URL=https://mirror.example/cellpose fetches them from a mirror.
+ARG CELLFLOW_RT_PULL=""
+ARG CELLFLOW_RT_MODELS_URL=""
+RUN mkdir -p /opt/cellflow-rt/models \
+ && if [ -n "${CELLFLOW_RT_PULL}" ]; then \
+      PYTHONDONTWRITEBYTECODE=1 CELLFLOW_RT_MODELS_DIR=/opt/cellflow-rt/models \
+      CELLFLOW_RT_MODELS_URL="${CELLFLOW_RT_MODELS_URL}" /opt/venv/bin/cellflow-rt models pull --quiet ${CELLFLOW_RT_PULL}; \
+    fi \
+ && chmod -R a+rwX /opt/cellflow-rt/models
 
 # CUDA builder: the CPU builder's venv with onnxruntime swapped for onnxruntime-gpu and the `gpu`
 # extra added (cellflow-rt itself is not reinstalled, so its numba cache stays valid: same sources,
@@ -96,6 +108,7 @@ RUN apt-get update \
  && if python -m pip --version >/dev/null 2>&1; then python -m pip uninstall -q -y pip setuptools wheel; fi \
  && useradd --system --uid 10001 --gid 0 --create-home --home-dir /home/cellflow --shell /usr/sbin/nologin cellflow
 ENV PATH=/opt/venv/bin:$PATH \
+    CELLFLOW_RT_MODELS_DIR=/opt/cellflow-rt/models \
     NUMBA_CACHE_DIR=/opt/cellflow-rt/numba-cache \
     NUMBA_CPU_NAME=generic \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -106,3 +106,13 @@ def test_the_build_context_is_only_what_the_dockerfile_copies():
             if instruction == "COPY" and not args.startswith("--from="):
                 copied.update(args.split()[:-1])
     assert "*" in lines and copied == included, (copied, included)
+
+
+def test_published_models_can_be_pulled_into_both_images_at_build_time():
+    builder = STAGES["builder"][1]
+    assert ("ARG", 'CELLFLOW_RT_PULL=""') in builder, "a plain build pulls nothing (no network needed)"
+    pull = next(a for i, a in builder if i == "RUN" and "models pull" in a)
+    assert "CELLFLOW_RT_MODELS_DIR=/opt/cellflow-rt/models" in pull and 'if [ -n "${CELLFLOW_RT_PULL}" ]' in pull
+    assert STAGES["cuda-builder"][0] == "builder", "the CUDA image inherits the pulled models"
+    runtime_env = " ".join(a for i, a in STAGES["runtime-base"][1] if i == "ENV")
+    assert "CELLFLOW_RT_MODELS_DIR=/opt/cellflow-rt/models" in runtime_env
