@@ -434,7 +434,7 @@ def _run_blockwise(paths, model, settings, blocksize, overlap, scheduler, estima
 
 @main.command()
 @click.option("--pretrained_model", "--model", "model_name", default="cyto_demo", show_default=True,
-              help="Bundled or exported model name, or a path to an exported .onnx.")
+              help="Model name (bundled, user, or Cellpose's published: fetched on first use), or an .onnx path.")
 @click.option("--use_gpu", is_flag=True, help="Warm up the GPU path (TensorRT if offered, else CUDA).")
 @click.option("--provider", type=click.Choice(["tensorrt", "cuda"]), default=None,
               help="GPU provider to warm up (default: TensorRT if offered, else CUDA).")
@@ -504,7 +504,9 @@ def info():
               help="Address to listen on; a non-loopback address needs --token or --insecure.")
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="Port (0 = a free one).")
 @click.option("--model", "--pretrained_model", "model_names", multiple=True,
-              help="Model to keep loaded (repeat for several; the first is the default) [default: cyto_demo].")
+              help="Model to keep loaded (repeat for several; the first is the default): a name, including "
+                   "Cellpose's published ones (cyto3, nuclei, cpsam: fetched before the server starts), or an "
+                   ".onnx path [default: cyto_demo].")
 @click.option("--use_gpu", is_flag=True, help="Use TensorRT/CUDA if onnxruntime offers them (falls back to CPU).")
 @click.option("--provider", default=None, help="Execution provider to require (cpu, cuda, tensorrt); fails if missing.")
 @click.option("--threads", default=0, type=int, help="CPU threads for the network (0 = onnxruntime's choice).")

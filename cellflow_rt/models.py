@@ -72,8 +72,9 @@ class CellposeModel:
         Prefer GPU execution providers (TensorRT, CUDA) when onnxruntime offers them; falls back to
         CPU with a warning otherwise.
     pretrained_model : str or path
-        A bundled or user model name (``cellflow-rt info`` lists them), or a path to an exported
-        ``.onnx`` (with its ``.json`` manifest).
+        A bundled or user model name (``cellflow-rt info`` lists them), one of Cellpose's published
+        names (``cyto3``, ``nuclei``, ``cpsam``...: downloaded and converted on first use, see
+        ``cellflow-rt models list``), or a path to an exported ``.onnx`` (with its ``.json`` manifest).
     model_type : str, optional
         Alternative to ``pretrained_model`` (Cellpose's name for the same thing).
     providers : str or list, optional

@@ -1,6 +1,9 @@
 """Shared test fixtures: paths to ../shared and the bundled models."""
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,12 @@ os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 if "numba" in sys.modules:  # a pytest plugin (napari's) imported numba before this file: reread its config
     from numba.core import config as _numba_config
     _numba_config.reload_config()
+
+# The suite neither reads nor fills the user's cache of Cellpose's published models (cellflow_rt.published);
+# the tests that fetch models serve the demo checkpoints on 127.0.0.1 (tests/published_server.py).
+_PUBLISHED_CACHE = tempfile.mkdtemp(prefix="cellflow-rt-test-models-")
+os.environ["CELLFLOW_RT_MODELS_DIR"] = _PUBLISHED_CACHE
+atexit.register(shutil.rmtree, _PUBLISHED_CACHE, True)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -246,3 +246,17 @@ def test_two_processes_pulling_at_once_end_with_one_good_model(env, server):
     assert cache_files(env / "cache") == ["cyto3.json", "cyto3.onnx"]
     from cellflow_rt.registry import resolve_model
     assert resolve_model("cyto3").source == "cache"  # manifest and checksum good
+
+
+def test_python_api_and_serve_take_published_names(env, server):
+    from cellflow_rt.models import CellposeModel
+
+    by_name = CellposeModel(pretrained_model="nuclei")
+    by_type = CellposeModel(model_type="nuclei")
+    assert by_name.diam_mean == by_type.diam_mean == 17.0
+    assert server.requests == {"nucleitorch_0": 1, "size_nucleitorch_0.npy": 1}
+    pytest.importorskip("starlette", reason="the serve extra is not installed")
+    from cellflow_rt.serve.server import load_models
+
+    assert list(load_models(["nuclei", "cyto_demo"], "cpu", False, 1, "fp32")) == ["nuclei", "cyto_demo"]
+    assert server.total == 2

@@ -24,7 +24,8 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, Q
 
 from ..examples import EXAMPLE_MODEL
 from ..network import PRECISIONS, available_providers
-from ..registry import list_models, resolve_model
+from ..published import CATALOG, cache_dir, published_names
+from ..registry import installed_model, list_models, resolve_model
 from ..settings import EvalSettings
 from .layers import ImageAxes, InputProblem, check_channels, image_axes, show_outcome
 from .progress import RunCancelled
@@ -222,8 +223,14 @@ class SegmentationWidget(QWidget):
         current = self.model_combo.currentData()
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
+        installed = set()
         for info in list_models():
-            self.model_combo.addItem(info.name, info.name)
+            if info.kind == "segmentation":
+                self.model_combo.addItem(info.name, info.name)
+                installed.add(info.name)
+        for name in published_names(supported_only=True):
+            if name not in installed and CATALOG[name].kind == "segmentation":
+                self.model_combo.addItem(f"{name} (Cellpose, downloaded on first use)", name)
         self.model_combo.blockSignals(False)
         wanted = current if current is not None else EXAMPLE_MODEL
         index = self.model_combo.findData(wanted)
@@ -249,14 +256,20 @@ class SegmentationWidget(QWidget):
         name = self.model_combo.currentData()
         if not name:
             return
+        if name in CATALOG and installed_model(name) is None:
+            # fetched by the run's worker thread, not here: a download would freeze the panel
+            self.status_label.setText(f"{name}: Cellpose's published model, downloaded and converted "
+                                      f"on first use into {cache_dir()}")
+            return
         try:
             info = resolve_model(name)
         except (ValueError, FileNotFoundError) as exc:
             self.status_label.setText(str(exc))
             return
         self.diameter_spin.setValue(float(info.diam_mean))
-        self.chan_spin.setValue(int(info.default_channels[0]))
-        self.chan2_spin.setValue(int(info.default_channels[1]))
+        if info.default_channels is not None:  # Cellpose 4 models take the image's first 3 channels
+            self.chan_spin.setValue(int(info.default_channels[0]))
+            self.chan2_spin.setValue(int(info.default_channels[1]))
 
     def _image_layers(self):
         return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
