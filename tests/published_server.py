@@ -17,6 +17,9 @@ SERVED = {
     "size_cyto3.npy": "cellflow_cyto_demo_size.npy",
     "cpsam": "cellflow_cpsam_tiny_demo",
     "denoise_nuclei": "cellflow_denoise_nuclei_demo",
+    # stand-ins for names with no converter rule of their own (Cellpose's diam_mean rule applies)
+    "tissuenet_cp3": "cellflow_nuclei_demo",
+    "aniso_cyto2": "cellflow_denoise_nuclei_demo",
 }
 
 

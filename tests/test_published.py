@@ -260,3 +260,15 @@ def test_python_api_and_serve_take_published_names(env, server):
 
     assert list(load_models(["nuclei", "cyto_demo"], "cpu", False, 1, "fp32")) == ["nuclei", "cyto_demo"]
     assert server.total == 2
+
+
+def test_cellposes_diam_mean_rule_for_built_in_names(env, server):
+    # Cellpose 3.1.1.1 runs every name of its MODEL_NAMES at diam_mean 30 (17 for nuclei), and its
+    # restoration nets at 17 when the name says nuclei, else 30, whatever the checkpoint stores (17 here)
+    from cellflow_rt.registry import resolve_model
+
+    tissuenet = resolve_model("tissuenet_cp3")
+    assert (tissuenet.diam_mean, tissuenet.manifest["stored_diam_mean"], tissuenet.size_model) == (30.0, 17.0, None)
+    aniso = resolve_model("aniso_cyto2")
+    assert (aniso.kind, aniso.restore_type, aniso.diam_mean) == ("restoration", "denoise", 30.0)
+    assert resolve_model("denoise_nuclei").diam_mean == 17.0

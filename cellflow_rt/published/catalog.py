@@ -59,6 +59,10 @@ class PublishedModel:
         For restoration nets: how Cellpose runs it (``denoise``, ``deblur``, ``upsample``, ``oneclick``).
     unsupported : str or None
         Why cellflow-rt cannot run it (a network that is not a CPnet or CPSAM), else None.
+    diam_mean : float or None
+        The diam_mean Cellpose 3.1.1.1 uses for this built-in name whatever the checkpoint stores
+        (``models.get_model_params``: 17 for ``nuclei``, else 30; ``denoise.DenoiseModel``: 17 when
+        the name says nuclei, else 30); None for Cellpose 4, which has no such rule.
     """
 
     name: str
@@ -68,6 +72,7 @@ class PublishedModel:
     kind: str = "segmentation"
     restore_type: Optional[str] = None
     unsupported: Optional[str] = None
+    diam_mean: Optional[float] = None
 
     @property
     def files(self) -> Tuple[PublishedFile, ...]:
@@ -111,7 +116,8 @@ def _cellpose3_model(name: str) -> PublishedModel:
     unsupported = None
     if name in _TRANSFORMERS:
         unsupported = "its network is Cellpose 3's segformer transformer, not a CPnet"
-    return PublishedModel(name, PublishedFile(basename, CELLPOSE3_URL), size, unsupported=unsupported)
+    return PublishedModel(name, PublishedFile(basename, CELLPOSE3_URL), size, unsupported=unsupported,
+                          diam_mean=17.0 if name == "nuclei" else 30.0)
 
 
 def _restoration_names() -> list:
@@ -132,7 +138,7 @@ def _build() -> dict:
     catalog = {name: _cellpose3_model(name) for name in _CELLPOSE3_SEGMENTATION}
     for name, kind in _restoration_names():
         catalog[name] = PublishedModel(name, PublishedFile(name, CELLPOSE3_URL), kind="restoration",
-                                       restore_type=kind)
+                                       restore_type=kind, diam_mean=17.0 if "nuclei" in name else 30.0)
     for name in _CELLPOSE4_CPSAM:
         catalog[name] = PublishedModel(name, PublishedFile(name, CELLPOSE4_URL), generation=4)
     for name in _CELLPOSE4_DINO:

@@ -142,6 +142,9 @@ def _convert_and_install(model: PublishedModel, paths: list, records: list) -> N
                         "converted by cellflow-rt",
             restore_type=model.restore_type, echo=lambda line: None))
         manifest = json.loads(written.read_text(encoding="utf-8"))
+        if model.diam_mean is not None and manifest["diam_mean"] != model.diam_mean:
+            # Cellpose uses its built-in value for this name, not the checkpoint's (catalog.PublishedModel)
+            manifest["stored_diam_mean"], manifest["diam_mean"] = manifest["diam_mean"], model.diam_mean
         manifest["published"] = {"name": model.name, "files": records,
                                  "note": "Cellpose publishes no checksums: sha256 is that of the file used"}
         tmp_manifest = work / f".{model.name}.json.tmp"
