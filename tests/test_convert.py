@@ -112,6 +112,28 @@ def test_builtin_basename_rules(tmp_path):
     assert manifest["size_model"] is not None
 
 
+def test_cpsam_demo_converts(tmp_path):
+    path = convert_checkpoint(WEIGHTS / "cellflow_cpsam_tiny_demo", name="sam", out_dir=tmp_path)
+    manifest = json.loads(path.read_text())
+    assert (manifest["cellpose_generation"], manifest["architecture"], manifest["nchan"], manifest["nout"]) == \
+        (4, "cpsam", 3, 3)
+    assert manifest["cpsam"] == {"embed_dim": 64, "depth": 2, "num_heads": 4, "mlp_dim": 256, "neck_dim": 32,
+                                 "nout": 3, "patch_size": 8, "tile": 256, "rel_pos_lengths": [27, 127]}
+    assert manifest["diam_labels"] == 26.0 and manifest["size_model"] is None and manifest["converter"] == CONVERTER
+    session = _session(tmp_path / "sam.onnx")
+    assert session.get_inputs()[0].shape[1:] == [3, 256, 256] and isinstance(session.get_inputs()[0].shape[0], str)
+    flows, style = session.run(None, {"image": np.random.default_rng(0).random((2, 3, 256, 256), dtype=np.float32)})
+    assert flows.shape == (2, 3, 256, 256) and np.isfinite(flows).all() and not style.any()
+
+
+def test_cpsam_refuses_cellpose3_options(tmp_path):
+    for option in ({"channels": [1, 2]}, {"restore_type": "denoise"},
+                   {"size_model": WEIGHTS / "cellflow_nuclei_demo_size.npy"}):
+        with pytest.raises(ValueError, match=next(iter(option))):
+            convert_checkpoint(WEIGHTS / "cellflow_cpsam_tiny_demo", name="sam", out_dir=tmp_path, **option)
+    assert not any(tmp_path.iterdir())
+
+
 def test_legacy_format_reads_like_the_zip_format(tmp_path):
     state = read_state_dict(WEIGHTS / "cellflow_nuclei_demo")
     legacy = tmp_path / "legacy_nuclei"
