@@ -81,11 +81,8 @@ def test_cpsam_by_name_matches_the_converters_own_output(env, server, tmp_path, 
     from cellflow_rt.convert import convert_checkpoint
 
     monkeypatch.setitem(sys.modules, "torch", None)
-    try:
-        direct = convert_checkpoint(SHARED_WEIGHTS / "cellflow_cpsam_tiny_demo", name="cpsam_direct",
-                                    out_dir=tmp_path / "direct", echo=lambda line: None)
-    except (ValueError, ImportError) as exc:  # the converter's CPSAM half lands after its CPnet half
-        pytest.skip(f"the torch-free converter does not convert CPSAM yet: {exc}")
+    direct = convert_checkpoint(SHARED_WEIGHTS / "cellflow_cpsam_tiny_demo", name="cpsam_direct",
+                                out_dir=tmp_path / "direct", echo=lambda line: None)
     by_name = segment(NUCLEI_IMAGE, "cpsam", tmp_path / "a", env, tmp_path, "--diameter", 26)
     assert server.requests == {"cpsam": 1}
     reference = segment(NUCLEI_IMAGE, direct.with_suffix(".onnx"), tmp_path / "b", env, tmp_path, "--diameter", 26)
@@ -133,3 +130,12 @@ def test_offline_run_says_what_to_do(env, server, tmp_path):
     assert proc.returncode != 0
     assert f"{server.url}/cyto3" in proc.stderr and "CELLFLOW_RT_MODELS_URL" in proc.stderr, proc.stderr
     assert not list((tmp_path / "cache").glob("*.json"))
+
+
+@pytest.mark.torch
+def test_cpsam_by_name_gives_the_torch_exported_masks(env, server, tmp_path, cpsam_tiny):
+    # cpsam_tiny: the same demo checkpoint exported by torch (conftest); the run by name never imports torch
+    by_name = segment(NUCLEI_IMAGE, "cpsam", tmp_path / "a", env, tmp_path, "--diameter", 26)
+    exported = segment(NUCLEI_IMAGE, cpsam_tiny.with_suffix(".onnx"), tmp_path / "b", env, tmp_path, "--diameter", 26)
+    assert by_name.max() > 0
+    np.testing.assert_array_equal(by_name, exported)
