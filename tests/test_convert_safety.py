@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -56,15 +57,17 @@ def test_forbidden_global_inside_a_state_dict_is_refused(tmp_path):
     assert not sentinel.exists()
 
 
-@pytest.mark.parametrize("module, name", [("torch.nn.modules.conv", "Conv2d"), ("torch", "ComplexFloatStorage"),
-                                          ("numpy", "ndarray"), ("builtins", "getattr")])
-def test_unknown_classes_and_storage_types_are_refused(tmp_path, module, name):
+@pytest.mark.parametrize("module, name, error", [("torch.nn.modules.conv", "Conv2d", UnsafeCheckpointError),
+                                                 ("numpy", "ndarray", UnsafeCheckpointError),
+                                                 ("builtins", "getattr", UnsafeCheckpointError),
+                                                 ("torch", "ComplexFloatStorage", CheckpointFormatError)])
+def test_unknown_classes_and_storage_types_are_refused(tmp_path, module, name, error):
     array = np.zeros(4, np.float32)
     data = pickle_bytes({"w": tensor("0", array, storage_type=Global(module, name))}) if "Storage" in name else \
         pickle_bytes({"w": Reduce(Global(module, name), ())})
     path = tmp_path / "odd.pth"
     write_zip_checkpoint(path, data, {"0": array})
-    _assert_refused(path, tmp_path / "out", UnsafeCheckpointError, f"{module}.{name}")
+    _assert_refused(path, tmp_path / "out", error, f"{module}.{name}")
 
 
 @pytest.mark.parametrize("junk", ["text", 3, [1, 2], None])
@@ -116,6 +119,26 @@ def test_storage_shorter_than_its_tensor_is_refused(tmp_path):
     path = tmp_path / "short.pth"
     copy_zip(NUCLEI, path, replace={"/data/7": b"\0" * 12})
     _assert_refused(path, tmp_path / "out", CheckpointFormatError, "storage 7", "bytes")
+
+
+def test_damaged_storage_is_refused(tmp_path):
+    # a storage's bytes changed in place (same length) while the zip still records the original CRC
+    path = tmp_path / "damaged.pth"
+    with zipfile.ZipFile(NUCLEI) as z:
+        original = next(i for i in z.infolist() if i.filename.endswith("/data/7"))
+    copy_zip(NUCLEI, path, replace={"/data/7": b"\x7f" * original.file_size})
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(original.filename)
+    data = bytearray(path.read_bytes())
+    old, new = info.CRC.to_bytes(4, "little"), original.CRC.to_bytes(4, "little")
+    local = info.header_offset + 14  # CRC field of the local header
+    central = data.index(b"PK\x01\x02")  # central directory entries, in member order
+    while int.from_bytes(data[central + 42:central + 46], "little") != info.header_offset:
+        central = data.index(b"PK\x01\x02", central + 4)
+    assert data[local:local + 4] == old and data[central + 16:central + 20] == old
+    data[local:local + 4] = data[central + 16:central + 20] = new
+    path.write_bytes(bytes(data))
+    _assert_refused(path, tmp_path / "out", CheckpointFormatError, "data/7", "damaged")
 
 
 def test_tensor_reaching_past_its_storage_is_refused(tmp_path):

@@ -9,7 +9,7 @@ ONNX graphs), ``onnx_writer`` (graphs streamed to disk), ``self_check`` (the gat
 (:func:`convert_checkpoint`), ``errors``.
 """
 from .converter import convert_checkpoint
-from .errors import CheckpointError, CheckpointFormatError, ConversionCheckError, UnsafeCheckpointError
+from .errors import CheckpointError, CheckpointFormatError, ConversionCheckError, SizeModelError, UnsafeCheckpointError
 
 __all__ = ["convert_checkpoint", "CheckpointError", "CheckpointFormatError", "ConversionCheckError",
-           "UnsafeCheckpointError"]
+           "SizeModelError", "UnsafeCheckpointError"]

@@ -1,15 +1,18 @@
 """The errors of :mod:`cellflow_rt.convert`.
 
 They subclass the exporter's :class:`~cellflow_rt.export.checkpoint.CheckpointError` (itself a
-``ValueError``), so code that handles the exporter's refusals handles the converter's too.
+``ValueError``), so code that handles the exporter's refusals handles the converter's too. Size
+models are read by the exporter's safe reader, whose :class:`SizeModelError` is re-exported here.
 """
 from __future__ import annotations
 
 import os
 
 from cellflow_rt.export.checkpoint import CheckpointError
+from cellflow_rt.export.size_model import SizeModelError
 
-__all__ = ["CheckpointError", "CheckpointFormatError", "UnsafeCheckpointError", "ConversionCheckError"]
+__all__ = ["CheckpointError", "CheckpointFormatError", "UnsafeCheckpointError", "ConversionCheckError",
+           "SizeModelError"]
 
 
 class CheckpointFormatError(CheckpointError):

@@ -14,7 +14,8 @@ Every pickle is read by :class:`_TensorUnpickler`, which answers global lookups 
 (tensor rebuild functions, storage types, ``collections.OrderedDict``) and refuses every other name
 with :class:`~.errors.UnsafeCheckpointError` before anything is imported or called. Tensors come
 back as read-only numpy views of the file: uncompressed zip members and legacy storages are
-memory-mapped, so a 1.2 GB checkpoint is not copied into memory.
+memory-mapped, so a 1.2 GB checkpoint is not copied into memory (each zip member's CRC is still
+checked: a damaged storage is refused rather than read as wrong weights).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import io
 import pickle
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +54,7 @@ class _StorageType:
     dtype: np.dtype
 
 
-@dataclass
+@dataclass(slots=True)
 class _StorageRef:
     """A storage named by a persistent id; ``data`` is filled in once its bytes are located."""
 
@@ -62,7 +64,7 @@ class _StorageRef:
     data: np.ndarray | None = None
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class _PendingTensor:
     """A tensor whose storage bytes come later in the file (legacy format)."""
 
@@ -118,7 +120,11 @@ class _TensorUnpickler(pickle.Unpickler):
         try:
             return self._ALLOWED[(module, name)]
         except KeyError:
-            raise UnsafeCheckpointError(self._path, f"{module}.{name}") from None
+            pass
+        if module in ("torch", "torch.storage") and name.endswith("Storage"):
+            raise CheckpointFormatError(self._path, f"tensors of type {module}.{name} are not supported (known: "
+                                                    f"{', '.join(sorted(_STORAGE_DTYPES))})")
+        raise UnsafeCheckpointError(self._path, f"{module}.{name}")
 
     def persistent_load(self, pid):
         fields = 6 if self._legacy else 5
@@ -179,12 +185,12 @@ def read_torch_checkpoint(path):
             obj = _read_legacy(path)
         else:
             raise CheckpointFormatError(path, "not a torch.save file (neither a zip archive nor a pickle)")
+        return _resolve(obj, path)
     except (CheckpointFormatError, FileNotFoundError):
         raise
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError, KeyError, IndexError,
             AttributeError, OverflowError, struct.error, OSError, MemoryError) as err:
         raise CheckpointFormatError(path, f"corrupt or truncated ({type(err).__name__}: {err})") from None
-    return _resolve(obj, path)
 
 
 def read_state_dict(path) -> dict:
@@ -245,7 +251,11 @@ def _member_bytes(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -
         f.seek(0, io.SEEK_END)
         if start + info.file_size > f.tell():
             raise CheckpointFormatError(path, f"zip member {info.filename} runs past the end of the file (truncated)")
-    return np.memmap(path, dtype=np.uint8, mode="r", offset=start, shape=(info.file_size,))
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=start, shape=(info.file_size,))
+    # torch's own mmap loading skips this; a damaged storage would otherwise become silently wrong weights
+    if zlib.crc32(data) != info.CRC:
+        raise CheckpointFormatError(path, f"zip member {info.filename} is damaged (CRC mismatch)")
+    return data
 
 
 def _typed(path: Path, raw: np.ndarray, ref: _StorageRef, byteorder: str) -> np.ndarray:
