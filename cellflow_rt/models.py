@@ -101,8 +101,11 @@ class CellposeModel:
             from .registry import ModelNotFoundError, resolve_model
             bound = inspect.signature(cls.__init__).bind_partial(None, *args, **kwargs).arguments
             name = bound.get("pretrained_model") or bound.get("model_type") or DEFAULT_MODEL
+            from .published import DownloadError
             try:
                 generation = resolve_model(name).generation
+            except DownloadError:
+                raise  # (not tried again by __init__: the retries took long enough)
             except (ModelNotFoundError, ValueError, TypeError):
                 generation = 3  # __init__ raises the error with its message
             if generation == 4:

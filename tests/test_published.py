@@ -272,3 +272,30 @@ def test_cellposes_diam_mean_rule_for_built_in_names(env, server):
     aniso = resolve_model("aniso_cyto2")
     assert (aniso.kind, aniso.restore_type, aniso.diam_mean) == ("restoration", "denoise", 30.0)
     assert resolve_model("denoise_nuclei").diam_mean == 17.0
+
+
+def test_a_killed_fetchs_leftovers_are_cleared_by_the_next(env, server):
+    downloads = env / "cache" / "downloads" / ".nuclei.dead1234"
+    downloads.mkdir(parents=True)
+    (downloads / "nucleitorch_0").write_bytes(b"half a file")
+    (env / "cache" / ".nuclei.convert.dead5678").mkdir()
+    fetch_model("nuclei", progress=False)
+    assert cache_files(env / "cache") == ["nuclei.json", "nuclei.onnx"]
+    assert not (env / "cache" / ".nuclei.convert.dead5678").exists()
+
+
+def test_python_api_offline_raises_the_download_error_once(env, server, monkeypatch):
+    import urllib.error
+
+    from cellflow_rt.models import CellposeModel
+
+    attempts = []
+
+    def offline(url, destination, progress):
+        attempts.append(url)
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(download_module, "_fetch_once", offline)
+    with pytest.raises(DownloadError, match="cyto3.*network is unreachable"):
+        CellposeModel(pretrained_model="cyto3")
+    assert len(attempts) == download_module.RETRIES + 1  # one round of retries, not one per constructor step

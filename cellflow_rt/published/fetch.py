@@ -65,6 +65,7 @@ def fetch_model(name: str, *, progress: bool = True, force: bool = False,
         if target.is_file() and not force:
             return target  # another process fetched it while this one waited
         started = time.perf_counter()
+        _remove_leftovers(name)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=_downloads_dir()))
         try:
             sources = [_obtain(file, staging, name, progress, say) for file in model.files]
@@ -94,6 +95,15 @@ def remove_model(name: str) -> list:
                 removed.append(path)
     (folder / f".{name}.lock").unlink(missing_ok=True)
     return removed
+
+
+def _remove_leftovers(name: str) -> None:
+    """Delete the working folders of an earlier fetch of ``name`` that was killed (the caller holds
+    the lock, so no live fetch owns them)."""
+    folder = cache_dir()
+    for leftover in [*(folder / DOWNLOADS).glob(f".{name}.*"), *folder.glob(f".{name}.convert.*")]:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _downloads_dir() -> Path:
