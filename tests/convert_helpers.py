@@ -83,8 +83,9 @@ def tensor(key: str, array: np.ndarray, legacy: bool = False, storage_type=None)
     pid = ("storage", storage_type or Global("torch", _STORAGES[array.dtype]), key, "cpu", int(array.size))
     if legacy:
         pid = pid + (None,)
-    return Reduce(Global("torch._utils", "_rebuild_tensor_v2"),
-                  (PersId(pid), 0, tuple(array.shape), strides, False, Reduce(Global("collections", "OrderedDict"), ())))
+    hooks = Reduce(Global("collections", "OrderedDict"), ())
+    args = (PersId(pid), 0, tuple(array.shape), strides, False, hooks)
+    return Reduce(Global("torch._utils", "_rebuild_tensor_v2"), args)
 
 
 def state_pickle(state: dict, legacy: bool = False) -> tuple[bytes, dict]:

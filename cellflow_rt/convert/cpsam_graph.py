@@ -128,8 +128,8 @@ class _CPSAMGraph:
 
     def build(self) -> GraphBuilder:
         g = self.g
-        x = g.op("Conv", [INPUT_NAME, self.w("encoder.patch_embed.proj.weight"), self.w("encoder.patch_embed.proj.bias")],
-                 kernel_shape=[PATCH, PATCH], strides=[PATCH, PATCH])
+        patch = [self.w("encoder.patch_embed.proj.weight"), self.w("encoder.patch_embed.proj.bias")]
+        x = g.op("Conv", [INPUT_NAME, *patch], kernel_shape=[PATCH, PATCH], strides=[PATCH, PATCH])
         x = g.op("Add", [g.op("Transpose", [x], perm=[0, 2, 3, 1]), self.w("encoder.pos_embed")])
         for i in range(self.spec.depth):
             x = self.block(f"encoder.blocks.{i}", x)
@@ -142,8 +142,7 @@ class _CPSAMGraph:
         flows = g.op("ConvTranspose", [x, self.w("W2")], kernel_shape=[PATCH, PATCH], strides=[PATCH, PATCH])
         batch = g.op("Shape", [INPUT_NAME], start=0, end=1)
         style_shape = g.op("Concat", [batch, g.const([NSTYLE])], axis=0)
-        style = g.op("ConstantOfShape", [style_shape],
-                     value=_float_tensor(0.0))
+        style = g.op("ConstantOfShape", [style_shape], value=_float_tensor(0.0))
         g.output(flows, OUTPUT_NAMES[0])
         g.output(style, OUTPUT_NAMES[1])
         return g

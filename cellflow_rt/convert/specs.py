@@ -73,8 +73,8 @@ def _bn(prefix: str, channels: int) -> dict:
             f"{prefix}.running_var": (channels,), f"{prefix}.num_batches_tracked": ()}
 
 
-def _conv(prefix: str, cin: int, cout: int, k: int, bias: bool = True) -> dict:
-    return {f"{prefix}.weight": (cout, cin, k, k), **({f"{prefix}.bias": (cout,)} if bias else {})}
+def _conv(prefix: str, cin: int, cout: int, k: int) -> dict:
+    return {f"{prefix}.weight": (cout, cin, k, k), f"{prefix}.bias": (cout,)}
 
 
 def cpnet_expected_shapes(spec: CPnetSpec) -> dict:
@@ -95,8 +95,9 @@ def cpnet_expected_shapes(spec: CPnetSpec) -> dict:
         p = f"upsample.up.res_up_{n - 1}"
         shapes.update({**_bn(f"{p}.conv.conv_0.0", cin), **_conv(f"{p}.conv.conv_0.2", cin, cout, 3)})
         for t in (1, 2, 3):
-            shapes.update({**_bn(f"{p}.conv.conv_{t}.conv.0", cout), **_conv(f"{p}.conv.conv_{t}.conv.2", cout, cout, 3),
-                           f"{p}.conv.conv_{t}.full.weight": (cout, nstyle), f"{p}.conv.conv_{t}.full.bias": (cout,)})
+            s = f"{p}.conv.conv_{t}"
+            shapes.update({**_bn(f"{s}.conv.0", cout), **_conv(f"{s}.conv.2", cout, cout, 3),
+                           f"{s}.full.weight": (cout, nstyle), f"{s}.full.bias": (cout,)})
         shapes.update({**_bn(f"{p}.proj.0", cin), **_conv(f"{p}.proj.1", cin, cout, 1)})
     shapes.update({**_bn("output.0", nbaseup[0]), **_conv("output.2", nbaseup[0], spec.nout, 1)})
     shapes.update({key: (1,) for key in DIAMETER_KEYS})
