@@ -299,3 +299,13 @@ def test_python_api_offline_raises_the_download_error_once(env, server, monkeypa
     with pytest.raises(DownloadError, match="cyto3.*network is unreachable"):
         CellposeModel(pretrained_model="cyto3")
     assert len(attempts) == download_module.RETRIES + 1  # one round of retries, not one per constructor step
+
+
+def test_a_damaged_file_in_cellposes_cache_is_named(env, server):
+    cellpose = env / "cellpose"
+    cellpose.mkdir()
+    (cellpose / "nucleitorch_0").write_bytes((SHARED_WEIGHTS / "cellflow_nuclei_demo").read_bytes()[:5000])
+    with pytest.raises(ValueError, match=r"from Cellpose's cache: .*nucleitorch_0.*delete a damaged file"):
+        fetch_model("nuclei", progress=False)
+    assert server.requests == {"size_nucleitorch_0.npy": 1}  # only the file Cellpose's cache lacked
+    assert cache_files(env / "cache") == []

@@ -70,7 +70,14 @@ def fetch_model(name: str, *, progress: bool = True, force: bool = False,
         try:
             sources = [_obtain(file, staging, name, progress, say) for file in model.files]
             say(f"converting {name} to ONNX...")
-            _convert_and_install(model, [path for path, _ in sources], [record for _, record in sources])
+            try:
+                _convert_and_install(model, [path for path, _ in sources], [record for _, record in sources])
+            except ValueError as err:
+                local = [str(path) for path, _ in sources if not path.is_relative_to(staging)]
+                if not local:
+                    raise
+                raise ValueError(f"{err} (from Cellpose's cache: {', '.join(local)}; delete a damaged file "
+                                 "there to have cellflow-rt download it again)") from err
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             with contextlib.suppress(OSError):
