@@ -15,7 +15,7 @@ import pytest
 from cellflow_rt.convert import convert_checkpoint
 from cellflow_rt.convert.converter import CONVERTER
 from cellflow_rt.convert.torch_checkpoint import read_state_dict
-from convert_helpers import save_legacy_state
+from convert_helpers import save_legacy_state, save_zip_state
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT.parent / "shared" / "weights"
@@ -132,6 +132,35 @@ def test_cpsam_refuses_cellpose3_options(tmp_path):
         with pytest.raises(ValueError, match=next(iter(option))):
             convert_checkpoint(WEIGHTS / "cellflow_cpsam_tiny_demo", name="sam", out_dir=tmp_path, **option)
     assert not any(tmp_path.iterdir())
+
+
+def test_dataparallel_prefix_and_missing_diameters(tmp_path):
+    # Cellpose 4 strips a DataParallel "module." prefix; a checkpoint without diam_* gets Cellpose's 30
+    state = read_state_dict(WEIGHTS / "cellflow_cpsam_tiny_demo")
+    prefixed = tmp_path / "prefixed"
+    save_zip_state(prefixed, {f"module.{k}": v for k, v in state.items() if not k.startswith("diam_")})
+    manifest = json.loads(convert_checkpoint(prefixed, name="p", out_dir=tmp_path / "a").read_text())
+    assert (manifest["diam_mean"], manifest["diam_labels"]) == (30.0, 30.0)
+    convert_checkpoint(WEIGHTS / "cellflow_cpsam_tiny_demo", name="d", out_dir=tmp_path / "b")
+    image = np.random.default_rng(2).random((1, 3, 256, 256), dtype=np.float32)
+    a = _session(tmp_path / "a" / "p.onnx").run(None, {"image": image})
+    b = _session(tmp_path / "b" / "d.onnx").run(None, {"image": image})
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_not_a_cellpose_network_is_refused(tmp_path):
+    from cellflow_rt.convert import CheckpointError
+
+    path = tmp_path / "other.pth"
+    save_zip_state(path, {"fc.weight": np.zeros((2, 3), np.float32)})
+    with pytest.raises(CheckpointError, match="not a Cellpose CPnet"):
+        convert_checkpoint(path, name="x", out_dir=tmp_path / "out")
+    state = dict(read_state_dict(WEIGHTS / "cellflow_nuclei_demo"))
+    state["output.2.bias"] = np.zeros(5, np.float32)
+    save_zip_state(path, state)
+    with pytest.raises(CheckpointError, match="wrong shape: output.2.bias"):
+        convert_checkpoint(path, name="x", out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_legacy_format_reads_like_the_zip_format(tmp_path):
