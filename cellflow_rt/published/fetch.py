@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .cache import DOWNLOADS, cache_dir, cellpose_cache_dir, manifest_path, model_lock
-from .catalog import PublishedFile, PublishedModel, lookup
+from .catalog import CATALOG, PublishedFile, PublishedModel, lookup
 from .download import MODELS_URL_ENV, DownloadError, download, source_url
 
 
@@ -88,9 +88,8 @@ def fetch_model(name: str, *, progress: bool = True, force: bool = False,
 
 def remove_model(name: str) -> list:
     """Delete the cached model ``name`` (manifest first, so no reader sees a manifest without its
-    network); return the files removed (none for a name that is not a published model)."""
-    from .catalog import CATALOG
-
+    network); return the files removed (none for a name that is not a published model). The lock
+    file stays: deleting it could let two later fetches each lock a different file."""
     removed = []
     if name not in CATALOG:
         return removed
@@ -100,7 +99,6 @@ def remove_model(name: str) -> list:
             if path.is_file():
                 path.unlink()
                 removed.append(path)
-    (folder / f".{name}.lock").unlink(missing_ok=True)
     return removed
 
 
