@@ -16,8 +16,11 @@ if "numba" in sys.modules:  # a pytest plugin (napari's) imported numba before t
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-REFERENCE_2D = SHARED / "reference" / "2d"
-REFERENCE_3D = SHARED / "reference" / "3d"
+#: Cellpose 3.1.1.1's outputs; $CELLFLOW_RT_REFERENCE points the parity tests at another copy (e.g. one
+#: with altered masks, tests/tools/alter_reference.py, to show that they fail on a difference)
+REFERENCE = Path(os.environ.get("CELLFLOW_RT_REFERENCE", SHARED / "reference"))
+REFERENCE_2D = REFERENCE / "2d"
+REFERENCE_3D = REFERENCE / "3d"
 DATA = Path(__file__).resolve().parent / "data"
 
 
@@ -33,7 +36,7 @@ def reference_cases(dim: str = "2d"):
     return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
 
 
-REFERENCE_CPSAM = SHARED / "reference" / "cpsam"
+REFERENCE_CPSAM = REFERENCE / "cpsam"
 CPSAM_TINY = SHARED / "weights" / "cellflow_cpsam_tiny_demo"
 
 
