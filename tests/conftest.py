@@ -24,6 +24,28 @@ REFERENCE_3D = REFERENCE / "3d"
 DATA = Path(__file__).resolve().parent / "data"
 
 
+#: The oracle: a Python with cellpose==3.1.1.1 and torch (.ci/run builds one, ../shared/README.md's
+#: pins). Tests that run Cellpose itself skip only when this is unset; set but broken, they fail.
+CELLPOSE_PYTHON_VARIABLE = "CELLFLOW_RT_CELLPOSE_PYTHON"
+
+
+def cellpose_python() -> str:
+    """Path of the Python that runs Cellpose 3.1.1.1 (``$CELLFLOW_RT_CELLPOSE_PYTHON``).
+
+    Returns
+    -------
+    str
+        The interpreter's path. Skips the calling test when the variable is unset; fails it when the
+        variable names no file, so that CI, which sets it, never skips for want of Cellpose.
+    """
+    python = os.environ.get(CELLPOSE_PYTHON_VARIABLE)
+    if not python:
+        pytest.skip(f"Cellpose 3.1.1.1 is not available: set {CELLPOSE_PYTHON_VARIABLE} to a Python that has "
+                    "cellpose==3.1.1.1 and torch (.ci/run builds .venv-cellpose)")
+    assert Path(python).is_file(), f"{CELLPOSE_PYTHON_VARIABLE}={python}: no such interpreter"
+    return python
+
+
 def require_shared():
     """Skip when the shared reference folder is absent (it is always present in CI)."""
     if not SHARED.is_dir():
