@@ -2,14 +2,15 @@
 
     python bench/gpu/ptx_check.py [--cc 9.0]
 
-Needs numba-cuda and CUDA 13's NVRTC (``nvidia-cuda-nvrtc``, in the ``test`` extra; or a CUDA
-toolkit); no GPU and no driver. Each kernel of ``cellflow_rt.gpu`` (the dynamics kernels and the
-device-resident chain's: tiles, resize, labels) is compiled by numba-cuda's real CUDA target with
+Needs numba-cuda, CUDA 13's NVRTC (``nvidia-cuda-nvrtc``, in the ``test`` extra) and libNVVM (a
+CUDA 13 toolkit, as on this project's machines, or ``nvidia-nvvm``); no GPU and no driver. Each
+kernel of ``cellflow_rt.gpu`` (the dynamics kernels and the device-resident chain's: tiles, resize,
+labels) is compiled by numba-cuda's real CUDA target with
 the argument types the GPU path gives it (the simulator checks the logic, not numba's typing), and
 the PTX of the kernels whose arithmetic must be the CPU path's is checked for what could change a
 rounding: no ``fma`` instruction, and no plain (contractible) float multiply except by a power of
 two (exact, so contracting it changes nothing). Every kernel's line gives its ``fma`` count.
-Exit status: 0 all good, 1 a kernel failed, 3 no NVRTC here.
+Exit status: 0 all good, 1 a kernel failed, 3 no NVRTC or libNVVM here.
 """
 import argparse
 import os
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
         compile_ptx(probe, (types.float32[::1],), cc=cc)
     except Exception as exc:  # noqa: BLE001 - a missing libNVVM / NVRTC shows up in several ways
         print(f"cannot compile CUDA here ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-              "install nvidia-cuda-nvrtc (CUDA 13; the test extra) or a CUDA toolkit", file=sys.stderr)
+              "install nvidia-cuda-nvrtc (CUDA 13; the test extra) and a CUDA 13 toolkit or nvidia-nvvm", file=sys.stderr)
         return 3
 
     class _Target:  # device functions ask the current device for its compute capability
