@@ -2,7 +2,7 @@
 does not cover (augment on images under 224 px, tile_overlap, channels=None, normalize=False, niter,
 interp=False, per-plane stacks, min_size/max_size_fraction).
 
-Run in the reference environment (see ../shared/tools/make_reference.py for how to create it; .ci/run
+Run in the reference environment plus scikit-image (see ../shared/tools/make_reference.py; .ci/run
 builds one as .venv-cellpose):
     .venv-cellpose/bin/python tests/data/make_option_reference.py ../shared [OUT.npz]
 """
