@@ -25,9 +25,34 @@ atexit.register(shutil.rmtree, _PUBLISHED_CACHE, True)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-REFERENCE_2D = SHARED / "reference" / "2d"
-REFERENCE_3D = SHARED / "reference" / "3d"
+#: Cellpose 3.1.1.1's outputs; $CELLFLOW_RT_REFERENCE points the parity tests at another copy (e.g. one
+#: with altered masks, tests/tools/alter_reference.py, to show that they fail on a difference)
+REFERENCE = Path(os.environ.get("CELLFLOW_RT_REFERENCE", SHARED / "reference"))
+REFERENCE_2D = REFERENCE / "2d"
+REFERENCE_3D = REFERENCE / "3d"
 DATA = Path(__file__).resolve().parent / "data"
+
+
+#: The oracle: a Python with cellpose==3.1.1.1 and torch (.ci/run builds one, ../shared/README.md's
+#: pins). Tests that run Cellpose itself skip only when this is unset; set but broken, they fail.
+CELLPOSE_PYTHON_VARIABLE = "CELLFLOW_RT_CELLPOSE_PYTHON"
+
+
+def cellpose_python() -> str:
+    """Path of the Python that runs Cellpose 3.1.1.1 (``$CELLFLOW_RT_CELLPOSE_PYTHON``).
+
+    Returns
+    -------
+    str
+        The interpreter's path. Skips the calling test when the variable is unset; fails it when the
+        variable names no file, so that CI, which sets it, never skips for want of Cellpose.
+    """
+    python = os.environ.get(CELLPOSE_PYTHON_VARIABLE)
+    if not python:
+        pytest.skip(f"Cellpose 3.1.1.1 is not available: set {CELLPOSE_PYTHON_VARIABLE} to a Python that has "
+                    "cellpose==3.1.1.1 and torch (.ci/run builds .venv-cellpose)")
+    assert Path(python).is_file(), f"{CELLPOSE_PYTHON_VARIABLE}={python}: no such interpreter"
+    return python
 
 
 def require_shared():
@@ -42,7 +67,7 @@ def reference_cases(dim: str = "2d"):
     return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
 
 
-REFERENCE_CPSAM = SHARED / "reference" / "cpsam"
+REFERENCE_CPSAM = REFERENCE / "cpsam"
 CPSAM_TINY = SHARED / "weights" / "cellflow_cpsam_tiny_demo"
 
 

@@ -2,7 +2,10 @@
 
 The end-to-end tests tile shared images into a canvas several blocks wide and check the blockwise
 labels against a single pass of ``segment`` over the same canvas: AP@0.5 >= 0.99, no cell with two
-labels, no label on two disconnected pieces at block faces, ids unique and compact.
+labels, no label on two disconnected pieces at block faces, ids unique and compact. AP, not equality:
+the blockwise path is approximate by design (each block sees only its overlap of context, so flows
+differ near block faces, and masks cut by a face are merged, as Cellpose's distributed_segmentation
+does; issue 29 keeps the bar here).
 """
 import numpy as np
 import pytest

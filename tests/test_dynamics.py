@@ -1,6 +1,7 @@
 """cellflow_rt.dynamics in 2D against Cellpose 3.1.1.1.
 
-Every recorded reference call (``shared/reference/2d/*/dynamics_<i>``) is replayed; fixtures made
+Every recorded reference call (``shared/reference/2d/*/dynamics_<i>``) is replayed and must give
+the recorded masks exactly, ids and dtype included (the dynamics are exact); fixtures made
 with the reference (``tests/data/dynamics_make_fixtures.py``) cover the flow check off,
 ``interp=False``, seeds whose tie order matters, ``masks_to_flows`` / flow errors and hole filling.
 """
@@ -13,12 +14,10 @@ from scipy.optimize import linear_sum_assignment
 
 from cellflow_rt import dynamics
 from cellflow_rt.dynamics import _euler, _sort
+from conftest import REFERENCE
+from label_helpers import assert_same_labels, relabelling_problems
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-REFERENCE = SHARED / "reference"
 FIXTURES = Path(__file__).resolve().parent / "data" / "dynamics_fixtures.npz"
-
-MIN_AGREEMENT = 0.999
 
 
 def require_shared():
@@ -70,10 +69,8 @@ def label_agreement(ours, ref):
 
 
 def assert_parity(ours, ref):
-    frac, n_ours, n_ref = label_agreement(ours, ref)
-    exact = float(np.mean(ours == ref))
-    assert frac >= MIN_AGREEMENT and n_ours == n_ref, (
-        f"agreement {frac:.6f} (exact {exact:.6f}), labels ours {n_ours} vs reference {n_ref}")
+    """The recorded masks exactly: same ids (the reference's label order is reproduced), same dtype."""
+    assert_same_labels(ours, ref, same_ids=True)
     assert ours.dtype == ref.dtype
 
 
@@ -91,6 +88,21 @@ def test_stitch_planes_are_2d_calls():
     for i in (0, 11, 23):
         dP, cellprob, kwargs, ref = load_call("3d/nuclei_vol_stitch0.5", i)
         assert_parity(dynamics.resize_and_compute_masks(dP, cellprob, **kwargs), ref)
+
+
+def test_same_labels_helper_accepts_relabelling_and_names_what_differs():
+    ref = np.array([[0, 1, 1], [2, 2, 0], [3, 0, 0]], np.uint16)
+    perm = np.array([0, 3, 1, 2], np.uint16)[ref]
+    assert_same_labels(perm, ref)  # a one-to-one relabelling is the same segmentation
+    assert "ids must match" in relabelling_problems(perm, ref, same_ids=True)
+    shrunk = ref.copy()
+    shrunk[1, 1] = 0  # mask 2 loses a pixel
+    message = relabelling_problems(shrunk, ref)
+    assert message.startswith("masks ours 3, reference 3; 1 of 9 pixels differ") and "ref 2 -> ours [0, 2]" in message
+    merged = np.where(ref == 3, 1, ref)
+    assert "masks ours 2, reference 3" in relabelling_problems(merged, ref)
+    with pytest.raises(AssertionError, match="shapes differ"):
+        assert_same_labels(ref[:2], ref)
 
 
 def test_label_agreement_is_permutation_invariant():

@@ -93,6 +93,11 @@ class _RecordingSession:
 
 
 def test_run_on_device_binds_the_device_pointers_without_copies(model):
+    """Fakes only: no CUDA or TensorRT session can be made without a GPU, so a recording session and
+    objects carrying a ``__cuda_array_interface__`` stand in; this checks what is bound, not that ONNX
+    Runtime reads and writes those pointers. The real binding runs in the prepared GPU check
+    (``bench/gpu/chain_check.py``, step ``iobinding``: CUDA provider, numba device arrays, outputs
+    against ``Network.run``) when a GPU is lent."""
     net = Network(model.info.onnx_path, providers="cpu", num_threads=1)
     with pytest.raises(RuntimeError, match="CUDA or TensorRT"):
         net.run_on_device(None, None, None)
@@ -110,6 +115,7 @@ def test_run_on_device_binds_the_device_pointers_without_copies(model):
                                           (_FakeDeviceArray((1, 2, 8, 8), 8, typestr="<f8"), "float32"),
                                           (_FakeDeviceArray((1, 2, 8, 8), 8, strides=(4, 4, 4, 4)), "C-contiguous")])
 def test_run_on_device_refuses_what_it_cannot_bind(model, bad, message):
+    # fakes, as above: the checks happen before anything reaches ONNX Runtime
     net = Network(model.info.onnx_path, providers="cpu", num_threads=1)
     net.on_gpu, net.session = True, _RecordingSession()
     good = _FakeDeviceArray((1, 3, 8, 8), 16)

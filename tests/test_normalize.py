@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import SHARED, require_shared
+from conftest import REFERENCE as REFERENCE_ROOT, require_shared
+from label_helpers import assert_same_labels
 
 from cellflow_rt.normalize import NormalizeOptions, normalize_img, smooth_sharpen
 from cellflow_rt.settings import EvalSettings
 
-REFERENCE = SHARED / "reference" / "normalize"
+REFERENCE = REFERENCE_ROOT / "normalize"
 CASES = sorted(p.name for p in REFERENCE.iterdir()) if REFERENCE.is_dir() else []
 BUNDLED = {"cellflow_nuclei_demo": "nuclei_demo", "cellflow_cyto_demo": "cyto_demo"}
 _MODELS = {}
@@ -53,6 +54,7 @@ def test_normalize_case_matches_cellpose(case):
     assert error <= 1e-4 * span
     assert masks.shape == ref["masks"].shape and s["n_true"] == params["n_masks"]
     assert (s["ap_0.5"], s["ap_0.75"], s["ap_0.9"]) == (1.0, 1.0, 1.0)
+    assert_same_labels(masks, ref["masks"], same_ids=True, what=case)  # exact, not only AP 1.0 at IoU 0.9
 
 
 # --- the arithmetic ---------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Options the shared reference does not cover, against Cellpose 3.1.1.1 outputs made by
 tests/data/make_option_reference.py: augment on images under 224 px (the 3.1.1.1 crop quirk),
 tile_overlap, channels=None, normalize=False with niter and interp=False, per-plane stacks,
-min_size/max_size_fraction.
+min_size/max_size_fraction. Every case is exact on the CPU path: the masks must be Cellpose's label
+for label; flows and cell probability within the network's float32 summation-order difference.
 """
 import json
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import DATA
+from label_helpers import assert_same_labels
 
 REFERENCE = np.load(DATA / "option_reference.npz")
 CASES = sorted({k.split("/")[0] for k in REFERENCE.files})
@@ -27,20 +29,15 @@ def _eval(case):
 
 @pytest.mark.parametrize("case", CASES)
 def test_option_matches_cellpose(case):
-    from cellflow_rt.metrics import matching_summary
-
     masks, flows, _ = _eval(case)
     ref_masks = REFERENCE[f"{case}/masks"]
-    assert masks.shape == ref_masks.shape
-    assert flows[1].shape == tuple(REFERENCE[f"{case}/dP_shape"])
-    if f"{case}/dP" in REFERENCE.files:
-        np.testing.assert_allclose(flows[1], REFERENCE[f"{case}/dP"], atol=1e-4)
-    planes = zip(ref_masks, masks) if ref_masks.ndim == 3 else [(ref_masks, masks)]
-    for ref_plane, plane in planes:
-        s = matching_summary(ref_plane, plane)
-        assert s["n_true"] > 0
-        assert s["n_pred"] == s["n_true"]
-        assert s["ap_0.9"] >= 0.95
+    # ONNX Runtime sums the network's float32 convolutions in another order than torch: a few 1e-6
+    np.testing.assert_allclose(flows[1], REFERENCE[f"{case}/dP"], atol=1e-4)
+    np.testing.assert_allclose(flows[2], REFERENCE[f"{case}/cellprob"], atol=1e-4)
+    assert masks.dtype == ref_masks.dtype
+    assert_same_labels(masks, ref_masks, same_ids=True, what=case)
+    planes = ref_masks if ref_masks.ndim == 3 else [ref_masks]
+    assert all(plane.max() > 0 for plane in planes)  # no case (or plane) is trivially empty
 
 
 def test_augment_quirk_keeps_the_trailing_pad():

@@ -14,6 +14,7 @@ import pytest
 import tifffile
 
 from conftest import REFERENCE_CPSAM, cpsam_cases, require_shared
+from label_helpers import assert_same_labels
 
 _MODELS = {}
 
@@ -51,6 +52,11 @@ def test_end_to_end_matches_cellpose4(case, cpsam_tiny):
     print(f"{case}: n_ref {s['n_true']} n_ours {s['n_pred']} AP50 {s['ap_0.5']:.4f} AP75 {s['ap_0.75']:.4f} "
           f"AP90 {s['ap_0.9']:.4f} identical {np.array_equal(masks, ref['masks'])}", file=sys.stderr)
     assert (s["ap_0.5"], s["ap_0.75"], s["ap_0.9"]) == (1.0, 1.0, 1.0)
+    if not kwargs.get("do_3D"):  # exact, not only AP 1.0 at IoU 0.9
+        assert_same_labels(masks, ref["masks"], same_ids=True, what=case)
+    # do_3D: the three orientations' flows differ by up to 3e-4 (float32 sums in another order than
+    # torch's, over three passes), enough to move a voxel on a mask boundary (1 of 73,728 measured);
+    # the dynamics themselves are exact (test_dynamics_replay_cellpose4_flows_exactly), so AP stays 1.0
 
 
 @pytest.mark.parametrize("case", cpsam_cases())

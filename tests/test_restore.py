@@ -15,9 +15,10 @@ import pytest
 import tifffile
 
 from cli_helpers import FAST, run_cli
-from conftest import SHARED, require_shared
+from conftest import REFERENCE as REFERENCE_ROOT, SHARED, require_shared
+from label_helpers import assert_same_labels
 
-REFERENCE = SHARED / "reference" / "restore"
+REFERENCE = REFERENCE_ROOT / "restore"
 CASES = sorted(p.name for p in REFERENCE.iterdir()) if REFERENCE.is_dir() else []
 CHECKPOINT = SHARED / "weights" / "cellflow_denoise_nuclei_demo"
 BUNDLED = {"cellflow_nuclei_demo": "nuclei_demo", "cellflow_cyto_demo": "cyto_demo"}
@@ -72,6 +73,7 @@ def test_restore_case_matches_cellpose(case, restore_models):
     assert model.dn.ratio == params["ratio"]
     assert masks.shape == ref["masks"].shape and s["n_true"] == params["n_masks"]
     assert (s["ap_0.5"], s["ap_0.75"], s["ap_0.9"]) == (1.0, 1.0, 1.0)
+    assert_same_labels(masks, ref["masks"], same_ids=True, what=case)  # exact, not only AP 1.0 at IoU 0.9
     np.testing.assert_allclose(flows[1], ref["dP"], atol=1e-4)
 
 

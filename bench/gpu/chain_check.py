@@ -8,6 +8,10 @@ number goes to ``OUT/chain_check.json`` as soon as its step ends; one table is p
 Steps, most important first:
 
 - ``env``: GPU, driver, CUDA, package versions; whether the GPU dynamics (part A) are present.
+- ``iobinding``: :meth:`~cellflow_rt.network.Network.run_on_device` on the CUDA provider with real
+  numba device arrays (the tests reach it only through fakes, ``tests/test_gpu_flows.py``): its
+  outputs against :meth:`~cellflow_rt.network.Network.run` (host arrays) on the same tiles, and that
+  the device-resident chain calls it (counted during one segmentation).
 - ``e2e``: 2048^2 nuclei and cyto images, one per model, CUDA provider in fp32 (TF32 off) and tf32:
   normalised image in, masks out, warm, median of ``--repeats``; the network and dynamics split;
   the same from the raw image in memory (what Cellpose is timed on).
@@ -55,9 +59,9 @@ E2E = {"nuclei": dict(eval=dict(channels=[0, 0], diameter=20.0), model="nuclei_d
        "cyto": dict(eval=dict(channels=[1, 2], channel_axis=0, diameter=30.0), model="cyto_demo",
                     weights="cellflow_cyto_demo")}
 SIDE = 2048
-STEPS = ("env", "e2e", "ap", "cellpose", "stream", "tensorrt", "options")
+STEPS = ("env", "iobinding", "e2e", "ap", "cellpose", "stream", "tensorrt", "options")
 #: Seconds a step needs at least to be started (skipped otherwise, with the reason recorded).
-RESERVE = {"env": 5, "e2e": 60, "ap": 40, "cellpose": 60, "stream": 40, "tensorrt": 120, "options": 60}
+RESERVE = {"env": 5, "iobinding": 20, "e2e": 60, "ap": 40, "cellpose": 60, "stream": 40, "tensorrt": 120, "options": 60}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -219,6 +223,44 @@ class Check:
             info["git_commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
                                                 text=True, timeout=10).stdout.strip()
         return info
+
+    # -- iobinding
+    def iobinding(self):
+        """The IO binding on device memory, for real: ``run_on_device`` against ``run`` on the same tiles."""
+        from numba import cuda
+
+        from cellflow_rt import pipeline
+        from cellflow_rt.network import Network
+
+        model = self.model("nuclei")
+        rng = np.random.default_rng(0)
+        tiles = rng.standard_normal((4, model.nchan, 224, 224)).astype(np.float32)
+        flows_host, styles_host = model.net.run(tiles)
+        flows_dev = cuda.device_array((4, 3, 224, 224), np.float32)
+        styles_dev = cuda.device_array((4, 256), np.float32)
+        cuda.synchronize()
+        model.net.run_on_device(cuda.to_device(tiles), flows_dev, styles_dev)
+        flows, styles = flows_dev.copy_to_host(), styles_dev.copy_to_host()
+        calls = []
+        original = Network.run_on_device
+
+        def counting(net, *args):
+            calls.append(args[0].shape[0])
+            return original(net, *args)
+
+        Network.run_on_device = counting
+        try:
+            settings = gpu_settings(settings_for("nuclei"))
+            masks_from_normalised(pipeline.prepare_image(self.image("nuclei")[:512, :512], settings, model.nchan),
+                                  model, settings)
+        finally:
+            Network.run_on_device = original
+        out = {"providers": list(model.net.providers), "flows_max_abs_diff": float(np.abs(flows - flows_host).max()),
+               "styles_max_abs_diff": float(np.abs(styles - styles_host).max()),
+               "identical": bool(np.array_equal(flows, flows_host) and np.array_equal(styles, styles_host)),
+               "chain_run_on_device_calls": len(calls), "chain_tiles_bound": int(sum(calls))}
+        print("iobinding", out, flush=True)
+        return out
 
     # -- e2e
     def e2e(self):

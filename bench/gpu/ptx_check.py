@@ -1,13 +1,16 @@
-"""Compile every GPU dynamics kernel for a GPU architecture, without a GPU, and check the rounding.
+"""Compile every GPU kernel for a GPU architecture, without a GPU, and check the rounding.
 
     python bench/gpu/ptx_check.py [--cc 9.0]
 
-Needs numba-cuda and libNVVM (a CUDA toolkit, or ``pip install 'numba-cuda[cu13]'``); no GPU and
-no driver. Each kernel of ``cellflow_rt.gpu`` is compiled by numba-cuda's real CUDA target (the
-simulator checks the logic, not numba's typing), and the PTX of the kernels whose arithmetic must be
-the CPU path's is checked for what could change a rounding: no ``fma`` instruction, and no plain
-(contractible) float multiply except by a power of two (exact, so contracting it changes nothing).
-Exit status: 0 all good, 1 a kernel failed, 3 no libNVVM here.
+Needs numba-cuda, CUDA 13's NVRTC (``nvidia-cuda-nvrtc``, in the ``test`` extra) and libNVVM (a
+CUDA 13 toolkit, as on this project's machines, or ``nvidia-nvvm``); no GPU and no driver. Each
+kernel of ``cellflow_rt.gpu`` (the dynamics kernels and the device-resident chain's: tiles, resize,
+labels) is compiled by numba-cuda's real CUDA target with
+the argument types the GPU path gives it (the simulator checks the logic, not numba's typing), and
+the PTX of the kernels whose arithmetic must be the CPU path's is checked for what could change a
+rounding: no ``fma`` instruction, and no plain (contractible) float multiply except by a power of
+two (exact, so contracting it changes nothing). Every kernel's line gives its ``fma`` count.
+Exit status: 0 all good, 1 a kernel failed, 3 no NVRTC or libNVVM here.
 """
 import argparse
 import os
@@ -18,14 +21,16 @@ from pathlib import Path
 os.environ["NUMBA_ENABLE_CUDASIM"] = "0"  # the real CUDA target, before numba.cuda is imported
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-#: kernels whose float arithmetic must round like the CPU path's
-EXACT = {"masked_flow_3d", "euler_2d", "euler_3d", "mask_errors"}
+#: kernels whose float arithmetic must round like the CPU path's (the tile blend and the bilinear
+#: resize included: their sums are the CPU's bit for bit, see cellflow_rt.gpu.tiles and .resize)
+EXACT = {"masked_flow_3d", "euler_2d", "euler_3d", "mask_errors", "_accumulate_kernel", "_normalise_crop_kernel",
+         "_bilinear_hwc_kernel", "_bilinear_chw_kernel"}
 
 
 def signatures():
     from numba import types as T
 
-    from cellflow_rt.gpu import _clusters, _euler, _fill, _flow_check, _labels, _scan
+    from cellflow_rt.gpu import _clusters, _euler, _fill, _flow_check, _labels, _scan, resize, tiles
     f32, f64, i64, i32, u8, b1 = T.float32, T.float64, T.int64, T.int32, T.uint8, T.boolean
 
     def C(dt, nd):
@@ -68,11 +73,44 @@ def signatures():
         (_scan._scan_chunks, (C(i64, 1), i64, i64, C(i64, 1))),
         (_scan._scan_one_thread, (C(i64, 1), i64, C(i64, 1))),
         (_scan._scatter_flagged, (C(u8, 1), i64, i64, C(i64, 1), C(i64, 1))),
+        # the device-resident chain (gpu.flows, gpu.predict): tiles in, blend out, resizes
+        (tiles._extract_kernel, (A(f32, 3), i64, i64, C(i64, 1), C(i64, 1), i64, b1, A(f32, 4))),
+        (tiles._accumulate_kernel, (A(f32, 4), i64, C(i64, 1), C(i64, 1), C(f64, 2), b1, i64, i64, A(f32, 3),
+                                    A(f64, 2))),
+        (tiles._normalise_crop_kernel, (A(f32, 3), A(f64, 2), i64, i64, A(f32, 3))),
+        (tiles._fill_kernel, (C(f32, 1), f32)),
+        (tiles._fill_kernel, (C(f64, 1), f64)),
+        (resize._bilinear_hwc_kernel, (A(f32, 3), C(i64, 1), C(f32, 1), C(i64, 1), C(f32, 1), A(f32, 3))),
+        (resize._bilinear_chw_kernel, (A(f32, 3), C(i64, 1), C(f32, 1), C(i64, 1), C(f32, 1), A(f32, 3))),
     ]
 
 
 _PLAIN_MUL = re.compile(r"\bmul\.f(?:32|64)\s+%\w+,\s*%\w+,\s*(\S+);")
 _POWERS_OF_TWO = {"0f3F000000", "0f40000000", "0f3F800000", "0d3FE0000000000000", "0d4000000000000000"}
+
+
+def uncovered_kernels(checked) -> list:
+    """Kernels (not device functions) of ``cellflow_rt.gpu`` that :func:`signatures` leaves out."""
+    import importlib
+    import pkgutil
+
+    from numba.cuda.dispatcher import CUDADispatcher
+
+    import cellflow_rt.gpu as gpu
+
+    found = set()
+    for info in pkgutil.iter_modules(gpu.__path__):
+        module = importlib.import_module(f"cellflow_rt.gpu.{info.name}")
+        for obj in vars(module).values():
+            if (isinstance(obj, CUDADispatcher) and not obj.targetoptions.get("device")
+                    and obj.py_func.__module__ == module.__name__):
+                found.add(f"{module.__name__}.{obj.py_func.__name__}")
+    return sorted(found - {f"{k.py_func.__module__}.{k.py_func.__name__}" for k in checked})
+
+
+def fma_count(ptx: str) -> int:
+    """Number of fused multiply-add instructions (``fma.*``) in a PTX listing."""
+    return sum(1 for line in ptx.splitlines() if re.search(r"\bfma\.", line))
 
 
 def rounding_problems(ptx: str):
@@ -98,7 +136,7 @@ def main(argv=None) -> int:
         compile_ptx(probe, (types.float32[::1],), cc=cc)
     except Exception as exc:  # noqa: BLE001 - a missing libNVVM / NVRTC shows up in several ways
         print(f"cannot compile CUDA here ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-              "install a CUDA toolkit or numba-cuda[cu13]", file=sys.stderr)
+              "install nvidia-cuda-nvrtc (CUDA 13; the test extra) and a CUDA 13 toolkit or nvidia-nvvm", file=sys.stderr)
         return 3
 
     class _Target:  # device functions ask the current device for its compute capability
@@ -116,8 +154,12 @@ def main(argv=None) -> int:
             continue
         problems = rounding_problems(ptx) if name in EXACT else []
         failures += bool(problems)
-        print(f"{'FAIL' if problems else 'ok  '} {name:22s} {len(ptx) // 1024:4d} KB PTX"
-              + (f"  rounding: {problems[:3]}" if problems else ""))
+        print(f"{'FAIL' if problems else 'ok  '} {name:22s} {len(ptx) // 1024:4d} KB PTX  {fma_count(ptx)} fma"
+              + ("  exact" if name in EXACT else "") + (f"  rounding: {problems[:3]}" if problems else ""))
+    missing = uncovered_kernels(kernel for kernel, _ in signatures())
+    for name in missing:  # a new kernel must be added to signatures() to be checked
+        failures += 1
+        print(f"FAIL {name}: not compiled by this check (add it to signatures())")
     print(f"{failures} failure(s), compute capability {args.cc}")
     return 1 if failures else 0
 

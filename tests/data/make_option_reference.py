@@ -2,8 +2,9 @@
 does not cover (augment on images under 224 px, tile_overlap, channels=None, normalize=False, niter,
 interp=False, per-plane stacks, min_size/max_size_fraction).
 
-Run in the reference environment (see ../shared/tools/make_reference.py for how to create it):
-    /tmp/cpref/bin/python tests/data/make_option_reference.py ../shared
+Run in the reference environment plus scikit-image (see ../shared/tools/make_reference.py; .ci/run
+builds one as .venv-cellpose):
+    .venv-cellpose/bin/python tests/data/make_option_reference.py ../shared [OUT.npz]
 """
 import json
 import sys
@@ -47,8 +48,8 @@ for name, (model, img, kw) in cases.items():
     out[f"{name}/image"] = img
     out[f"{name}/masks"] = masks
     out[f"{name}/dP_shape"] = np.array(flows[1].shape)
-    if name.startswith("augment"):  # the flows of the augment quirk cases, to check them exactly
-        out[f"{name}/dP"] = np.asarray(flows[1], np.float32)
+    out[f"{name}/dP"] = np.asarray(flows[1], np.float32)  # values, not only shapes, are compared
+    out[f"{name}/cellprob"] = np.asarray(flows[2], np.float32)
     out[f"{name}/params"] = np.array(json.dumps(dict(model=model, eval=kw)))
     print(name, img.shape, img.dtype, masks.shape, int(masks.max()), flows[1].shape)
-np.savez_compressed(Path(__file__).with_name("option_reference.npz"), **out)
+np.savez_compressed(sys.argv[2] if len(sys.argv) > 2 else Path(__file__).with_name("option_reference.npz"), **out)
