@@ -20,6 +20,8 @@ from typing import Union
 
 import numpy as np
 
+from .io.limits import ImageTooLargeError, check_declared_shape
+
 __all__ = ["SegFileError", "RefusedGlobal", "SegUnpickler", "load_seg_npy"]
 
 
@@ -38,7 +40,13 @@ class RefusedGlobal(pickle.UnpicklingError):
 
 def _numpy_pickle_callables() -> dict:
     """The callables numpy's own pickles name, found through numpy (their module moved in numpy 2)."""
-    reconstruct = np.zeros(1).__reduce__()[0]       # multiarray._reconstruct: an empty ndarray
+    empty_array = np.zeros(1).__reduce__()[0]       # multiarray._reconstruct: an empty ndarray
+
+    def reconstruct(subtype, shape, dtype):
+        # numpy's pickles ask for shape (0,) and then fill it from bytes in the file; a crafted one
+        # could ask for any shape, allocated here before any data is read
+        check_declared_shape(np.atleast_1d(np.asarray(shape, dtype=np.int64)).tolist(), None, "pickled array")
+        return empty_array(subtype, shape, dtype)
     scalar = np.float32(0).__reduce__()[0]           # multiarray.scalar: a scalar from its bytes
     allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):   # numpy 1 and numpy 2 names
@@ -100,6 +108,9 @@ def load_seg_npy(path: Union[str, os.PathLike]) -> dict:
     SegFileError
         The file is missing or not an ``.npy``, its pickle names anything but plain data, or the
         dict has no integer ``masks`` array.
+    cellflow_rt.io.limits.ImageTooLargeError
+        The pickle asks for an array with more values than :func:`~cellflow_rt.io.limits.max_values`
+        allows (refused before it is allocated), or the masks are that large.
 
     Examples
     --------
@@ -118,6 +129,8 @@ def load_seg_npy(path: Union[str, os.PathLike]) -> dict:
         obj = SegUnpickler(io.BytesIO(payload)).load()
     except RefusedGlobal as exc:
         raise SegFileError(path, str(exc)) from None
+    except ImageTooLargeError as exc:
+        raise ImageTooLargeError(path, exc.shape, exc.limit, "pickled array") from None
     except Exception as exc:  # truncated or corrupt pickles raise many types
         raise SegFileError(path, f"corrupt pickle ({type(exc).__name__}: {exc})") from None
     if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
@@ -127,4 +140,5 @@ def load_seg_npy(path: Union[str, os.PathLike]) -> dict:
     masks = obj.get("masks")
     if not isinstance(masks, np.ndarray) or masks.dtype.kind not in "iu" or masks.ndim not in (2, 3):
         raise SegFileError(path, "no 2D or 3D integer 'masks' array in the file")
+    check_declared_shape(masks.shape, path, "masks array")
     return obj

@@ -15,7 +15,7 @@ import numpy as np
 from .errors import ImageReadError
 from .read import FORMAT_NAMES, FORMATS
 
-__all__ = ["peek_shape"]
+__all__ = ["peek_shape", "npy_header_shape"]
 
 
 def peek_shape(data: bytes, format: str, name: Optional[str] = None) -> Tuple[int, ...]:
@@ -90,6 +90,22 @@ def _jpeg_shape(data: bytes, name: Optional[str]) -> Tuple[int, ...]:
             break
         pos += 2 + length
     raise ImageReadError(name, "corrupt or truncated JPEG (no frame header before the image data)")
+
+
+def npy_header_shape(data: bytes, name: Optional[str]) -> Tuple[int, ...]:
+    """The shape an ``.npy`` header (the first bytes of ``data``) announces, for a plain numeric dtype.
+
+    Raises
+    ------
+    ImageReadError
+        Not an ``.npy`` header, an unsupported version, pickled objects or a non-numeric dtype.
+    """
+    try:
+        return _npy_shape(data, name)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, TypeError...
+        raise ImageReadError(name, f"corrupt or truncated .npy array header ({type(exc).__name__}: {exc})") from exc
 
 
 def _npy_shape(data: bytes, name: Optional[str]) -> Tuple[int, ...]:
