@@ -15,6 +15,7 @@ import codecs
 import io
 import os
 import pickle
+import pickletools
 from pathlib import Path
 from typing import Union
 
@@ -38,17 +39,29 @@ class RefusedGlobal(pickle.UnpicklingError):
     """A pickle named something other than plain data."""
 
 
+class _NDArrayName:
+    """What ``numpy.ndarray`` names in a pickle: only a token for :func:`_reconstruct`'s first argument.
+
+    numpy's pickles name the ndarray type solely as the subtype passed to ``_reconstruct``; handing
+    out ``np.ndarray`` itself would let a pickle call it, ``ndarray((2**31,), "f8")``, and allocate.
+    """
+
+
 def _numpy_pickle_callables() -> dict:
     """The callables numpy's own pickles name, found through numpy (their module moved in numpy 2)."""
     empty_array = np.zeros(1).__reduce__()[0]       # multiarray._reconstruct: an empty ndarray
 
     def reconstruct(subtype, shape, dtype):
         # numpy's pickles ask for shape (0,) and then fill it from bytes in the file; a crafted one
-        # could ask for any shape, allocated here before any data is read
-        check_declared_shape(np.atleast_1d(np.asarray(shape, dtype=np.int64)).tolist(), None, "pickled array")
-        return empty_array(subtype, shape, dtype)
+        # could ask for any shape (or a dtype with a huge subarray), allocated before any data is read
+        if subtype is not _NDArrayName:
+            raise RefusedGlobal("_reconstruct: only plain numpy arrays are rebuilt")
+        dtype = np.dtype(dtype)
+        values = np.atleast_1d(np.asarray(shape, dtype=np.int64)).tolist() + [max(1, dtype.itemsize // 8)]
+        check_declared_shape(values, None, "pickled array")
+        return empty_array(np.ndarray, shape, dtype)
     scalar = np.float32(0).__reduce__()[0]           # multiarray.scalar: a scalar from its bytes
-    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    allowed = {("numpy", "ndarray"): _NDArrayName, ("numpy", "dtype"): np.dtype}
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):   # numpy 1 and numpy 2 names
         allowed[(module, "_reconstruct")] = reconstruct
         allowed[(module, "scalar")] = scalar
@@ -89,6 +102,17 @@ def _read_header(fh, path):
     raise SegFileError(path, f".npy format version {version} is not supported")
 
 
+_MEMO_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
+
+
+def _check_memo_indices(payload: bytes) -> None:
+    """Refuse memo indices beyond the pickle's length before unpickling: CPython's unpickler grows its
+    memo table to the largest index it is given (``LONG_BINPUT 2**31`` in a few bytes: gigabytes)."""
+    for opcode, argument, _ in pickletools.genops(payload):
+        if opcode.name in _MEMO_PUTS and int(argument) > len(payload):
+            raise pickle.UnpicklingError(f"memo index {argument} beyond the pickle's {len(payload)} bytes")
+
+
 def load_seg_npy(path: Union[str, os.PathLike]) -> dict:
     """Load a ``_seg.npy`` file's dict without running any code it may contain.
 
@@ -126,6 +150,7 @@ def load_seg_npy(path: Union[str, os.PathLike]) -> dict:
             raise SegFileError(path, f"expected a pickled dict, found a plain {dtype} array of shape {shape}")
         payload = fh.read()
     try:
+        _check_memo_indices(payload)
         obj = SegUnpickler(io.BytesIO(payload)).load()
     except RefusedGlobal as exc:
         raise SegFileError(path, str(exc)) from None
