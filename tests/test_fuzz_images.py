@@ -129,6 +129,8 @@ def _mutated(bases):
 @given(data=_mutated([t[0] for t in TIFFS]))
 @example(data=tiff_claiming(100_000, 100_000))
 @example(data=tiff_claiming(0, 16))
+# found by the campaign: ImageWidth of type FLOAT made peek_shape return (24, 2.8e-44)
+@example(data=tiff_claiming(24, 20)[:12] + b"\x0b" + tiff_claiming(24, 20)[13:])
 def test_fuzz_tiff_bytes(data):
     _check_image(data, "tiff")
     _check_peek(data, "tiff")

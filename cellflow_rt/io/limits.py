@@ -8,6 +8,7 @@ overridden by the environment variable :data:`ENV_VAR`), and refuses with
 """
 from __future__ import annotations
 
+import numbers
 import os
 from typing import Optional, Sequence
 
@@ -87,7 +88,9 @@ def check_declared_shape(shape: Sequence[int], where: Optional[PathLike], what: 
     ------
     ImageTooLargeError
     """
-    limit = max_values() if limit is None else int(limit)
+    limit = max_values() if limit is None else limit
+    if not all(isinstance(side, numbers.Integral) for side in shape):  # e.g. a TIFF width tag of type FLOAT
+        raise ImageReadError(where, f"the {what} declares a size that is not a whole number {tuple(shape)}")
     if any(int(side) < 0 for side in shape):
         raise ImageReadError(where, f"the {what} declares a negative size {tuple(shape)}")
     if _values(shape) > limit:

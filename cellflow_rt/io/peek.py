@@ -13,6 +13,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .errors import ImageReadError
+from .limits import check_declared_shape
 from .read import FORMAT_NAMES, FORMATS
 
 __all__ = ["peek_shape", "npy_header_shape"]
@@ -131,7 +132,9 @@ def _tiff_shape(data: bytes, name: Optional[str]) -> Tuple[int, ...]:
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         if not tif.series:
             raise ImageReadError(name, "the TIFF holds no image series")
-        return tuple(tif.series[0].shape)
+        shape = tuple(tif.series[0].shape)
+    check_declared_shape(shape, name, "TIFF", limit=float("inf"))  # whole, non-negative numbers
+    return shape
 
 
 _HEADERS = {"png": _png_shape, "jpeg": _jpeg_shape, "npy": _npy_shape, "tiff": _tiff_shape}
