@@ -173,3 +173,44 @@ def test_write_failing_midway_without_root_keeps_outputs_and_leaves_no_partial_f
     for name, path in written.items():
         np.testing.assert_array_equal(_masks_in(path), expected[name], err_msg=name)
     assert not leftover_temp_files(folder)
+
+
+def _big_input(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    tile = crop(160)
+    image = np.tile(tile, (3, 3))[:448, :448]
+    tifffile.imwrite(folder / "big.tif", image)
+    return folder / "big.tif"
+
+
+BLOCKWISE = ["--blocksize", "128", "--scheduler", "threads"]
+
+
+def test_blockwise_run_killed_while_writing_never_leaves_a_partial_zarr(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    pytest.importorskip("dask")
+    clean = _big_input(tmp_path / "clean")
+    run = run_cli(["run", clean, *FAST, *BLOCKWISE], cwd=tmp_path)
+    assert run.returncode == 0, run.output
+    expected = zarr.open_array(str(clean.parent / "big_cp_masks.zarr"), mode="r")[:]
+    assert expected.max() > 10
+
+    folder = tmp_path / "killed"
+    path = _big_input(folder)
+    output = folder / "big_cp_masks.zarr"
+    proc = subprocess.Popen([cli_executable(), "run", str(path), *FAST, *BLOCKWISE], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # killed once the output zarr is being written (its temporary folder exists)
+    _kill_when(proc, folder, lambda f: any(p.name.endswith(".tmp.big_cp_masks.zarr") for p in f.iterdir()))
+    assert not output.exists()  # never a half-written zarr under the final name
+    leftovers = [p for p in folder.iterdir() if p.name.endswith(".tmp.big_cp_masks.zarr")]
+    assert leftovers
+    rerun = run_cli(["run", path, *FAST, *BLOCKWISE], cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.output
+    assert "left by an interrupted run" in rerun.output and "starting clean" in rerun.output
+    np.testing.assert_array_equal(zarr.open_array(str(output), mode="r")[:], expected)
+    assert not [p for p in folder.iterdir() if ".tmp." in p.name or ".old." in p.name]
+    # a second run replaces the complete output whole
+    again = run_cli(["run", path, *FAST, *BLOCKWISE], cwd=tmp_path)
+    assert again.returncode == 0, again.output
+    np.testing.assert_array_equal(zarr.open_array(str(output), mode="r")[:], expected)
