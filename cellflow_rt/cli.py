@@ -514,13 +514,16 @@ def info():
               help="Largest request body in MB [default: 4 bytes per allowed pixel value].")
 @click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(min=0.001),
               help="Seconds from a request's arrival to its answer (upload, queue and work).")
+@click.option("--header-timeout", "header_timeout", default=10.0, show_default=True,
+              type=click.FloatRange(min=0.001),
+              help="Seconds a client may take to send a request's headers; slower connections are closed.")
 @click.option("--token", envvar="CELLFLOW_RT_TOKEN", default=None,
               help="Bearer token every request must carry (or $CELLFLOW_RT_TOKEN, which ps does not show).")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without --token.")
 @click.option("--access-log/--no-access-log", "access_log", default=True, show_default=True,
               help="Log one line per request.")
 def serve(host, port, model_names, use_gpu, provider, threads, precision, workers, max_queue, max_image_mpx,
-          max_body_mb, timeout, token, insecure, access_log):
+          max_body_mb, timeout, header_timeout, token, insecure, access_log):
     """Keep models loaded and segment images sent over HTTP (POST /segment; see /openapi.json)."""
     try:
         from .serve.limits import Limits
@@ -558,7 +561,7 @@ def serve(host, port, model_names, use_gpu, provider, threads, precision, worker
         click.echo(f"cellflow-rt serve: ready on {url} (warm-up {seconds:.1f} s; {workers} worker(s), queue "
                    f"{max_queue}{', token required' if token else ''}); Ctrl+C drains and stops", err=True)
 
-    run_server(service, sock, token=token, access_log=access_log, on_ready=ready)
+    run_server(service, sock, token=token, access_log=access_log, on_ready=ready, header_timeout=header_timeout)
 
 
 def _add_export_command():

@@ -246,5 +246,7 @@ def create_app(service: Service, token: Optional[str] = None) -> Starlette:
 
     # gzip only for clients that ask (Accept-Encoding), at the fastest level: answers are label images
     middleware = [Middleware(GZipMiddleware, minimum_size=4096, compresslevel=1)]
-    return Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: http_error},
-                     lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: http_error},
+                    lifespan=lifespan)
+    app.state.metrics = metrics  # the server's connection guard counts what it closes here
+    return app
