@@ -65,8 +65,9 @@ except ImportError:  # the test extra installs it; without it the fuzz tests ski
     pass
 else:
     _FUZZ_HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
-    # each case bounded in time (deadline); a few hundred cases per target in CI
-    _hypothesis_settings.register_profile("ci", max_examples=300, deadline=2000, database=None,
+    # each case bounded in time (deadline: generous in CI, whose 2 cores are shared); a few hundred
+    # cases per target in CI
+    _hypothesis_settings.register_profile("ci", max_examples=300, deadline=10_000, database=None,
                                           suppress_health_check=_FUZZ_HEALTH, derandomize=True)
     from hypothesis.database import DirectoryBasedExampleDatabase
     _hypothesis_settings.register_profile(
