@@ -251,6 +251,8 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
                             look_one_level_down, mask_filter)
     _make_savedir(savedir)
     suffix = _masks_suffix(output_name, savedir, directory)
+    if blocksize is None:
+        _refuse_if_all_too_large(paths)
     if diameter < 0:
         raise click.UsageError(f"--diameter must be >= 0 (0 = estimate), got {diameter}")
     if save_restored and not restore_type:
@@ -342,6 +344,28 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
         for r in failed:
             click.echo(f"  {r.path}: {r.error}", err=True)
         sys.exit(1)
+
+
+def _refuse_if_all_too_large(paths) -> None:
+    """Exit (status 1) before loading the model when every input's header declares an image over the
+    in-memory ceiling: nothing would be segmented, and the model alone costs ~170 MB."""
+    from .io.limits import ImageTooLargeError
+    from .io.peek import check_file_size
+
+    refused = {}
+    for path in paths:
+        try:
+            check_file_size(path)
+        except ImageTooLargeError as exc:
+            refused[path] = f"{type(exc).__name__}: {exc}"
+        else:
+            return
+    for i, path in enumerate(paths):
+        click.echo(f"[{i + 1}/{len(paths)}] {path.name}: FAILED: {refused[path]}", err=True)
+    click.echo(f"{len(paths)} of {len(paths)} image(s) failed:", err=True)
+    for path in paths:
+        click.echo(f"  {path}: {refused[path]}", err=True)
+    sys.exit(1)
 
 
 def _cellpose4_settings(ctx, settings):

@@ -16,7 +16,7 @@ from .errors import ImageReadError
 from .limits import check_declared_shape
 from .read import FORMAT_NAMES, FORMATS
 
-__all__ = ["peek_shape", "npy_header_shape"]
+__all__ = ["peek_shape", "npy_header_shape", "check_file_size"]
 
 
 def peek_shape(data: bytes, format: str, name: Optional[str] = None) -> Tuple[int, ...]:
@@ -138,3 +138,43 @@ def _tiff_shape(data: bytes, name: Optional[str]) -> Tuple[int, ...]:
 
 
 _HEADERS = {"png": _png_shape, "jpeg": _jpeg_shape, "npy": _npy_shape, "tiff": _tiff_shape}
+
+
+def check_file_size(path) -> None:
+    """Refuse an image file whose header declares more values than the in-memory ceiling.
+
+    Reads the header only (a TIFF's IFDs, a PNG's IHDR, a JPEG's frame header, an ``.npy`` header),
+    so that a caller can refuse such files before doing anything costly (``cellflow-rt run`` checks
+    its inputs before it loads the model). Other problems are left to :func:`~.read.imread`.
+
+    Parameters
+    ----------
+    path : path-like
+
+    Raises
+    ------
+    cellflow_rt.io.limits.ImageTooLargeError
+    """
+    from pathlib import Path
+
+    from .limits import ImageTooLargeError, check_declared_shape
+    from .source import source_head
+
+    path = Path(path)
+    kind = next((k for k, extensions in FORMATS.items() if path.suffix.lower() in extensions), None)
+    try:
+        if kind == "tiff":
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                shape = tuple(tif.series[0].shape) if tif.series else ()
+        elif kind in ("png", "npy", "jpeg"):
+            head = source_head(path, 1 << 17 if kind != "jpeg" else 1 << 20)
+            shape = _HEADERS[kind](head, str(path))
+        else:
+            return
+    except ImageTooLargeError:
+        raise
+    except Exception:  # unreadable headers are the reader's to report, with its message
+        return
+    check_declared_shape(shape, path, FORMAT_NAMES[kind])
