@@ -1,7 +1,8 @@
 """The long fuzz campaign: every fuzz target (tests/test_fuzz_*.py) under Hypothesis's "campaign"
 profile, then a table of cases run per target.
 
-    python bench/fuzz.py                      # 20,000 cases per target (the profile's max_examples)
+    python bench/fuzz.py                      # 20,000 cases per target (the profile's max_examples;
+                                              # the CLI and HTTP framing targets: 500 and 300)
     python bench/fuzz.py --examples 2000 -k png
 
 Failures are Hypothesis's usual report (the minimal input, to paste as an ``@example``); the example
@@ -28,7 +29,9 @@ def main() -> int:
     env = dict(os.environ, CELLFLOW_RT_FUZZ="campaign")
     if args.examples:
         env["CELLFLOW_RT_FUZZ_EXAMPLES"] = str(args.examples)
+    # every test_fuzz_*.py, and the HTTP framing target of the hostile-client tests (marked fuzz)
     targets = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_fuzz_*.py"))
+    targets.append("tests/test_serve_hostile.py")
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "fuzz",
                "--hypothesis-show-statistics", *targets] + (["-k", args.k] if args.k else [])
     tic = time.perf_counter()

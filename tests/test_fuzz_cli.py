@@ -33,7 +33,7 @@ def folder(tmp_path_factory):
     return folder
 
 
-@settings(max_examples=25 if settings().max_examples <= 300 else 1000, deadline=None)
+@settings(max_examples=25 if settings().max_examples <= 300 else 500, deadline=None)
 @given(chosen=st.lists(st.tuples(st.sampled_from(OPTIONS), values), max_size=5))
 def test_fuzz_run_options(folder, chosen):
     args = ["run", "--dir", str(folder), "--model", "nuclei_demo", "--savedir", str(folder)]

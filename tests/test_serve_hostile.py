@@ -221,7 +221,8 @@ def _apply(edits) -> bytes:
     return bytes(out)
 
 
-@settings(max_examples=40 if settings().max_examples <= 300 else 2000, deadline=None)
+@pytest.mark.fuzz
+@settings(max_examples=40 if settings().max_examples <= 300 else 300, deadline=None)
 @given(edits=framing_edits)
 def test_fuzz_http_framing(server, edits):
     """Whatever arrives, the answer is an HTTP status line or a closed connection, never a 500."""
