@@ -36,9 +36,9 @@ class TiffArray:
             page = tif.series[self.series].levels[self.level]
             self.shape, self.dtype, self.axes = tuple(page.shape), np.dtype(page.dtype), page.axes
             first = page.keyframe if hasattr(page, "keyframe") else page.pages[0]
-            #: one compressed strip or tile, which the zarr interface decodes whole (none: uncompressed)
-            compressed = int(getattr(first, "compression", 1)) != 1
-            self.page_chunks = tuple(getattr(first, "chunks", ()) or ()) if compressed else ()
+            #: one strip or tile: the zarr interface reads it whole, compressed or not (a single-strip
+            #: page is one chunk of the page's size)
+            self.page_chunks = tuple(getattr(first, "chunks", ()) or ())
         self._array = None
 
     @property
