@@ -127,6 +127,19 @@ def decode_image(data: bytes, kind: str, max_values: int) -> np.ndarray:
     return image
 
 
+def check_header(data: bytes, kind: str, max_values: int) -> None:
+    """Refuse a body whose header declares an image over ``max_values`` (before it waits for a worker).
+
+    Raises
+    ------
+    BadImageError, ImageTooLargeError
+    """
+    try:
+        _check_size(peek_shape(data, kind), max_values)
+    except ImageReadError as exc:
+        raise BadImageError(exc.problem) from None
+
+
 def _check_size(shape: Tuple[int, ...], max_values: int) -> None:
     values = int(np.prod(shape, dtype=np.float64))
     if values > max_values:
