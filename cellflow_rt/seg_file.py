@@ -15,7 +15,6 @@ import codecs
 import io
 import os
 import pickle
-import pickletools
 from pathlib import Path
 from typing import Union
 
@@ -68,13 +67,31 @@ def _numpy_pickle_callables() -> dict:
     return allowed
 
 
-class SegUnpickler(pickle.Unpickler):
+class SegUnpickler(pickle._Unpickler):
     """An unpickler that builds plain data only (see the module docstring).
 
     ``find_class`` answers from a fixed table of names; it never imports a module. Besides numpy's
     array, dtype and scalar constructors the table holds ``builtins.complex`` (a number) and
     ``_codecs.encode`` (how protocol 2 pickles bytes).
+
+    It is the standard library's Python implementation of the unpickler (``pickle._Unpickler``):
+    its BUILD opcode can be checked here, and a dtype's state is numpy's to set only as numpy
+    writes it (a forged ``flags`` field makes numpy treat plain numbers as object pointers).
     """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def _load_build(self):
+        inst, state = self.stack[-2], self.stack[-1]
+        if isinstance(inst, np.dtype):
+            # numpy's state: (version, byteorder, subarray, names, fields, elsize, alignment, flags)
+            if not isinstance(state, tuple) or len(state) < 8 or state[2:5] != (None, None, None):
+                raise RefusedGlobal("a dtype with subarrays or fields: a _seg.npy holds plain arrays")
+            if state[7] != inst.flags:
+                raise RefusedGlobal(f"dtype {inst} with flags {state[7]!r} (numpy gives it {inst.flags})")
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = _load_build
 
     _ALLOWED = {**_numpy_pickle_callables(), ("builtins", "complex"): complex,
                 ("_codecs", "encode"): codecs.encode}
@@ -100,17 +117,6 @@ def _read_header(fh, path):
     except ValueError as exc:
         raise SegFileError(path, f"not an .npy file ({exc})") from None
     raise SegFileError(path, f".npy format version {version} is not supported")
-
-
-_MEMO_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
-
-
-def _check_memo_indices(payload: bytes) -> None:
-    """Refuse memo indices beyond the pickle's length before unpickling: CPython's unpickler grows its
-    memo table to the largest index it is given (``LONG_BINPUT 2**31`` in a few bytes: gigabytes)."""
-    for opcode, argument, _ in pickletools.genops(payload):
-        if opcode.name in _MEMO_PUTS and int(argument) > len(payload):
-            raise pickle.UnpicklingError(f"memo index {argument} beyond the pickle's {len(payload)} bytes")
 
 
 def load_seg_npy(path: Union[str, os.PathLike]) -> dict:
@@ -150,7 +156,6 @@ def load_seg_npy(path: Union[str, os.PathLike]) -> dict:
             raise SegFileError(path, f"expected a pickled dict, found a plain {dtype} array of shape {shape}")
         payload = fh.read()
     try:
-        _check_memo_indices(payload)
         obj = SegUnpickler(io.BytesIO(payload)).load()
     except RefusedGlobal as exc:
         raise SegFileError(path, str(exc)) from None

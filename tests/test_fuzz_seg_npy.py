@@ -165,7 +165,8 @@ def test_fuzz_napari_reader_fields(tmp_path_factory, seg):
 
 
 @pytest.mark.parametrize("name,pickle_bytes", [
-    # LONG_BINPUT 1385465646: CPython's unpickler grew its memo to that many entries (22 GB, 45 s)
+    # LONG_BINPUT 1385465646: CPython's C unpickler grew its memo to that many entries (22 GB, 45 s);
+    # the Python unpickler used now keeps its memo in a dict
     ("memo", b"\x80\x02K\x00r.\x87\x94R."),
     # numpy.ndarray((2**28,)) called directly through REDUCE: 2 GB allocated from 30 bytes
     ("ndarray", b"\x80\x02cnumpy\nndarray\n(J\x00\x00\x00\x10\x85tR."),
@@ -180,3 +181,16 @@ def test_pickle_bombs_found_by_fuzzing_are_refused(tmp_path, name, pickle_bytes)
     result, error = within_contract(lambda: load_seg_npy(path), (SegFileError, ImageTooLargeError))
     assert result is None and error is not None
     assert time.perf_counter() - tic < 2
+
+
+def test_forged_dtype_flags_found_by_fuzzing_are_refused(tmp_path):
+    """Found by the campaign: a uint16 dtype's pickled state with the flags of an object dtype made
+    numpy treat the array's numbers as object pointers ("get_clear_loop not set", SystemError)."""
+    plain = pickle.dumps({"masks": np.arange(6, dtype=np.uint16).reshape(2, 3)}, protocol=2)
+    at = plain.index(b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00") + 11
+    path = tmp_path / "forged_seg.npy"
+    path.write_bytes(_header() + plain[:at] + b"\x3f" + plain[at + 1:])
+    with pytest.raises(SegFileError, match="flags 63"):
+        load_seg_npy(path)
+    (tmp_path / "plain_seg.npy").write_bytes(_header() + plain)
+    np.testing.assert_array_equal(load_seg_npy(tmp_path / "plain_seg.npy")["masks"], [[0, 1, 2], [3, 4, 5]])
