@@ -7,6 +7,9 @@ failures) or 2 (usage error) with a message, never an uncaught exception or a tr
 """
 from __future__ import annotations
 
+import contextlib
+import os
+
 import click
 import pytest
 
@@ -26,6 +29,16 @@ values = st.sampled_from(["0", "1", "-1", "2", "17", "0.5", "-0.5", "nan", "inf"
                           "nuclei_demo", "cpu", "cuda", "threads", "fp16", "-", "3D", "128,128"])
 
 
+@contextlib.contextmanager
+def _working_directory(folder):
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli")
@@ -39,7 +52,8 @@ def test_fuzz_run_options(folder, chosen):
     args = ["run", "--dir", str(folder), "--model", "nuclei_demo", "--savedir", str(folder)]
     for option, value in chosen:
         args += [option] if option in FLAGS else [option, value]
-    result = CliRunner().invoke(main, args, catch_exceptions=True)
+    with _working_directory(folder):  # relative paths (--savedir 0 ...) land there, not in the repository
+        result = CliRunner().invoke(main, args, catch_exceptions=True)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise AssertionError(f"{args}: uncaught {type(result.exception).__name__}: {result.exception}") \
             from result.exception
