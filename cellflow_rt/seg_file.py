@@ -15,6 +15,7 @@ import codecs
 import io
 import os
 import pickle
+import pickletools
 from pathlib import Path
 from typing import Union
 
@@ -119,6 +120,13 @@ def _read_header(fh, path):
     raise SegFileError(path, f".npy format version {version} is not supported")
 
 
+def _check_lengths(payload: bytes) -> None:
+    """Walk the opcodes once without building anything: every length an opcode declares must fit in
+    the pickle (the Python unpickler allocates a BYTEARRAY8's declared length before reading it)."""
+    for _ in pickletools.genops(payload):  # raises ValueError for a declared length past the end
+        pass
+
+
 def load_seg_npy(path: Union[str, os.PathLike]) -> dict:
     """Load a ``_seg.npy`` file's dict without running any code it may contain.
 
@@ -156,6 +164,7 @@ def load_seg_npy(path: Union[str, os.PathLike]) -> dict:
             raise SegFileError(path, f"expected a pickled dict, found a plain {dtype} array of shape {shape}")
         payload = fh.read()
     try:
+        _check_lengths(payload)
         obj = SegUnpickler(io.BytesIO(payload)).load()
     except RefusedGlobal as exc:
         raise SegFileError(path, str(exc)) from None
