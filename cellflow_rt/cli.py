@@ -255,6 +255,8 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
                             look_one_level_down, mask_filter)
     _make_savedir(savedir)
     suffix = _masks_suffix(output_name, savedir, directory)
+    if blocksize is None:
+        _refuse_if_all_too_large(paths)
     if diameter < 0:
         raise click.UsageError(f"--diameter must be >= 0 (0 = estimate), got {diameter}")
     if save_restored and not restore_type:
@@ -346,6 +348,28 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
         for r in failed:
             click.echo(f"  {r.path}: {r.error}", err=True)
         sys.exit(1)
+
+
+def _refuse_if_all_too_large(paths) -> None:
+    """Exit (status 1) before loading the model when every input's header declares an image over the
+    in-memory ceiling: nothing would be segmented, and the model alone costs ~170 MB."""
+    from .io.limits import ImageTooLargeError
+    from .io.peek import check_file_size
+
+    refused = {}
+    for path in paths:
+        try:
+            check_file_size(path)
+        except ImageTooLargeError as exc:
+            refused[path] = f"{type(exc).__name__}: {exc}"
+        else:
+            return
+    for i, path in enumerate(paths):
+        click.echo(f"[{i + 1}/{len(paths)}] {path.name}: FAILED: {refused[path]}", err=True)
+    click.echo(f"{len(paths)} of {len(paths)} image(s) failed:", err=True)
+    for path in paths:
+        click.echo(f"  {path}: {refused[path]}", err=True)
+    sys.exit(1)
 
 
 def _cellpose4_settings(ctx, settings):
@@ -522,13 +546,16 @@ def info():
               help="Largest request body in MB [default: 4 bytes per allowed pixel value].")
 @click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(min=0.001),
               help="Seconds from a request's arrival to its answer (upload, queue and work).")
+@click.option("--header-timeout", "header_timeout", default=10.0, show_default=True,
+              type=click.FloatRange(min=0.001),
+              help="Seconds a client may take to send a request's headers; slower connections are closed.")
 @click.option("--token", envvar="CELLFLOW_RT_TOKEN", default=None,
               help="Bearer token every request must carry (or $CELLFLOW_RT_TOKEN, which ps does not show).")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without --token.")
 @click.option("--access-log/--no-access-log", "access_log", default=True, show_default=True,
               help="Log one line per request.")
 def serve(host, port, model_names, use_gpu, provider, threads, precision, workers, max_queue, max_image_mpx,
-          max_body_mb, timeout, token, insecure, access_log):
+          max_body_mb, timeout, header_timeout, token, insecure, access_log):
     """Keep models loaded and segment images sent over HTTP (POST /segment; see /openapi.json)."""
     try:
         from .serve.limits import Limits
@@ -566,7 +593,7 @@ def serve(host, port, model_names, use_gpu, provider, threads, precision, worker
         click.echo(f"cellflow-rt serve: ready on {url} (warm-up {seconds:.1f} s; {workers} worker(s), queue "
                    f"{max_queue}{', token required' if token else ''}); Ctrl+C drains and stops", err=True)
 
-    run_server(service, sock, token=token, access_log=access_log, on_ready=ready)
+    run_server(service, sock, token=token, access_log=access_log, on_ready=ready, header_timeout=header_timeout)
 
 
 def _add_export_command():

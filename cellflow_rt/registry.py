@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -245,6 +246,12 @@ def read_manifest(path) -> dict:
         value = manifest.get(key)
         if not isinstance(value, types) or isinstance(value, bool):
             raise ModelFileError(f"manifest {path}: '{key}' is missing or not a {types[0].__name__} ({value!r})")
+    for key in ("diam_mean", "diam_labels"):
+        if not (math.isfinite(manifest[key]) and manifest[key] > 0):
+            raise ModelFileError(f"manifest {path}: '{key}' must be a finite number > 0, got {manifest[key]!r}")
+    for key in ("nchan", "nout"):
+        if manifest[key] < 1:
+            raise ModelFileError(f"manifest {path}: '{key}' must be >= 1, got {manifest[key]!r}")
     onnx_file = manifest["onnx_file"]
     if Path(onnx_file).name != onnx_file or not onnx_file.endswith(".onnx"):
         raise ModelFileError(f"manifest {path}: onnx_file must be a file name beside it, got {onnx_file!r}")

@@ -88,3 +88,29 @@ def cpsam_tiny(tmp_path_factory):
                                  echo=lines.append)
     manifest.with_name("export.log").write_text("\n".join(lines))
     return manifest
+
+
+# --------------------------------------------------------------------------------------------------
+# fuzzing (tests/test_fuzz_*.py, Hypothesis): a short "ci" profile by default; the long campaign runs
+# the same targets with CELLFLOW_RT_FUZZ=campaign (bench/fuzz.py does, and reports the statistics).
+try:
+    from hypothesis import HealthCheck, settings as _hypothesis_settings
+except ImportError:  # the test extra installs it; without it the fuzz tests skip (importorskip)
+    pass
+else:
+    _FUZZ_HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+    # each case bounded in time (deadline: generous in CI, whose 2 cores are shared); a few hundred
+    # cases per target in CI
+    _hypothesis_settings.register_profile("ci", max_examples=300, deadline=10_000, database=None,
+                                          suppress_health_check=_FUZZ_HEALTH, derandomize=True)
+    from hypothesis.database import DirectoryBasedExampleDatabase
+    _hypothesis_settings.register_profile(
+        "campaign", max_examples=int(os.environ.get("CELLFLOW_RT_FUZZ_EXAMPLES", 20_000)), deadline=5000,
+        suppress_health_check=_FUZZ_HEALTH, database=DirectoryBasedExampleDatabase(str(REPO / "bench" / "out" / "fuzz-db")))
+    _hypothesis_settings.load_profile(os.environ.get("CELLFLOW_RT_FUZZ", "ci"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "fuzz: property-based fuzz targets (Hypothesis; CELLFLOW_RT_FUZZ=campaign "
+                                       "for the long run)")
+    config.addinivalue_line("markers", "faults: runs killed or starved of disk mid-write")

@@ -5,6 +5,7 @@ docstring (:mod:`cellflow_rt.big`).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import tempfile
@@ -20,6 +21,7 @@ from .blocks import BlockGrid, intersect
 from .merge import ObjectTable, Resolution, resolve, sources_for
 from .normalization import (GlobalNormalization, check_blockwise_normalization, global_normalization, network_channels,
                             subsample_steps)
+from .output import atomic_zarr
 from .runner import Progress, Runner
 from .sources import ImageSource, create_labels_array, finish_ome_labels, ome_labels_level0, open_source
 from . import stitch, tasks
@@ -242,20 +244,24 @@ def segment_large(source, model, settings: EvalSettings = EvalSettings(),
 
         parts_dir = _parts_dir(temp_dir, output)
         try:
-            tables, resolution = _segment_and_merge(runner, src, grid, busy, n_skipped, norm, settings, spec,
-                                                    parts_dir, conflict_fraction, timings)
-            targets = _targets(src, grid, output, ome_labels)
-            if _planewise(settings):
-                labels, n_objects = _write_stitched(runner, src, grid, tables, resolution, parts_dir, settings,
-                                                    targets, timings)
-            else:
-                tic = time.perf_counter()
-                labels = _store(runner, "write", _paint_jobs(grid, tables, resolution, parts_dir), src.shape,
-                                grid.blocksize, targets)
-                timings["write"] = time.perf_counter() - tic
-                n_objects = resolution.n_objects
-            if ome_labels:
-                finish_ome_labels(src.ome, ome_labels, grid.blocksize, runner.compute)
+            # the output zarr is built under a temporary name and renamed when complete
+            with (atomic_zarr(output) if output is not None else contextlib.nullcontext(None)) as building:
+                tables, resolution = _segment_and_merge(runner, src, grid, busy, n_skipped, norm, settings, spec,
+                                                        parts_dir, conflict_fraction, timings)
+                targets = _targets(src, grid, building, ome_labels)
+                if _planewise(settings):
+                    labels, n_objects = _write_stitched(runner, src, grid, tables, resolution, parts_dir, settings,
+                                                        targets, timings)
+                else:
+                    tic = time.perf_counter()
+                    labels = _store(runner, "write", _paint_jobs(grid, tables, resolution, parts_dir), src.shape,
+                                    grid.blocksize, targets)
+                    timings["write"] = time.perf_counter() - tic
+                    n_objects = resolution.n_objects
+                if ome_labels:
+                    finish_ome_labels(src.ome, ome_labels, grid.blocksize, runner.compute)
+            if output is not None:
+                targets[0] = str(output)
         finally:
             shutil.rmtree(parts_dir, ignore_errors=True)
     finally:

@@ -35,6 +35,10 @@ class TiffArray:
         with tifffile.TiffFile(self.path) as tif:
             page = tif.series[self.series].levels[self.level]
             self.shape, self.dtype, self.axes = tuple(page.shape), np.dtype(page.dtype), page.axes
+            first = page.keyframe if hasattr(page, "keyframe") else page.pages[0]
+            #: one strip or tile: the zarr interface reads it whole, compressed or not (a single-strip
+            #: page is one chunk of the page's size)
+            self.page_chunks = tuple(getattr(first, "chunks", ()) or ())
         self._array = None
 
     @property
@@ -287,6 +291,7 @@ def open_source(source, volume: bool = False, channel_axis: Optional[int] = None
         if not all(hasattr(array, a) for a in ("shape", "dtype", "__getitem__")):
             array = np.asarray(array)
         layout = _guess_layout(array.shape, volume, channel_axis, z_axis, axes_hint)
+    _check_chunks(array, name)
     dtype = np.dtype(array.dtype)
     if dtype == bool or not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
         raise ValueError(f"source: dtype {dtype} is not a real numeric type")
@@ -303,6 +308,18 @@ def open_source(source, volume: bool = False, channel_axis: Optional[int] = None
         dask_array = layout.to_canonical(darr[index], darr.ndim)
     return ImageSource(shape=shape, n_channels=n_channels, dtype=dtype, layout=layout,
                        reader=None if dask_array is not None else array, dask_array=dask_array, ome=ome, name=name)
+
+
+def _check_chunks(array, name: str) -> None:
+    """Refuse a zarr array (or TIFF) whose one chunk (or strip/tile) is over the in-memory ceiling:
+    each block read decodes whole chunks, so a file declaring huge chunks would allocate them."""
+    from ..io.limits import check_declared_shape
+
+    chunks = array.page_chunks if isinstance(array, TiffArray) else None
+    if chunks is None and type(array).__module__.startswith("zarr"):
+        chunks = getattr(array, "chunks", None)
+    if chunks:
+        check_declared_shape(chunks, name, "chunk", advice="rewrite it with smaller chunks (or tiles)")
 
 
 def _is_dask(array) -> bool:

@@ -13,9 +13,10 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .errors import ImageReadError
+from .limits import check_declared_shape
 from .read import FORMAT_NAMES, FORMATS
 
-__all__ = ["peek_shape"]
+__all__ = ["peek_shape", "npy_header_shape", "check_file_size"]
 
 
 def peek_shape(data: bytes, format: str, name: Optional[str] = None) -> Tuple[int, ...]:
@@ -92,6 +93,22 @@ def _jpeg_shape(data: bytes, name: Optional[str]) -> Tuple[int, ...]:
     raise ImageReadError(name, "corrupt or truncated JPEG (no frame header before the image data)")
 
 
+def npy_header_shape(data: bytes, name: Optional[str]) -> Tuple[int, ...]:
+    """The shape an ``.npy`` header (the first bytes of ``data``) announces, for a plain numeric dtype.
+
+    Raises
+    ------
+    ImageReadError
+        Not an ``.npy`` header, an unsupported version, pickled objects or a non-numeric dtype.
+    """
+    try:
+        return _npy_shape(data, name)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, TypeError...
+        raise ImageReadError(name, f"corrupt or truncated .npy array header ({type(exc).__name__}: {exc})") from exc
+
+
 def _npy_shape(data: bytes, name: Optional[str]) -> Tuple[int, ...]:
     fh = io.BytesIO(data)
     version = np.lib.format.read_magic(fh)
@@ -115,7 +132,49 @@ def _tiff_shape(data: bytes, name: Optional[str]) -> Tuple[int, ...]:
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         if not tif.series:
             raise ImageReadError(name, "the TIFF holds no image series")
-        return tuple(tif.series[0].shape)
+        shape = tuple(tif.series[0].shape)
+    check_declared_shape(shape, name, "TIFF", limit=float("inf"))  # whole, non-negative numbers
+    return shape
 
 
 _HEADERS = {"png": _png_shape, "jpeg": _jpeg_shape, "npy": _npy_shape, "tiff": _tiff_shape}
+
+
+def check_file_size(path) -> None:
+    """Refuse an image file whose header declares more values than the in-memory ceiling.
+
+    Reads the header only (a TIFF's IFDs, a PNG's IHDR, a JPEG's frame header, an ``.npy`` header),
+    so that a caller can refuse such files before doing anything costly (``cellflow-rt run`` checks
+    its inputs before it loads the model). Other problems are left to :func:`~.read.imread`.
+
+    Parameters
+    ----------
+    path : path-like
+
+    Raises
+    ------
+    cellflow_rt.io.limits.ImageTooLargeError
+    """
+    from pathlib import Path
+
+    from .limits import ImageTooLargeError, check_declared_shape
+    from .source import source_head
+
+    path = Path(path)
+    kind = next((k for k, extensions in FORMATS.items() if path.suffix.lower() in extensions), None)
+    try:
+        if kind == "tiff":
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                shape = tuple(tif.series[0].shape) if tif.series else ()
+        elif kind in ("png", "npy", "jpeg"):
+            head = source_head(path, 1 << 17 if kind != "jpeg" else 1 << 20)
+            shape = _HEADERS[kind](head, str(path))
+        else:
+            return
+    except ImageTooLargeError:
+        raise
+    except Exception:  # unreadable headers are the reader's to report, with its message
+        return
+    check_declared_shape(shape, path, FORMAT_NAMES[kind])

@@ -10,12 +10,14 @@ imagecodecs``, or ``cellflow-rt[codecs]``): nothing is ever silently truncated.
 from __future__ import annotations
 
 import contextlib
+import struct
 import threading
 from typing import Optional
 
 import numpy as np
 
 from .errors import ImageReadError, PathLike
+from .limits import check_declared_shape
 from .source import Source, open_source, source_bytes, source_head
 
 __all__ = ["read_png_jpeg", "read_tiff_series"]
@@ -45,6 +47,12 @@ def _png_is_16bit_colour(source: Source) -> bool:
     head = source_head(source, 26)
     # signature (8), IHDR length + type (8), width, height (8), bit depth, colour type
     return len(head) == 26 and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 6)
+
+
+def _declared_shape(im) -> tuple:
+    """The shape :func:`_as_array` would give an opened (not yet decoded) Pillow image, or more."""
+    bands = 4 if im.mode in ("P", "PA") else len(im.getbands())
+    return (im.height, im.width, bands)
 
 
 def _as_array(im) -> np.ndarray:
@@ -78,12 +86,18 @@ def read_png_jpeg(source: Source, kind: str, where: Optional[PathLike]) -> np.nd
         except ImportError:
             raise ImageReadError(where, f"16-bit colour PNG: Pillow would keep only 8 bits per sample; "
                                         f"{CODECS_HINT}") from None
+        width, height = struct.unpack(">II", source_head(source, 24)[16:24])
+        check_declared_shape((height, width, 4), where, "PNG")
         return imagecodecs.png_decode(source_bytes(source))
     with open_source(source) as fh, _no_pixel_limit():  # errors opening the file stay OSErrors
         try:
             with Image.open(fh) as im:
+                # Pillow has parsed the header only: refuse a declared size before decoding it
+                check_declared_shape(_declared_shape(im), where, kind.upper())
                 im.load()
                 arr = _as_array(im)
+        except ImageReadError:
+            raise
         except (OSError, SyntaxError, ValueError, EOFError) as exc:  # Pillow's errors for bad data
             raise ImageReadError(where, f"corrupt or truncated {kind.upper()} "
                                         f"({type(exc).__name__}: {exc})") from exc

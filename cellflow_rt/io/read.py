@@ -21,7 +21,8 @@ import numpy as np
 
 from .discovery import IMAGE_EXTENSIONS
 from .errors import ImageReadError, PathLike
-from .source import Source, source_bytes
+from .limits import check_declared_shape
+from .source import Source, source_bytes, source_head
 
 __all__ = ["imread", "imread_bytes", "FORMATS"]
 
@@ -54,6 +55,9 @@ def imread(path: PathLike) -> np.ndarray:
     ImageReadError
         The path does not exist or is not a file, the file is empty, corrupt or truncated, or its
         extension is not supported.
+    ImageTooLargeError
+        (an ImageReadError) The header declares more array values than
+        :func:`~.limits.max_values` allows; refused before anything is decoded.
 
     See Also
     --------
@@ -104,6 +108,9 @@ def imread_bytes(data: bytes, format: str, name: Optional[str] = None) -> np.nda
     ------
     ImageReadError
         The bytes are empty, corrupt or truncated, or need a decoder that is not installed.
+    ImageTooLargeError
+        (an ImageReadError) The header declares more array values than
+        :func:`~.limits.max_values` allows; refused before anything is decoded.
     ValueError
         ``format`` is not one of :data:`FORMATS`.
 
@@ -160,6 +167,8 @@ def _read_tiff(source: Source, where: Optional[PathLike]) -> np.ndarray:
         with tifffile.TiffFile(source) as tif:
             if not tif.series:
                 raise ImageReadError(where, "the TIFF holds no image series")
+            # tifffile parses the header only; asarray() allocates the series' declared shape
+            check_declared_shape(tif.series[0].shape, where, "TIFF")
             try:
                 img = tif.asarray()
             except ValueError as exc:
@@ -175,6 +184,10 @@ def _read_tiff(source: Source, where: Optional[PathLike]) -> np.ndarray:
 
 
 def _read_npy(source: Source, where: Optional[PathLike]) -> np.ndarray:
+    from .peek import npy_header_shape
+
+    # numpy allocates the declared shape before reading the data; a v1 header is at most 64 KiB
+    check_declared_shape(npy_header_shape(source_head(source, 1 << 17), where), where, ".npy array")
     try:
         img = np.load(source, allow_pickle=False)
     except ValueError as exc:

@@ -15,6 +15,7 @@ from typing import List, Optional
 import numpy as np
 
 from ..io import IMAGE_EXTENSIONS, ImageReadError, imread
+from ..io.limits import ImageTooLargeError
 from ..seg_file import load_seg_npy
 
 SEG_SUFFIX = "_seg.npy"
@@ -45,6 +46,8 @@ def find_image(seg_path: Path, seg: dict):
         if candidate.is_file() and candidate.resolve() != seg_path.resolve():
             try:
                 return imread(candidate), candidate
+            except ImageTooLargeError:
+                raise  # the image is there but too large: say so rather than open the masks alone
             except ImageReadError:
                 continue
     image = seg.get("img")
@@ -74,6 +77,9 @@ def read_seg_npy(path) -> list:
     ------
     cellflow_rt.seg_file.SegFileError
         The file is not a readable ``_seg.npy`` (or its pickle asks for more than plain data).
+    cellflow_rt.io.limits.ImageTooLargeError
+        The file's image (or its masks) declares more values than
+        :func:`~cellflow_rt.io.limits.max_values` allows; refused before decoding.
     """
     path = Path(path[0] if isinstance(path, (list, tuple)) else path)
     seg = load_seg_npy(path)

@@ -27,7 +27,8 @@ from starlette.routing import Route
 from .. import __version__
 from ..preprocess import ImageShapeError
 from .answers import NotAcceptableError, choose_answer
-from .decode import BadImageError, ImageTooLargeError, UnsupportedMediaTypeError, body_format, check_media_type
+from .decode import (BadImageError, ImageTooLargeError, UnsupportedMediaTypeError, body_format, check_header,
+                     check_media_type)
 from .metrics import Metrics
 from .openapi import openapi_document
 from .options import OptionError, parse_query
@@ -178,6 +179,8 @@ def create_app(service: Service, token: Optional[str] = None) -> Starlette:
                               "timeout", {"Connection": "close"}) from None
             request.state.body_read = True
             kind = body_format(content_type, body)
+            # a header over the limit never waits for a worker (parsed off the event loop: a TIFF's IFDs)
+            await asyncio.to_thread(check_header, body, kind, limits.max_values)
             gone = asyncio.ensure_future(_client_gone(request))
             try:
                 job = functools.partial(segment_body, body, kind, options, answer_type, limits)
@@ -246,5 +249,7 @@ def create_app(service: Service, token: Optional[str] = None) -> Starlette:
 
     # gzip only for clients that ask (Accept-Encoding), at the fastest level: answers are label images
     middleware = [Middleware(GZipMiddleware, minimum_size=4096, compresslevel=1)]
-    return Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: http_error},
-                     lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: http_error},
+                    lifespan=lifespan)
+    app.state.metrics = metrics  # the server's connection guard counts what it closes here
+    return app

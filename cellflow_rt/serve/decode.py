@@ -15,6 +15,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ..io import ImageReadError, imread_bytes, peek_shape
+from ..io.limits import ImageTooLargeError as DeclaredTooLargeError
 
 #: Content-Type -> format (:data:`cellflow_rt.io.FORMATS`); ``application/octet-stream`` (or no header)
 #: is sniffed.
@@ -116,12 +117,27 @@ def decode_image(data: bytes, kind: str, max_values: int) -> np.ndarray:
     try:
         _check_size(peek_shape(data, kind), max_values)
         image = imread_bytes(data, kind)
+    except DeclaredTooLargeError as exc:  # over the process-wide ceiling ($CELLFLOW_RT_MAX_PIXELS)
+        raise ImageTooLargeError(exc.problem) from None
     except ImageReadError as exc:
         if isinstance(exc.__cause__, MemoryError):
             raise ImageTooLargeError(f"decoding the {kind.upper()} ran out of memory") from None
         raise BadImageError(exc.problem) from None
     _check_size(image.shape, max_values)
     return image
+
+
+def check_header(data: bytes, kind: str, max_values: int) -> None:
+    """Refuse a body whose header declares an image over ``max_values`` (before it waits for a worker).
+
+    Raises
+    ------
+    BadImageError, ImageTooLargeError
+    """
+    try:
+        _check_size(peek_shape(data, kind), max_values)
+    except ImageReadError as exc:
+        raise BadImageError(exc.problem) from None
 
 
 def _check_size(shape: Tuple[int, ...], max_values: int) -> None:

@@ -9,7 +9,8 @@ metric                                     type       labels
                                                       dynamics, encode (segmentations answered 200)
 ``cellflow_errors_total``                  counter    ``reason``: bad_option, bad_image, too_large,
                                                       unsupported_type, not_acceptable, unauthorized,
-                                                      busy, timeout, disconnected, not_found, internal
+                                                      busy, timeout, disconnected, not_found, internal,
+                                                      slow_headers (connection closed: headers too slow)
 ``cellflow_queue_depth``                   gauge      requests waiting for a worker
 ``cellflow_workers_busy``                  gauge      worker threads running a segmentation
 ``cellflow_requests_admitted``             gauge      requests admitted and not yet answered

@@ -20,6 +20,8 @@ from .work import Service
 
 #: Connections served at once; beyond them uvicorn itself answers 503 (without Retry-After).
 MAX_CONNECTIONS = 1000
+#: Seconds a client may take to send a request's headers (``--header-timeout``; :mod:`.guard`).
+HEADER_TIMEOUT = 10.0
 
 
 class ExposureError(ValueError):
@@ -90,11 +92,13 @@ def warm_up(models: Dict[str, LoadedModel]) -> float:
 
 
 def run_server(service: Service, sock: socket.socket, token: Optional[str] = None, access_log: bool = True,
-               on_ready: Callable[[str], None] = print) -> None:
-    """Serve ``service`` on the bound ``sock`` until SIGINT/SIGTERM (then drain and return)."""
+               on_ready: Callable[[str], None] = print, header_timeout: float = HEADER_TIMEOUT) -> None:
+    """Serve ``service`` on the bound ``sock`` until SIGINT/SIGTERM (then drain and return); a
+    connection whose request headers take over ``header_timeout`` seconds is closed."""
     import uvicorn
 
     from .app import create_app
+    from .guard import header_timeout_protocol
 
     class DrainingServer(uvicorn.Server):
         """uvicorn's server, with a first signal that drains instead of closing at once."""
@@ -116,7 +120,9 @@ def run_server(service: Service, sock: socket.socket, token: Optional[str] = Non
                 self.should_exit = True
             return await super().on_tick(counter)
 
-    config = uvicorn.Config(create_app(service, token=token), log_level="info", access_log=access_log,
+    app = create_app(service, token=token)
+    slow = header_timeout_protocol(header_timeout, lambda: app.state.metrics.errors.labels("slow_headers").inc())
+    config = uvicorn.Config(app, log_level="info", access_log=access_log, http=slow,
                             lifespan="on", limit_concurrency=MAX_CONNECTIONS, timeout_graceful_shutdown=10,
                             server_header=False)
     DrainingServer(config).run(sockets=[sock])
