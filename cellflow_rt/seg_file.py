@@ -22,6 +22,7 @@ from typing import Union
 import numpy as np
 
 from .io.limits import ImageTooLargeError, check_declared_shape
+from .pickle_guard import guard_hashing
 
 __all__ = ["SegFileError", "RefusedGlobal", "SegUnpickler", "load_seg_npy"]
 
@@ -81,6 +82,8 @@ class SegUnpickler(pickle._Unpickler):
     """
 
     dispatch = dict(pickle._Unpickler.dispatch)
+    # a dict key nested a million tuples deep crashes the interpreter when hashed (pickle_guard)
+    guard_hashing(dispatch)
 
     def _load_build(self):
         inst, state = self.stack[-2], self.stack[-1]
