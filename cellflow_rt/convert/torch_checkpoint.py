@@ -12,7 +12,10 @@ Two layouts exist:
 
 Every pickle is read by :class:`_TensorUnpickler`, which answers global lookups from a fixed table
 (tensor rebuild functions, storage types, ``collections.OrderedDict``) and refuses every other name
-with :class:`~.errors.UnsafeCheckpointError` before anything is imported or called. Tensors come
+with :class:`~.errors.UnsafeCheckpointError` before anything is imported or called. Sizes a file
+declares are checked against the file's own size before anything is allocated (the pickle's string
+and bytes lengths, zip members' sizes, compression ratios, tensor extents), so that a small crafted
+file cannot make the reader allocate gigabytes. Tensors come
 back as read-only numpy views of the file: uncompressed zip members and legacy storages are
 memory-mapped, so a 1.2 GB checkpoint is not copied into memory (each zip member's CRC is still
 checked: a damaged storage is refused rather than read as wrong weights).
@@ -30,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cellflow_rt.pickle_guard import BoundedReader, check_declared_lengths, check_hashable, guard_hashing
+
 from .errors import CheckpointFormatError, UnsafeCheckpointError
 
 __all__ = ["read_torch_checkpoint", "read_state_dict"]
@@ -44,6 +49,8 @@ _STORAGE_DTYPES = {
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 _ZIP_LOCAL_HEADER = struct.Struct("<4s5H3L2H")
+# deflate cannot expand data more than 1032-fold: a larger declared size is a lie (a zip bomb)
+_DEFLATE_MAX_RATIO = 1032
 
 
 @dataclass(frozen=True)
@@ -97,11 +104,45 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-class _TensorUnpickler(pickle.Unpickler):
-    """Unpickles tensors, storages and containers only; any other global raises UnsafeCheckpointError."""
+def _ordered_dict(*args):
+    # collections.OrderedDict as a pickle may call it: OrderedDict() or OrderedDict(pairs); its keys
+    # are checked before they are hashed (see cellflow_rt.pickle_guard)
+    if len(args) > 1:
+        raise pickle.UnpicklingError(f"OrderedDict called with {len(args)} arguments")
+    if args and not isinstance(args[0], dict):
+        if not isinstance(args[0], (list, tuple)):
+            raise pickle.UnpicklingError(f"OrderedDict of a {type(args[0]).__name__}")
+        for pair in args[0]:
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise pickle.UnpicklingError("OrderedDict items must be (key, value) pairs")
+            check_hashable(pair[0])
+    return collections.OrderedDict(*args)
+
+
+class _TensorUnpickler(pickle._Unpickler):
+    """Unpickles tensors, storages and containers only; any other global raises UnsafeCheckpointError.
+
+    It is the standard library's Python unpickler: its memo is a dict (the C unpickler grows an array
+    to a LONG_BINPUT's index, gigabytes from a few bytes), and its BUILD and dict opcodes can be checked.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    guard_hashing(dispatch)
+
+    def _load_build(self):
+        # torch's state dicts carry their ``_metadata`` through BUILD on an OrderedDict; BUILD on
+        # anything else could rewrite the allow-list's own objects for every later read
+        inst, state = self.stack[-2], self.stack[-1]
+        if type(inst) is not collections.OrderedDict or type(state) is not dict \
+                or not all(type(k) is str for k in state):
+            raise pickle.UnpicklingError(f"BUILD on a {type(inst).__name__} with a {type(state).__name__} state "
+                                         "(a checkpoint sets attributes of OrderedDicts only)")
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = _load_build
 
     _ALLOWED = {
-        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("collections", "OrderedDict"): _ordered_dict,
         ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
         ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
@@ -189,7 +230,7 @@ def read_torch_checkpoint(path):
     except (CheckpointFormatError, FileNotFoundError):
         raise
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError, KeyError, IndexError,
-            AttributeError, OverflowError, struct.error, OSError, MemoryError) as err:
+            AttributeError, OverflowError, struct.error, OSError, MemoryError, RecursionError) as err:
         raise CheckpointFormatError(path, f"corrupt or truncated ({type(err).__name__}: {err})") from None
 
 
@@ -212,8 +253,35 @@ def read_state_dict(path) -> dict:
     return dict(state)
 
 
+def _load_pickle(file, path: Path, storages: dict, legacy: bool):
+    """One pickle from ``file`` (at its current position), its declared lengths checked first."""
+    start = file.tell()
+    check_declared_lengths(file)
+    file.seek(start)
+    return _TensorUnpickler(file, path, storages, legacy).load()
+
+
+def _check_member(path: Path, info: zipfile.ZipInfo, file_size: int) -> None:
+    """Refuse a zip member whose declared sizes do not fit the file, before zipfile allocates them."""
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise CheckpointFormatError(path, f"zip member {info.filename} uses compression method "
+                                          f"{info.compress_type} (torch reads stored or deflated members only)")
+    if info.header_offset + _ZIP_LOCAL_HEADER.size + info.compress_size > file_size:
+        raise CheckpointFormatError(path, f"zip member {info.filename} declares {info.compress_size} bytes, past "
+                                          f"the end of the {file_size}-byte file (truncated or corrupt)")
+    if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+        raise CheckpointFormatError(path, f"stored zip member {info.filename} declares {info.file_size} bytes "
+                                          f"but holds {info.compress_size}")
+    if info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > _DEFLATE_MAX_RATIO * info.compress_size + 64:
+        raise CheckpointFormatError(path, f"deflated zip member {info.filename} declares {info.file_size} bytes "
+                                          f"from {info.compress_size} (more than deflate can expand)")
+
+
 def _read_zip(path: Path):
+    file_size = path.stat().st_size
     with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            _check_member(path, info, file_size)
         pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
             raise CheckpointFormatError(path, "zip archive without exactly one <archive>/data.pkl: not a "
@@ -225,7 +293,7 @@ def _read_zip(path: Path):
             if byteorder not in ("little", "big"):
                 raise CheckpointFormatError(path, f"unknown byteorder {byteorder!r}")
         storages: dict = {}
-        obj = _TensorUnpickler(io.BytesIO(archive.read(pickles[0])), path, storages).load()
+        obj = _load_pickle(io.BytesIO(archive.read(pickles[0])), path, storages, legacy=False)
         for ref in storages.values():
             member = f"{prefix}data/{ref.key}"
             try:
@@ -268,26 +336,25 @@ def _typed(path: Path, raw: np.ndarray, ref: _StorageRef, byteorder: str) -> np.
 
 
 def _read_legacy(path: Path):
-    with open(path, "rb") as f:
-        header = _TensorUnpickler(f, path, {}, legacy=True)
-        magic = header.load()
+    end = path.stat().st_size
+    with open(path, "rb") as raw:
+        f = BoundedReader(raw, end)
+        magic = _load_pickle(f, path, {}, legacy=True)
         if magic != _LEGACY_MAGIC:
             raise CheckpointFormatError(path, "a pickle, but not a torch.save file (no torch magic number)")
-        protocol = _TensorUnpickler(f, path, {}, legacy=True).load()
+        protocol = _load_pickle(f, path, {}, legacy=True)
         if protocol != _LEGACY_PROTOCOL:
             raise CheckpointFormatError(path, f"unsupported legacy torch.save protocol {protocol!r}")
-        sys_info = _TensorUnpickler(f, path, {}, legacy=True).load()
+        sys_info = _load_pickle(f, path, {}, legacy=True)
         if not isinstance(sys_info, dict):
             raise CheckpointFormatError(path, "malformed legacy header")
         byteorder = "little" if sys_info.get("little_endian", True) else "big"
         storages: dict = {}
-        obj = _TensorUnpickler(f, path, storages, legacy=True).load()
-        keys = _TensorUnpickler(f, path, {}, legacy=True).load()
+        obj = _load_pickle(f, path, storages, legacy=True)
+        keys = _load_pickle(f, path, {}, legacy=True)
         if not isinstance(keys, list) or sorted(map(str, keys)) != sorted(storages):
             raise CheckpointFormatError(path, "legacy storage list does not match the storages the object uses")
         offset = f.tell()
-        f.seek(0, io.SEEK_END)
-        end = f.tell()
     for key in keys:
         ref = storages[key]
         if offset + 8 > end:
@@ -327,10 +394,18 @@ def _tensor(pending: _PendingTensor, path: Path) -> np.ndarray:
     size, stride, offset = pending.size, pending.stride, pending.offset
     if any(n < 0 for n in size) or any(s < 0 for s in stride) or offset < 0:
         raise CheckpointFormatError(path, f"tensor with negative size, stride or offset in storage {ref.key}")
+    count = 1
+    for n in size:
+        count *= n
+    # more elements than the storage holds: a view that repeats elements (expand()); weights never
+    # are, and copying one (bfloat16, big-endian) or computing on it could cost any amount of memory
+    if count > ref.numel:
+        raise CheckpointFormatError(path, f"a tensor of size {_short(list(size))} has {count} elements; its storage "
+                                          f"{ref.key} holds {ref.numel}")
     if 0 not in size:
         last = offset + sum((n - 1) * s for n, s in zip(size, stride))
         if last >= ref.numel:
-            raise CheckpointFormatError(path, f"a tensor of size {list(size)} at offset {offset} needs element "
+            raise CheckpointFormatError(path, f"a tensor of size {_short(list(size))} at offset {offset} needs element "
                                               f"{last} of storage {ref.key}, which has {ref.numel}")
     view = np.lib.stride_tricks.as_strided(data[offset:] if 0 not in size else data[:0],
                                            shape=size, strides=[s * data.itemsize for s in stride],
