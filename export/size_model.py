@@ -2,37 +2,26 @@
 
 The file is ``np.save`` of a Python dict (a pickled 0-d object array) with ``A`` (ridge weights),
 ``smean`` (mean style), ``diam_mean`` and ``ymean`` (notes 1.6). This is the only place in
-cellflow-rt that unpickles anything, and it does so with an unpickler that accepts only the numpy
-classes such a file needs, so a crafted file cannot run code.
+cellflow-rt that unpickles anything, and it does so with the ``_seg.npy`` reader's unpickler
+(:class:`cellflow_rt.seg_file.SegUnpickler`), which builds only plain data and numpy arrays, so a
+crafted file can neither run code nor make the reader allocate more than its declared arrays' worth
+(lengths checked against the file, arrays against :func:`cellflow_rt.io.limits.max_values`).
 """
 from __future__ import annotations
 
-import pickle
+import io
 from pathlib import Path
 
 import numpy as np
 
+from cellflow_rt.io.limits import ImageTooLargeError
+from cellflow_rt.seg_file import SegUnpickler, _check_lengths
+
 SIZE_MODEL_KEYS = ("A", "smean", "diam_mean", "ymean")
-# What np.save writes for a dict of arrays and numpy scalars, under numpy 1.x and 2.x names.
-_ALLOWED_GLOBALS = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"),
-}
 
 
 class SizeModelError(ValueError):
     """The file is not a Cellpose size model."""
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        return super().find_class(module, name)
 
 
 def read_size_model(path, nstyle: int = 256) -> dict:
@@ -92,11 +81,17 @@ def _load_pickled_dict(path: Path) -> dict:
             shape, _, dtype = read_header[version](f)
             if dtype != np.dtype(object) or shape != ():
                 raise SizeModelError(f"size model {path} holds a {dtype} array of shape {shape}, not a pickled dict")
-            array = _NumpyOnlyUnpickler(f).load()
+            payload = f.read()
+        # found by fuzzing: the C unpickler grew its memo to a LONG_BINPUT's index and let a pickle call
+        # numpy.ndarray((2**28,)): gigabytes from a 100-byte file; SegUnpickler refuses both
+        _check_lengths(payload)
+        array = SegUnpickler(io.BytesIO(payload)).load()
     except SizeModelError:
         raise
     except FileNotFoundError:
         raise FileNotFoundError(f"size model: no such file: {path}") from None
+    except ImageTooLargeError as err:
+        raise SizeModelError(f"size model {path} declares an array too large for a size model ({err})") from None
     except Exception as err:
         raise SizeModelError(f"size model {path} could not be read: {type(err).__name__}: {err}") from None
     params = array.item() if isinstance(array, np.ndarray) else array
