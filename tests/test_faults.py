@@ -214,3 +214,77 @@ def test_blockwise_run_killed_while_writing_never_leaves_a_partial_zarr(tmp_path
     again = run_cli(["run", path, *FAST, *BLOCKWISE], cwd=tmp_path)
     assert again.returncode == 0, again.output
     np.testing.assert_array_equal(zarr.open_array(str(output), mode="r")[:], expected)
+
+
+# --------------------------------------------------------------------------------------------------
+# leftovers of killed runs: removed by the next run once their writer is gone, and only then
+
+_KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from cellflow_rt.io.atomic import atomic_write
+from cellflow_rt.big.pipeline import _parts_dir
+folder = Path(sys.argv[1])
+parts = Path(_parts_dir(folder, None))       # a blockwise run's working folder...
+(parts / "block_0.npy").write_bytes(b"part")
+with atomic_write(folder / "img_cp_masks.tif") as tmp:   # ...and an output being written
+    tmp.write_bytes(b"half a tiff")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([os.sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _age(path: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    for p in [path, *(path.iterdir() if path.is_dir() else [])]:
+        os.utime(p, (then, then))
+
+
+def test_rerun_removes_what_a_killed_run_left_and_nothing_else(tmp_path, monkeypatch):
+    from cellflow_rt.io import stale
+    from cellflow_rt.io.atomic import write_bytes
+    from cellflow_rt.big.pipeline import _parts_dir
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    killed = subprocess.run([os.sys.executable, "-c", _KILLED_WRITER, str(folder)], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    temporaries = [p for p in folder.iterdir() if ".tmp." in p.name]
+    blocks = [p for p in folder.iterdir() if p.name.startswith("cellflow-blocks-")]
+    assert len(temporaries) == 1 and len(blocks) == 1  # what a kill leaves
+    host = stale.writer_tag()[:8]
+    live = subprocess.Popen([os.sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        keep = {
+            # a live writer's (another process on this host), however old
+            folder / f".0123abcd{host}{live.pid:08x}.tmp.a_cp_masks.tif": b"",
+            # a dead writer of another host (its pid says nothing here)
+            folder / f".0123abcd00000000{_dead_pid():08x}.tmp.b_cp_masks.tif": b"",
+            # the old name format, without a writer tag: cannot tell, left alone
+            folder / ".0badc0de.tmp.c_cp_masks.tif": b"",
+            # the user's files
+            folder / "notes.tmp.txt": b"mine", folder / f".0123abcd{host}00000001.tmp": b"not ours",
+        }
+        for path, data in keep.items():
+            path.write_bytes(data)
+        fresh_dead = folder / f".0123abcd{host}{_dead_pid():08x}.tmp.d_cp_masks.tif"
+        fresh_dead.write_bytes(b"")
+        for path in [*temporaries, *blocks, *keep]:
+            _age(path, 2 * stale.STALE_AFTER)
+
+        monkeypatch.setattr(stale, "_swept", set())  # as in a new process: the rerun
+        write_bytes(folder / "img_cp_masks.tif", b"complete")
+        _parts_dir(folder, None)
+        remaining = set(folder.iterdir())
+        assert not any(p in remaining for p in temporaries + blocks), "a killed run's leftovers stayed"
+        assert set(keep) | {fresh_dead} <= remaining  # live, foreign, old-format, user's and recent: kept
+        assert (folder / "notes.tmp.txt").read_bytes() == b"mine"
+        assert (folder / "img_cp_masks.tif").read_bytes() == b"complete"
+    finally:
+        live.kill()
+        live.wait()

@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Iterator, List
 
+from ..io.stale import temp_token
+
 logger = logging.getLogger("cellflow_rt.big")
 
 __all__ = ["atomic_zarr", "interrupted_outputs"]
@@ -53,7 +55,7 @@ def atomic_zarr(output) -> Iterator[Path]:
     for stale in interrupted_outputs(output):
         logger.warning("removing %s, left by an interrupted run for %s; starting clean", stale, output.name)
         _remove(stale)
-    tmp = output.with_name(f".{secrets.token_hex(4)}.tmp.{output.name}")
+    tmp = output.with_name(f".{temp_token()}.tmp.{output.name}")
     try:
         yield tmp
         if output.exists() or output.is_symlink():

@@ -21,6 +21,7 @@ from .blocks import BlockGrid, intersect
 from .merge import ObjectTable, Resolution, resolve, sources_for
 from .normalization import (GlobalNormalization, check_blockwise_normalization, global_normalization, network_channels,
                             subsample_steps)
+from ..io.stale import remove_stale_block_folders, writer_tag
 from .output import atomic_zarr
 from .runner import Progress, Runner
 from .sources import ImageSource, create_labels_array, finish_ome_labels, ome_labels_level0, open_source
@@ -123,7 +124,10 @@ def _estimate_diameter(src: ImageSource, model, settings: EvalSettings, norm: Gl
 
 def _parts_dir(temp_dir, output) -> str:
     parent = temp_dir if temp_dir is not None else (Path(output).parent if output is not None else None)
-    return tempfile.mkdtemp(prefix="cellflow-blocks-", dir=None if parent is None else str(parent))
+    parent = Path(tempfile.gettempdir()) if parent is None else Path(parent)
+    # a killed run's folder is removed by the next run once its writer is gone (cellflow_rt.io.stale)
+    remove_stale_block_folders(parent)
+    return tempfile.mkdtemp(prefix=f"cellflow-blocks-{writer_tag()}-", dir=str(parent))
 
 
 def segment_large(source, model, settings: EvalSettings = EvalSettings(),

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from .errors import OutputWriteError, PathLike
+from .stale import remove_stale_temporaries, temp_token
 
 __all__ = ["atomic_write", "write_bytes", "write_tiff"]
 
@@ -38,7 +38,8 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
     Yields a temporary path in the destination's folder (hidden, same name at the end so that
     extension-driven writers behave the same); when the block finishes the file is flushed to disk
     and renamed onto ``path`` (``os.replace``, atomic on POSIX and Windows). If the block raises, the
-    temporary file is removed and ``path`` is left as it was.
+    temporary file is removed and ``path`` is left as it was. Temporaries that killed runs left in the
+    folder are removed first (see :mod:`cellflow_rt.io.stale`).
 
     Parameters
     ----------
@@ -64,7 +65,10 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise OutputWriteError(path, f"output folder {os.fspath(directory)!r} does not exist")
-    tmp = directory / f".{secrets.token_hex(4)}.tmp.{path.name}"
+    # the name carries this process's host tag and pid, so that a later run can tell when its writer
+    # was killed and remove it (cellflow_rt.io.stale); that sweep runs once per folder per process
+    remove_stale_temporaries(directory)
+    tmp = directory / f".{temp_token()}.tmp.{path.name}"
     try:
         # created here with O_EXCL (no clash with another writer) and mode 0o666 minus the umask,
         # the permissions a plain open() gives, unlike tempfile's 0o600
