@@ -2,7 +2,9 @@
 profile, then a table of cases run per target.
 
     python bench/fuzz.py                      # 20,000 cases per target (the profile's max_examples;
-                                              # the CLI and HTTP framing targets: 500 and 300)
+                                              # the CLI and HTTP framing targets: 500 and 300,
+                                              # convert_checkpoint end to end: 2,000)
+    python bench/fuzz.py --examples 3000 -k "checkpoint or size_model"   # the checkpoint readers
     python bench/fuzz.py --examples 2000 -k png
 
 Failures are Hypothesis's usual report (the minimal input, to paste as an ``@example``); the example
