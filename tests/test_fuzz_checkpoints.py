@@ -123,6 +123,7 @@ ZIP_FIELDS = {
     "local_method": (b"PK\x03\x04", 8, "<H"), "local_crc": (b"PK\x03\x04", 14, "<I"),
     "local_csize": (b"PK\x03\x04", 18, "<I"), "local_size": (b"PK\x03\x04", 22, "<I"),
     "local_name_len": (b"PK\x03\x04", 26, "<H"), "local_extra_len": (b"PK\x03\x04", 28, "<H"),
+    "local_flags": (b"PK\x03\x04", 6, "<H"), "central_flags": (b"PK\x01\x02", 8, "<H"),
     "central_method": (b"PK\x01\x02", 10, "<H"), "central_crc": (b"PK\x01\x02", 16, "<I"),
     "central_csize": (b"PK\x01\x02", 20, "<I"), "central_size": (b"PK\x01\x02", 24, "<I"),
     "central_offset": (b"PK\x01\x02", 42, "<I"), "end_entries": (b"PK\x05\x06", 10, "<H"),
@@ -174,6 +175,13 @@ rebuilds = st.fixed_dictionaries({
        edits=st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), max_size=3),
        cut=st.one_of(st.none(), st.integers(0, 1 << 16)))
 @example(rebuild=None, fields=[], edits=[], cut=None)  # the unmutated file reads back exactly
+# found by fuzzing: encryption and patch flag bits made zipfile raise RuntimeError / NotImplementedError
+@example(rebuild=None, fields=[("central_flags", 0, 1)], edits=[], cut=None)
+@example(rebuild=None, fields=[("central_flags", 0, 0x40)], edits=[], cut=None)
+@example(rebuild=None, fields=[("central_flags", 0, 0x20)], edits=[], cut=None)
+# found by fuzzing: a damaged deflate stream raised zlib.error out of the reader
+@example(rebuild={"rename": {}, "drop": set(), "duplicate": set(), "method": zipfile.ZIP_DEFLATED}, fields=[],
+         edits=[(46, 255), (47, 255)], cut=None)
 def test_fuzz_checkpoint_zip_structure(tmp_path_factory, rebuild, fields, edits, cut):
     data = _small("zip")
     if rebuild is not None:

@@ -51,6 +51,8 @@ _LEGACY_PROTOCOL = 1001
 _ZIP_LOCAL_HEADER = struct.Struct("<4s5H3L2H")
 # deflate cannot expand data more than 1032-fold: a larger declared size is a lie (a zip bomb)
 _DEFLATE_MAX_RATIO = 1032
+# general-purpose flag bits of members zipfile cannot read: encrypted (0), patched data (5), strong encryption (6)
+_ZIP_UNREADABLE_FLAGS = 0x1 | 0x20 | 0x40
 
 
 @dataclass(frozen=True)
@@ -230,7 +232,7 @@ def read_torch_checkpoint(path):
     except (CheckpointFormatError, FileNotFoundError):
         raise
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError, KeyError, IndexError,
-            AttributeError, OverflowError, struct.error, OSError, MemoryError, RecursionError) as err:
+            AttributeError, OverflowError, struct.error, OSError, MemoryError, RecursionError, zlib.error) as err:
         raise CheckpointFormatError(path, f"corrupt or truncated ({type(err).__name__}: {err})") from None
 
 
@@ -266,6 +268,10 @@ def _check_member(path: Path, info: zipfile.ZipInfo, file_size: int) -> None:
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise CheckpointFormatError(path, f"zip member {info.filename} uses compression method "
                                           f"{info.compress_type} (torch reads stored or deflated members only)")
+    if info.flag_bits & _ZIP_UNREADABLE_FLAGS:
+        # zipfile raises RuntimeError / NotImplementedError for these; torch writes none of them
+        raise CheckpointFormatError(path, f"zip member {info.filename} is encrypted or patched (flags "
+                                          f"{info.flag_bits:#06x}); torch.save writes plain members")
     if info.header_offset + _ZIP_LOCAL_HEADER.size + info.compress_size > file_size:
         raise CheckpointFormatError(path, f"zip member {info.filename} declares {info.compress_size} bytes, past "
                                           f"the end of the {file_size}-byte file (truncated or corrupt)")
