@@ -94,7 +94,9 @@ def _load_pickled_dict(path: Path) -> dict:
         raise SizeModelError(f"size model {path} declares an array too large for a size model ({err})") from None
     except Exception as err:
         raise SizeModelError(f"size model {path} could not be read: {type(err).__name__}: {err}") from None
-    params = array.item() if isinstance(array, np.ndarray) else array
+    # np.save of a dict is a 0-d object array; any other array is not a size model (found by fuzzing:
+    # .item() on a larger one raised ValueError outside the documented SizeModelError)
+    params = array.item() if isinstance(array, np.ndarray) and array.dtype == object and array.shape == () else array
     if not isinstance(params, dict):
         raise SizeModelError(f"size model {path} holds a {type(params).__name__}, not a dict")
     return params

@@ -179,6 +179,8 @@ rebuilds = st.fixed_dictionaries({
 @example(rebuild=None, fields=[("central_flags", 0, 1)], edits=[], cut=None)
 @example(rebuild=None, fields=[("central_flags", 0, 0x40)], edits=[], cut=None)
 @example(rebuild=None, fields=[("central_flags", 0, 0x20)], edits=[], cut=None)
+# found by the campaign: a central directory entry needing zip version 6.4 (NotImplementedError)
+@example(rebuild=None, fields=[], edits=[(1477, 64)], cut=None)
 # found by fuzzing: a damaged deflate stream raised zlib.error out of the reader
 @example(rebuild={"rename": {}, "drop": set(), "duplicate": set(), "method": zipfile.ZIP_DEFLATED}, fields=[],
          edits=[(46, 255), (47, 255)], cut=None)
@@ -444,6 +446,8 @@ SIZE_HOSTILE = HOSTILE + [
 # allocated 2 GB from a 40-byte pickle
 @example(edits=[], byte_edits=[], hostile=(b"\x80\x02K\x00r.\x87\x94R", 0), nstyle=256, cut=None)
 @example(edits=[], byte_edits=[], hostile=(b"cnumpy\nndarray\n(J\x00\x00\x00\x10\x85tR", 2), nstyle=256, cut=None)
+# found by the campaign: a pickle ending early held an array, not a dict; .item() raised ValueError
+@example(edits=[("replace", 8862, b".")], byte_edits=[], hostile=None, nstyle=256, cut=None)
 def test_fuzz_size_model(tmp_path_factory, edits, byte_edits, hostile, nstyle, cut):
     if not SIZE_DEMO.is_file():
         pytest.skip(f"{SIZE_DEMO} not found")
@@ -472,6 +476,7 @@ def test_fuzz_size_model(tmp_path_factory, edits, byte_edits, hostile, nstyle, c
        byte_edits=st.lists(st.tuples(st.integers(0, 1 << 21), st.integers(0, 255)), max_size=2))
 @settings(max_examples=_examples(10))  # a conversion that succeeds takes seconds
 @example(base="cpsam", edits=[("insert", 5, HOSTILE[0])], byte_edits=[])
+@example(base="zip", edits=[], byte_edits=[(1477, 64)])  # found by the campaign: zip version 6.4
 def test_fuzz_convert_checkpoint(tmp_path_factory, base, edits, byte_edits):
     from cellflow_rt.convert import convert_checkpoint
 

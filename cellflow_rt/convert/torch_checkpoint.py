@@ -232,7 +232,8 @@ def read_torch_checkpoint(path):
     except (CheckpointFormatError, FileNotFoundError):
         raise
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError, KeyError, IndexError,
-            AttributeError, OverflowError, struct.error, OSError, MemoryError, RecursionError, zlib.error) as err:
+            AttributeError, OverflowError, struct.error, OSError, MemoryError, RecursionError, zlib.error,
+            NotImplementedError) as err:
         raise CheckpointFormatError(path, f"corrupt or truncated ({type(err).__name__}: {err})") from None
 
 
