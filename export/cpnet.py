@@ -13,38 +13,14 @@ This module imports torch at import time: import it lazily, from inside function
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cellflow_rt.convert.specs import CPnetSpec
+
 BN_EPS = 1e-5
-
-
-@dataclass(frozen=True)
-class CPnetSpec:
-    """What a CPnet checkpoint fixes about the network.
-
-    Attributes
-    ----------
-    nbase : tuple of int
-        Channels per level of the down path, starting with the input channel count
-        (``(2, 32, 64, 128, 256)`` for every Cellpose 3 model).
-    nout : int
-        Output channels (3 for segmentation: dY, dX, cellprob).
-    """
-
-    nbase: tuple[int, ...]
-    nout: int
-
-    @property
-    def nchan(self) -> int:
-        return self.nbase[0]
-
-    @property
-    def nstyle(self) -> int:
-        return self.nbase[-1]
 
 
 def _bn_relu_conv(cin: int, cout: int, k: int) -> nn.Sequential:

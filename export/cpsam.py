@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from cellflow_rt.convert.specs import CPSAMSpec
 
 #: Tile side the network runs on (fixed: the position embedding has one entry per token).
 TILE = 256
@@ -46,52 +47,6 @@ NSTYLE = 256
 LAYERNORM_EPS = 1e-6
 
 _BLOCK_KEY = re.compile(r"^encoder\.blocks\.(\d+)\.")
-
-
-@dataclass(frozen=True)
-class CPSAMSpec:
-    """What a CPSAM checkpoint fixes about the network.
-
-    Attributes
-    ----------
-    embed_dim : int
-        Token width (1024 for Cellpose-SAM's ViT-L).
-    depth : int
-        Number of transformer blocks (24 for ViT-L).
-    num_heads : int
-        Attention heads, read from the relative-position tables (16 for ViT-L).
-    mlp_dim : int
-        Hidden width of each block's MLP (4096 for ViT-L).
-    neck_dim : int
-        Channels of the neck (256 for ViT-L).
-    nout : int
-        Output channels (3: dY, dX, cellprob).
-    rel_pos_lengths : tuple of int
-        Rows of each block's stored relative-position tables (27 for SAM's windowed blocks, 127 for
-        its global ones), kept to rebuild the exact module the checkpoint came from.
-    """
-
-    embed_dim: int
-    depth: int
-    num_heads: int
-    mlp_dim: int
-    neck_dim: int
-    nout: int
-    rel_pos_lengths: tuple[int, ...]
-
-    @property
-    def nchan(self) -> int:
-        return NCHAN
-
-    @property
-    def head_dim(self) -> int:
-        return self.embed_dim // self.num_heads
-
-    def as_json(self) -> dict:
-        """The spec as manifest numbers."""
-        return {"embed_dim": self.embed_dim, "depth": self.depth, "num_heads": self.num_heads,
-                "mlp_dim": self.mlp_dim, "neck_dim": self.neck_dim, "nout": self.nout,
-                "patch_size": PATCH, "tile": TILE, "rel_pos_lengths": list(self.rel_pos_lengths)}
 
 
 def resize_rel_pos(table: torch.Tensor, length: int = 2 * GRID - 1) -> torch.Tensor:

@@ -118,7 +118,7 @@ def export_checkpoint(
     """
     say = echo or (lambda _: None)
     require_export_dependencies()
-    from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
+    from .checkpoint import Checkpoint, load_checkpoint
     from .cpnet import HalfPrecisionCPnet, build_cpnet
     from .onnx_export import cpnet_to_onnx
 
@@ -133,43 +133,12 @@ def export_checkpoint(
         return _export_cellpose4(ckpt, size_model, channels, name=name, out_dir=out_dir, fp16=fp16,
                                  description=description, opset=opset, parity_tiles=parity_tiles, say=say)
 
-    builtin = builtin_name_of(source)
     say(f"checkpoint {source}: CPnet nbase={list(ckpt.spec.nbase)} nout={ckpt.spec.nout}, "
         f"diam_mean {ckpt.diam_mean:g}, diam_labels {ckpt.diam_labels:g}"
         + ("" if ckpt.has_diameters else " (not stored: Cellpose's CPU default)"))
-    if ckpt.spec.nout == RESTORATION_NOUT:
-        restore_type, diam_mean = _restoration_facts(source, ckpt, restore_type)
-        if size_model is not None:
-            raise ValueError("size_model: a restoration model has no size model")
-        if channels is not None and list(channels) != [0, 0]:
-            raise ValueError(f"channels: a restoration net takes one channel at a time; got {list(channels)}")
-        channels, size_path, builtin = [0, 0], None, None
-        say(f"restoration net ({restore_type}), diam_mean {diam_mean:g}")
-    else:
-        if restore_type is not None:
-            raise CheckpointError(f"restore_type: {source} is a segmentation CPnet (nout {ckpt.spec.nout}); "
-                                  "restore types apply to Cellpose 3 restoration nets (one input channel, nout 1)")
-        channels = _check_channels(channels if channels is not None else (0, 0))
-        size_path = Path(size_model) if size_model is not None else default_size_model(source)
-        diam_mean = ckpt.diam_mean
-    size = read_size_model(size_path, ckpt.spec.nstyle) if size_path is not None else None
-    say(f"size model: {size_path if size_path is not None else 'none'}")
-
-    facts = model_facts(
-        name=name,
-        description=description if description is not None else _default_description(source, builtin, restore_type),
-        source_file=source.name,
-        source_sha256=sha256_file(source),
-        exporter_version=__version__,
-        opset=opset,
-        spec=ckpt.spec,
-        diam_mean=diam_mean,
-        diam_labels=ckpt.diam_labels,
-        builtin_name=builtin,
-        default_channels=channels,
-        size_model=size,
-        restore_type=restore_type,
-    )
+    facts = cpnet_model_facts(ckpt, source, size_model, channels, restore_type, name=name,
+                              description=description, opset=opset, say=say)
+    channels = facts["default_channels"]
     net = build_cpnet(ckpt.spec, ckpt.state_dict)
     graph = cpnet_to_onnx(net, opset)
     set_onnx_metadata(graph, facts)
@@ -264,3 +233,63 @@ def _default_description(source: Path, builtin, restore_type=None) -> str:
     if builtin:
         return f"Cellpose built-in model '{builtin}' ({source.name}), exported by cellflow-rt"
     return f"Cellpose CPnet exported by cellflow-rt from {source.name}"
+
+
+def cpnet_model_facts(ckpt, source: Path, size_model, channels, restore_type, *, name: str, description, opset: int,
+                      say: Callable[[str], None]) -> dict:
+    """The manifest entries of a CPnet checkpoint: segmentation (channels, size model) or restoration net.
+
+    Shared by the torch exporter and the torch-free converter (:mod:`cellflow_rt.convert`), so that
+    both apply Cellpose's rules for built-in names, restoration nets and size models the same way.
+
+    Parameters
+    ----------
+    ckpt : object
+        With ``spec`` (a CPnetSpec), ``diam_mean`` and ``diam_labels`` (the stored float32 values).
+    source : Path
+        The checkpoint file (its basename decides Cellpose's built-in rules).
+    size_model, channels, restore_type
+        As given to :func:`export_checkpoint`.
+    name, description, opset, say
+        The model's name, its description (None: a default one), the graph's opset, a progress printer.
+
+    Returns
+    -------
+    dict
+        :func:`.manifest.model_facts`'s entries (``onnx_sha256`` still None).
+    """
+    builtin = builtin_name_of(source)
+    if ckpt.spec.nout == RESTORATION_NOUT:
+        restore_type, diam_mean = _restoration_facts(source, ckpt, restore_type)
+        if size_model is not None:
+            raise ValueError("size_model: a restoration model has no size model")
+        if channels is not None and list(channels) != [0, 0]:
+            raise ValueError(f"channels: a restoration net takes one channel at a time; got {list(channels)}")
+        channels, size_path, builtin = [0, 0], None, None
+        say(f"restoration net ({restore_type}), diam_mean {diam_mean:g}")
+    else:
+        if restore_type is not None:
+            from .checkpoint import CheckpointError
+
+            raise CheckpointError(f"restore_type: {source} is a segmentation CPnet (nout {ckpt.spec.nout}); "
+                                  "restore types apply to Cellpose 3 restoration nets (one input channel, nout 1)")
+        channels = _check_channels(channels if channels is not None else (0, 0))
+        size_path = Path(size_model) if size_model is not None else default_size_model(source)
+        diam_mean = ckpt.diam_mean
+    size = read_size_model(size_path, ckpt.spec.nstyle) if size_path is not None else None
+    say(f"size model: {size_path if size_path is not None else 'none'}")
+    return model_facts(
+        name=name,
+        description=description if description is not None else _default_description(source, builtin, restore_type),
+        source_file=source.name,
+        source_sha256=sha256_file(source),
+        exporter_version=__version__,
+        opset=opset,
+        spec=ckpt.spec,
+        diam_mean=diam_mean,
+        diam_labels=ckpt.diam_labels,
+        builtin_name=builtin,
+        default_channels=channels,
+        size_model=size,
+        restore_type=restore_type,
+    )

@@ -15,16 +15,12 @@ from types import SimpleNamespace
 from typing import Callable, Optional, Sequence
 
 from cellflow_rt import __version__
-from cellflow_rt.export.exporter import (RESTORATION_NOUT, _check_channels, _default_description,
-                                         _restoration_facts)
-from cellflow_rt.export.manifest import (METADATA_PREFIX, cpsam_model_facts, model_facts, onnx_metadata_entries,
+from cellflow_rt.export.exporter import cpnet_model_facts
+from cellflow_rt.export.manifest import (METADATA_PREFIX, cpsam_model_facts, onnx_metadata_entries,
                                          write_manifest)
-from cellflow_rt.export.size_model import read_size_model
-from cellflow_rt.export.sources import (builtin_name_of, check_model_name, default_model_name, default_size_model,
-                                        locate_checkpoint)
+from cellflow_rt.export.sources import check_model_name, default_model_name, locate_checkpoint
 from cellflow_rt.registry import sha256_file
 
-from .errors import CheckpointError
 from .self_check import self_check
 from .specs import (DIAMETER_KEYS, NSTYLE, TILE, detect_cpnet_spec, detect_cpsam_spec, is_cpsam_state,
                     stored_diameter, strip_module_prefix)
@@ -95,29 +91,8 @@ def convert_checkpoint(checkpoint, size_model=None, *, name, out_dir, descriptio
     has_diameters = all(k in state for k in DIAMETER_KEYS)
     say(f"checkpoint {source}: CPnet nbase={list(spec.nbase)} nout={spec.nout}, diam_mean {ckpt.diam_mean:g}, "
         f"diam_labels {ckpt.diam_labels:g}" + ("" if has_diameters else " (not stored: Cellpose's CPU default)"))
-    builtin = builtin_name_of(source)
-    if spec.nout == RESTORATION_NOUT:
-        restore_type, diam_mean = _restoration_facts(source, ckpt, restore_type)
-        if size_model is not None:
-            raise ValueError("size_model: a restoration model has no size model")
-        if channels is not None and list(channels) != [0, 0]:
-            raise ValueError(f"channels: a restoration net takes one channel at a time; got {list(channels)}")
-        channels, size_path, builtin = [0, 0], None, None
-    else:
-        if restore_type is not None:
-            raise CheckpointError(f"restore_type: {source} is a segmentation CPnet (nout {spec.nout}); restore "
-                                  "types apply to Cellpose 3 restoration nets (one input channel, nout 1)")
-        channels = _check_channels(channels if channels is not None else (0, 0))
-        size_path = Path(size_model) if size_model is not None else default_size_model(source)
-        diam_mean = ckpt.diam_mean
-    size = read_size_model(size_path, spec.nstyle) if size_path is not None else None
-    say(f"size model: {size_path if size_path is not None else 'none'}")
-    facts = model_facts(
-        name=name, description=description if description is not None else _default_description(
-            source, builtin, restore_type),
-        source_file=source.name, source_sha256=sha256_file(source), exporter_version=__version__, opset=OPSET,
-        spec=spec, diam_mean=diam_mean, diam_labels=ckpt.diam_labels, builtin_name=builtin,
-        default_channels=channels, size_model=size, restore_type=restore_type)
+    facts = cpnet_model_facts(ckpt, source, size_model, channels, restore_type, name=name, description=description,
+                              opset=OPSET, say=say)
     from .cpnet_graph import build_cpnet_graph
 
     batch, height, width = _CPNET_CHECK

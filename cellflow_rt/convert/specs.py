@@ -27,9 +27,18 @@ GRID = TILE // PATCH
 
 @dataclass(frozen=True)
 class CPnetSpec:
-    """Channel counts of a CPnet: ``nbase`` (input channels first) and ``nout``."""
+    """What a CPnet checkpoint fixes about the network.
 
-    nbase: tuple
+    Attributes
+    ----------
+    nbase : tuple of int
+        Channels per level of the down path, starting with the input channel count
+        (``(2, 32, 64, 128, 256)`` for every Cellpose 3 model).
+    nout : int
+        Output channels (3 for segmentation: dY, dX, cellprob).
+    """
+
+    nbase: tuple[int, ...]
     nout: int
 
     @property
@@ -43,7 +52,26 @@ class CPnetSpec:
 
 @dataclass(frozen=True)
 class CPSAMSpec:
-    """Sizes of a CPSAM (see :class:`cellflow_rt.export.cpsam.CPSAMSpec`, which this mirrors)."""
+    """What a CPSAM checkpoint fixes about the network.
+
+    Attributes
+    ----------
+    embed_dim : int
+        Token width (1024 for Cellpose-SAM's ViT-L).
+    depth : int
+        Number of transformer blocks (24 for ViT-L).
+    num_heads : int
+        Attention heads, read from the relative-position tables (16 for ViT-L).
+    mlp_dim : int
+        Hidden width of each block's MLP (4096 for ViT-L).
+    neck_dim : int
+        Channels of the neck (256 for ViT-L).
+    nout : int
+        Output channels (3: dY, dX, cellprob).
+    rel_pos_lengths : tuple of int
+        Rows of each block's stored relative-position tables (27 for SAM's windowed blocks, 127 for
+        its global ones), kept to rebuild the exact module the checkpoint came from.
+    """
 
     embed_dim: int
     depth: int
@@ -51,7 +79,7 @@ class CPSAMSpec:
     mlp_dim: int
     neck_dim: int
     nout: int
-    rel_pos_lengths: tuple
+    rel_pos_lengths: tuple[int, ...]
 
     @property
     def nchan(self) -> int:
@@ -62,7 +90,7 @@ class CPSAMSpec:
         return self.embed_dim // self.num_heads
 
     def as_json(self) -> dict:
-        """The spec as manifest numbers (the exporter's ``cpsam`` entry)."""
+        """The spec as manifest numbers."""
         return {"embed_dim": self.embed_dim, "depth": self.depth, "num_heads": self.num_heads,
                 "mlp_dim": self.mlp_dim, "neck_dim": self.neck_dim, "nout": self.nout,
                 "patch_size": PATCH, "tile": TILE, "rel_pos_lengths": list(self.rel_pos_lengths)}
