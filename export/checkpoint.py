@@ -8,7 +8,6 @@ a truncated file, Cellpose 4's DINOv3 variant, another network's weights) is ref
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,9 +19,6 @@ if TYPE_CHECKING:  # cpnet imports torch, which loading imports lazily
 # the diam_* entries ends up with the constructor default on CPU (notes 1.2).
 DEFAULT_DIAMETER = 30.0
 DIAMETER_KEYS = ("diam_mean", "diam_labels")
-_FIRST_BN = "downsample.down.res_down_0.conv.conv_0.0.weight"
-_LEVEL_CONV = re.compile(r"^downsample\.down\.res_down_(\d+)\.conv\.conv_0\.2\.weight$")
-_OUTPUT_CONV = "output.2.weight"
 #: ``Checkpoint.architecture`` values.
 CPNET = "cpnet"
 CPSAM = "cpsam"
@@ -152,20 +148,14 @@ def detect_spec(state: dict, source="checkpoint"):
     CheckpointError
         With a message naming what does not fit.
     """
-    from .cpnet import CPnetSpec, expected_shapes
+    from cellflow_rt.convert.specs import read_cpnet_spec
 
-    levels = sorted(int(m.group(1)) for k in state if (m := _LEVEL_CONV.match(k)))
-    if _FIRST_BN not in state or _OUTPUT_CONV not in state or levels != list(range(len(levels))) or not levels:
-        raise CheckpointError(
-            f"{source} is not a Cellpose CPnet state dict (expected keys such as "
-            f"'{_FIRST_BN}' and '{_OUTPUT_CONV}'; found {len(state)} keys, e.g. {_some_keys(state)})"
-        )
+    from .cpnet import expected_shapes
+
+    spec = read_cpnet_spec(state, source)
     try:
-        nbase = [int(state[_FIRST_BN].shape[0])]
-        nbase += [int(state[f"downsample.down.res_down_{n}.conv.conv_0.2.weight"].shape[0]) for n in levels]
-        spec = CPnetSpec(nbase=tuple(nbase), nout=int(state[_OUTPUT_CONV].shape[0]))
         expected = expected_shapes(spec)
-    except (IndexError, RuntimeError, ValueError) as err:
+    except (RuntimeError, ValueError) as err:
         raise CheckpointError(f"{source} has CPnet key names but unusable shapes: {err}") from None
     _compare_keys(state, expected, set(DIAMETER_KEYS), source,
                   f"a 2D CPnet with nbase={list(spec.nbase)}, nout={spec.nout}")
@@ -237,7 +227,3 @@ def _first_line(err: Exception) -> str:
     text = str(err).strip().splitlines()
     return text[0][:200] if text else ""
 
-
-def _some_keys(state: dict) -> str:
-    keys = list(state)[:3]
-    return ", ".join(repr(k) for k in keys) if keys else "none"

@@ -26,13 +26,12 @@ This module imports torch at import time: import it lazily, from inside function
 from __future__ import annotations
 
 import copy
-import re
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cellflow_rt.convert.specs import CPSAMSpec
+from cellflow_rt.convert.specs import CPSAMSpec, read_cpsam_spec
 
 #: Tile side the network runs on (fixed: the position embedding has one entry per token).
 TILE = 256
@@ -46,7 +45,6 @@ NCHAN = 3
 NSTYLE = 256
 LAYERNORM_EPS = 1e-6
 
-_BLOCK_KEY = re.compile(r"^encoder\.blocks\.(\d+)\.")
 
 
 def resize_rel_pos(table: torch.Tensor, length: int = 2 * GRID - 1) -> torch.Tensor:
@@ -252,30 +250,14 @@ def cpsam_state(state: dict) -> dict:
 
 
 def detect_cpsam_spec(state: dict) -> CPSAMSpec:
-    """Read a CPSAM's sizes from its state dict (head count from the relative-position tables).
+    """Read a CPSAM's sizes from its state dict (:func:`cellflow_rt.convert.specs.read_cpsam_spec`).
 
     Raises
     ------
-    ValueError
+    KeyError, IndexError, ValueError
         When a tensor the sizes are read from is missing or has an unexpected shape.
     """
-    state = _strip_module_prefix(state)
-    patch = state["encoder.patch_embed.proj.weight"]
-    if patch.ndim != 4 or tuple(patch.shape[1:]) != (NCHAN, PATCH, PATCH):
-        raise ValueError(f"patch embedding has shape {tuple(patch.shape)}, expected (embed_dim, 3, 8, 8)")
-    embed_dim = int(patch.shape[0])
-    depth = 1 + max((int(m.group(1)) for k in state if (m := _BLOCK_KEY.match(k))), default=-1)
-    if depth == 0:
-        raise ValueError("no transformer blocks (encoder.blocks.N.*)")
-    head_dim = int(state["encoder.blocks.0.attn.rel_pos_h"].shape[1])
-    if head_dim == 0 or embed_dim % head_dim:
-        raise ValueError(f"relative-position tables of width {head_dim} do not divide the width {embed_dim}")
-    lengths = tuple(int(state[f"encoder.blocks.{i}.attn.rel_pos_h"].shape[0]) for i in range(depth))
-    out = state["out.weight"]
-    nout = int(state["W2"].shape[1])
-    return CPSAMSpec(embed_dim=embed_dim, depth=depth, num_heads=embed_dim // head_dim,
-                     mlp_dim=int(state["encoder.blocks.0.mlp.lin1.weight"].shape[0]),
-                     neck_dim=int(out.shape[1]), nout=nout, rel_pos_lengths=lengths)
+    return read_cpsam_spec(_strip_module_prefix(state))
 
 
 def expected_shapes(spec: CPSAMSpec) -> dict[str, tuple[int, ...]]:

@@ -5,17 +5,13 @@ Needs napari with a Qt binding, pytest-qt and a display with OpenGL: in CI, pyte
 layer on it: these tests skip there, as they do without napari or without a display.
 """
 import os
-import sys
 
 import numpy as np
 import pytest
 
-napari = pytest.importorskip("napari", reason="napari is not installed (pip install -e '.[napari]')")
-pytest.importorskip("pytestqt", reason="pytest-qt is not installed")
-if os.environ.get("QT_QPA_PLATFORM") == "offscreen":
-    pytest.skip("Qt's offscreen platform has no OpenGL for napari's canvas", allow_module_level=True)
-if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-    pytest.skip("no display: install Xvfb (Debian: xvfb) and pytest-xvfb starts one", allow_module_level=True)
+from napari_helpers import require_napari_viewer  # noqa: E402
+
+napari = require_napari_viewer()
 
 import tifffile  # noqa: E402
 from napari.utils.notifications import NotificationSeverity, notification_manager  # noqa: E402

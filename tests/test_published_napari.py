@@ -1,16 +1,12 @@
 """Cellpose's published names in the napari panel: offered in the model list, fetched by the run's
 worker (never by the GUI thread). Skips as tests/test_napari_widget.py does without napari or a display."""
-import os
 import sys
 
 import pytest
 
-napari = pytest.importorskip("napari", reason="napari is not installed (pip install -e '.[napari]')")
-pytest.importorskip("pytestqt", reason="pytest-qt is not installed")
-if os.environ.get("QT_QPA_PLATFORM") == "offscreen":
-    pytest.skip("Qt's offscreen platform has no OpenGL for napari's canvas", allow_module_level=True)
-if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-    pytest.skip("no display: install Xvfb (Debian: xvfb) and pytest-xvfb starts one", allow_module_level=True)
+from napari_helpers import require_napari_viewer  # noqa: E402
+
+napari = require_napari_viewer()
 
 from cellflow_rt.examples import example_image_path  # noqa: E402
 from cellflow_rt.io import imread  # noqa: E402

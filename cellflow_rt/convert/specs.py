@@ -168,13 +168,13 @@ def strip_module_prefix(state: dict) -> dict:
     return dict(state)
 
 
-def detect_cpnet_spec(state: dict, source) -> CPnetSpec:
-    """Recognise a CPnet from its state dict (see :func:`cellflow_rt.export.checkpoint.detect_spec`).
+def read_cpnet_spec(state: dict, source) -> CPnetSpec:
+    """Read a CPnet's channel counts from a few of its tensors (numpy arrays or torch tensors alike).
 
     Raises
     ------
     CheckpointError
-        With a message naming what does not fit.
+        When the key names are not a CPnet's or the tensors they are read from are unusable.
     """
     levels = sorted(int(m.group(1)) for k in state if (m := _LEVEL_CONV.match(k)))
     if _FIRST_BN not in state or _OUTPUT_CONV not in state or levels != list(range(len(levels))) or not levels:
@@ -184,16 +184,54 @@ def detect_cpnet_spec(state: dict, source) -> CPnetSpec:
     try:
         nbase = [int(state[_FIRST_BN].shape[0])]
         nbase += [int(state[f"downsample.down.res_down_{n}.conv.conv_0.2.weight"].shape[0]) for n in levels]
-        spec = CPnetSpec(nbase=tuple(nbase), nout=int(state[_OUTPUT_CONV].shape[0]))
+        return CPnetSpec(nbase=tuple(nbase), nout=int(state[_OUTPUT_CONV].shape[0]))
     except (IndexError, ValueError) as err:
         raise CheckpointError(f"{source} has CPnet key names but unusable shapes: {err}") from None
+
+
+def detect_cpnet_spec(state: dict, source) -> CPnetSpec:
+    """Recognise a CPnet from its state dict: :func:`read_cpnet_spec`, then every key and shape compared.
+
+    Raises
+    ------
+    CheckpointError
+        With a message naming what does not fit.
+    """
+    spec = read_cpnet_spec(state, source)
     _compare_keys(state, cpnet_expected_shapes(spec), source,
                   f"a 2D CPnet with nbase={list(spec.nbase)}, nout={spec.nout}")
     return spec
 
 
+def read_cpsam_spec(state: dict) -> CPSAMSpec:
+    """Read a CPSAM's sizes from its (prefix-stripped) state dict; numpy arrays or torch tensors alike.
+
+    The head count comes from the relative-position tables' width.
+
+    Raises
+    ------
+    KeyError, IndexError, ValueError
+        When a tensor the sizes are read from is missing or has an unexpected shape.
+    """
+    patch = state["encoder.patch_embed.proj.weight"]
+    if patch.ndim != 4 or tuple(patch.shape[1:]) != (NCHAN, PATCH, PATCH):
+        raise ValueError(f"patch embedding has shape {tuple(patch.shape)}, expected (embed_dim, 3, 8, 8)")
+    embed_dim = int(patch.shape[0])
+    depth = 1 + max((int(m.group(1)) for k in state if (m := _BLOCK_KEY.match(k))), default=-1)
+    if depth == 0:
+        raise ValueError("no transformer blocks (encoder.blocks.N.*)")
+    head_dim = int(state["encoder.blocks.0.attn.rel_pos_h"].shape[1])
+    if head_dim == 0 or embed_dim % head_dim:
+        raise ValueError(f"relative-position tables of width {head_dim} do not divide the width {embed_dim}")
+    lengths = tuple(int(state[f"encoder.blocks.{i}.attn.rel_pos_h"].shape[0]) for i in range(depth))
+    return CPSAMSpec(embed_dim=embed_dim, depth=depth, num_heads=embed_dim // head_dim,
+                     mlp_dim=int(state["encoder.blocks.0.mlp.lin1.weight"].shape[0]),
+                     neck_dim=int(state["out.weight"].shape[1]), nout=int(state["W2"].shape[1]),
+                     rel_pos_lengths=lengths)
+
+
 def detect_cpsam_spec(state: dict, source) -> CPSAMSpec:
-    """Recognise a CPSAM from its (prefix-stripped) state dict (see :mod:`cellflow_rt.export.cpsam`).
+    """Recognise a CPSAM from its (prefix-stripped) state dict: :func:`read_cpsam_spec`, then every key compared.
 
     Raises
     ------
@@ -201,21 +239,7 @@ def detect_cpsam_spec(state: dict, source) -> CPSAMSpec:
         With a message naming what does not fit.
     """
     try:
-        patch = state["encoder.patch_embed.proj.weight"]
-        if patch.ndim != 4 or tuple(patch.shape[1:]) != (NCHAN, PATCH, PATCH):
-            raise ValueError(f"patch embedding has shape {tuple(patch.shape)}, expected (embed_dim, 3, 8, 8)")
-        embed_dim = int(patch.shape[0])
-        depth = 1 + max((int(m.group(1)) for k in state if (m := _BLOCK_KEY.match(k))), default=-1)
-        if depth == 0:
-            raise ValueError("no transformer blocks (encoder.blocks.N.*)")
-        head_dim = int(state["encoder.blocks.0.attn.rel_pos_h"].shape[1])
-        if head_dim == 0 or embed_dim % head_dim:
-            raise ValueError(f"relative-position tables of width {head_dim} do not divide the width {embed_dim}")
-        lengths = tuple(int(state[f"encoder.blocks.{i}.attn.rel_pos_h"].shape[0]) for i in range(depth))
-        spec = CPSAMSpec(embed_dim=embed_dim, depth=depth, num_heads=embed_dim // head_dim,
-                         mlp_dim=int(state["encoder.blocks.0.mlp.lin1.weight"].shape[0]),
-                         neck_dim=int(state["out.weight"].shape[1]), nout=int(state["W2"].shape[1]),
-                         rel_pos_lengths=lengths)
+        spec = read_cpsam_spec(state)
     except (KeyError, IndexError, ValueError) as err:
         raise CheckpointError(f"{source} looks like a Cellpose-SAM (Cellpose 4) checkpoint but its tensors are "
                               f"unusable: {type(err).__name__}: {err}") from None
