@@ -93,28 +93,38 @@ def _compile(ov, core, onnx_path: Path, config: dict, cache_dir: Optional[Path],
     if cache_dir is not None:
         ir = cache_dir / "graphs" / _graph_key(onnx_path, ov.__version__, half_weights) / "model.xml"
         if ir.is_file():
-            return core.compile_model(str(ir), "CPU", dict(config, CACHE_DIR=str(cache_dir / "compiled"))), True
+            return core.compile_model(str(ir), "CPU", dict(config, CACHE_DIR=str(ir.parent / "compiled"))), True
     model = core.read_model(str(onnx_path))
     if not prepare_model(model):
         return core.compile_model(model, "CPU", config), False
     if cache_dir is not None:
         try:
-            _save_atomically(ov, model, ir, half_weights)
+            _save_atomically(ov, model, ir, onnx_path, half_weights)
         except OSError:
             pass  # a read-only or full cache: compile from memory, as without a cache
         else:
             del model  # its float32 weights: the IR file holds them now
-            return core.compile_model(str(ir), "CPU", dict(config, CACHE_DIR=str(cache_dir / "compiled"))), True
+            return core.compile_model(str(ir), "CPU", dict(config, CACHE_DIR=str(ir.parent / "compiled"))), True
     return core.compile_model(model, "CPU", config), True
 
 
-def _save_atomically(ov, model, xml_path: Path, half_weights: bool) -> None:
-    """Save ``model`` as IR to ``xml_path``'s folder, which appears complete or not at all."""
+def _save_atomically(ov, model, xml_path: Path, onnx_path: Path, half_weights: bool) -> None:
+    """Save ``model`` as IR to ``xml_path``'s folder, which appears complete or not at all.
+
+    The folder also holds OpenVINO's compiled models of that graph, and names its ONNX file
+    (``source.txt``): the folders of an earlier version of the same file (re-exported, or another
+    OpenVINO) are removed, so that the cache holds one graph per model file.
+    """
     folder = xml_path.parent
+    source = str(onnx_path.resolve())
+    for other in folder.parent.glob("*/source.txt"):
+        if other.parent != folder and other.read_text() == source:
+            shutil.rmtree(other.parent, ignore_errors=True)
     tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     try:
         ov.save_model(model, str(tmp / xml_path.name), compress_to_fp16=half_weights)
+        (tmp / "source.txt").write_text(source)
         try:
             tmp.rename(folder)
         except OSError:

@@ -76,7 +76,7 @@ def test_a_second_network_loads_the_cached_graph_and_gives_the_same_outputs(cpsa
     onnx_path = cpsam_tiny.with_suffix(".onnx")
     first = OpenVINONetwork(onnx_path, num_threads=1, cache_dir=tmp_path)
     graphs = list((tmp_path / "graphs").glob("*/model.xml"))
-    assert first.rewritten and len(graphs) == 1 and any((tmp_path / "compiled").iterdir())
+    assert first.rewritten and len(graphs) == 1 and any((graphs[0].parent / "compiled").iterdir())
     second = OpenVINONetwork(onnx_path, num_threads=1, cache_dir=tmp_path)
     assert second.rewritten and list((tmp_path / "graphs").glob("*/model.xml")) == graphs
     tiles = _tiles(1)
@@ -85,3 +85,20 @@ def test_a_second_network_loads_the_cached_graph_and_gives_the_same_outputs(cpsa
     assert uncached.rewritten
     if first.precision == "fp32":  # no bf16 here: the same float32 weights and arithmetic either way
         np.testing.assert_allclose(uncached.run(tiles)[0], first.run(tiles)[0], atol=1e-5)
+
+
+def test_a_changed_model_file_replaces_its_cached_graph(cpsam_tiny, tmp_path):
+    import os
+    import shutil
+
+    from cellflow_rt.network_openvino import OpenVINONetwork
+
+    onnx_path = tmp_path / "model.onnx"
+    shutil.copy(cpsam_tiny.with_suffix(".onnx"), onnx_path)
+    OpenVINONetwork(onnx_path, num_threads=1, cache_dir=tmp_path / "cache")
+    before = list((tmp_path / "cache" / "graphs").iterdir())
+    stat = onnx_path.stat()
+    os.utime(onnx_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # as a re-export would
+    OpenVINONetwork(onnx_path, num_threads=1, cache_dir=tmp_path / "cache")
+    after = list((tmp_path / "cache" / "graphs").iterdir())
+    assert len(before) == len(after) == 1 and before != after
