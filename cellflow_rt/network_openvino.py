@@ -148,14 +148,21 @@ class OpenVINONetwork:
     cache_dir : path or False, optional
         Where rewritten graphs and compiled models are kept (default :func:`default_cache_dir`);
         False: no cache.
+    streams : int, optional
+        Tiles in flight at once, each on its own share of the threads (OpenVINO's streams);
+        default ``$CELLFLOW_RT_OPENVINO_STREAMS`` or 1 (all threads on one tile at a time).
     """
 
     def __init__(self, onnx_path: Union[str, Path], num_threads: Optional[int] = None, precision: str = "bf16",
-                 cache_dir: Union[str, Path, None, bool] = None):
+                 cache_dir: Union[str, Path, None, bool] = None, streams: Optional[int] = None):
         ov = _import_openvino()
         self.onnx_path = Path(onnx_path)
         config = {"INFERENCE_PRECISION_HINT": {"bf16": "bf16", "fp32": "f32"}[precision],
                   "PERFORMANCE_HINT": "LATENCY"}
+        #: Tiles in flight at once (OpenVINO streams).
+        self.streams = max(1, int(streams or os.environ.get("CELLFLOW_RT_OPENVINO_STREAMS", "1")))
+        if self.streams > 1:
+            config.update(PERFORMANCE_HINT="THROUGHPUT", NUM_STREAMS=self.streams)
         if num_threads:
             config["INFERENCE_NUM_THREADS"] = int(num_threads)
         core = ov.Core()
@@ -198,15 +205,35 @@ class OpenVINONetwork:
             request = self._local.request = self._compiled.create_infer_request()
         return request
 
+    def _queue(self):
+        queue = getattr(self._local, "queue", None)
+        if queue is None:
+            import openvino as ov
+            queue = self._local.queue = ov.AsyncInferQueue(self._compiled, self.streams)
+        return queue
+
     def run(self, tiles: np.ndarray, batch_size: int = 8) -> Tuple[np.ndarray, np.ndarray]:
-        """Run tiles (N, C, ly, lx) one at a time; return flows (N, nout, ly, lx) and styles (N, 256).
+        """Run tiles (N, C, ly, lx) one per inference; return flows (N, nout, ly, lx) and styles (N, 256).
 
         One tile per inference is as fast as eight here and needs less than half the memory;
-        ``batch_size`` is accepted for the common interface.
+        ``batch_size`` is accepted for the common interface. With :attr:`streams` > 1, that many
+        tiles run at once.
         """
         n = tiles.shape[0]
         flows = np.empty((n, self.nout) + tiles.shape[2:], np.float32)
         styles = np.empty((n, 256), np.float32)
+        if self.streams > 1 and n > 1:
+            queue = self._queue()
+
+            def collect(request, i):
+                flows[i] = request.get_tensor("flows").data[0]
+                styles[i] = request.get_tensor("style").data[0]
+
+            queue.set_callback(collect)
+            for i in range(n):
+                queue.start_async({"image": np.ascontiguousarray(tiles[i:i + 1], dtype=np.float32)}, i)
+            queue.wait_all()
+            return flows, styles
         request = self._request()
         for i in range(n):
             request.infer({"image": np.ascontiguousarray(tiles[i:i + 1], dtype=np.float32)})

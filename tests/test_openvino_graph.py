@@ -102,3 +102,18 @@ def test_a_changed_model_file_replaces_its_cached_graph(cpsam_tiny, tmp_path):
     OpenVINONetwork(onnx_path, num_threads=1, cache_dir=tmp_path / "cache")
     after = list((tmp_path / "cache" / "graphs").iterdir())
     assert len(before) == len(after) == 1 and before != after
+
+
+def test_streams_give_the_one_at_a_time_outputs(cpsam_tiny):
+    from cellflow_rt.network_openvino import OpenVINONetwork
+
+    onnx_path = cpsam_tiny.with_suffix(".onnx")
+    tiles = _tiles(3)
+    one, two = OpenVINONetwork(onnx_path, num_threads=2), OpenVINONetwork(onnx_path, num_threads=2, streams=2)
+    assert two.streams == 2
+    flows, styles = two.run(tiles)
+    reference = one.run(tiles)[0]
+    # each tile in its place (other tiles' flows would differ by their whole range); streams may
+    # split the work differently, which in bfloat16 can move the last bits
+    np.testing.assert_allclose(flows, reference, atol=1e-2 * np.abs(reference).max())
+    assert styles.shape == (3, 256) and not styles.any()
