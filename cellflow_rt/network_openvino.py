@@ -64,7 +64,7 @@ def bf16_status() -> str:
 
 
 #: Bump when :mod:`.openvino_graph` changes what it writes: cached graphs of older versions are not reused.
-GRAPH_VERSION = 1
+GRAPH_VERSION = 2
 
 
 def default_cache_dir() -> Path:

@@ -12,8 +12,8 @@ The rewrite here makes the relative positions part of the dot product, exactly::
     logits[i, j] = q_i . k_j * scale + rel_h[i, row(j)] + rel_w[i, col(j)]
                  = [q_i * scale, rel_h[i, :], rel_w[i, :]] . [k_j, onehot(row(j)), onehot(col(j))]
 
-and replaces the subgraph with one ``ScaledDotProductAttention`` (scale 1) on those concatenated
-queries and keys: the CPU plugin runs it as one fused attention kernel (its "MHA" subgraph), the
+and replaces the subgraph with one ``ScaledDotProductAttention`` on those concatenated queries and
+keys (SDPA applies ``scale``; the one-hot columns hold ``1 / scale`` instead of 1): the CPU plugin runs it as one fused attention kernel (its "MHA" subgraph), the
 logits never leave the cache, and in bfloat16 the one-hot columns are exact. Done on OpenVINO's
 graph at load time, it covers every exported model, whichever producer wrote it; ONNX Runtime's
 float32 graph is not touched.
@@ -57,8 +57,9 @@ def _split_inputs(node, wanted_type: str):
 def _match_sam_attention(softmax):
     """The pieces of SAM's attention around ``softmax``, or None when it is not that subgraph.
 
-    Returns (scaled queries, keys, values, rel_h, rel_w, the ``@ v`` MatMul, grid side): queries,
-    keys and values (N, L, d), the relative-position terms (N, G, G, G) by key row and key column.
+    Returns (queries, their scale, keys, values, rel_h, rel_w, the ``@ v`` MatMul, grid side):
+    queries, keys and values (N, L, d), the relative-position terms (N, G, G, G) by key row and key
+    column.
     """
     flat = softmax.input_value(0).get_node()
     if flat.get_type_name() != "Reshape" or flat.input_value(0).get_node().get_type_name() != "Add":
@@ -94,7 +95,21 @@ def _match_sam_attention(softmax):
     if not grid.is_static:
         return None
     keys = _keys(qk)
-    return qk.input_value(0), keys, av.input_value(1), terms["h"], terms["w"], av, grid.get_length()
+    queries, scale = _unscaled(qk.input_value(0))
+    return queries, scale, keys, av.input_value(1), terms["h"], terms["w"], av, grid.get_length()
+
+
+def _unscaled(queries):
+    """(q, scale) for queries made as ``q * scale`` with a constant scalar, else (queries, 1.0)."""
+    node = queries.get_node()
+    if node.get_type_name() == "Multiply":
+        for i in (0, 1):
+            const = node.input_value(1 - i).get_node()
+            if const.get_type_name() == "Constant" and int(np.prod(const.get_output_shape(0))) == 1:
+                scale = float(np.asarray(const.get_data()).reshape(-1)[0])
+                if scale > 0:
+                    return node.input_value(i), scale
+    return queries, 1.0
 
 
 def _keys(qk):
@@ -122,7 +137,7 @@ def key_position_onehots(grid: int) -> np.ndarray:
     return onehot
 
 
-def _replace_with_sdpa(queries, keys, values, rel_h, rel_w, av, grid: int) -> None:
+def _replace_with_sdpa(queries, scale: float, keys, values, rel_h, rel_w, av, grid: int) -> None:
     from openvino import opset13 as ops
 
     name = av.get_friendly_name().rsplit("/", 1)[0] + "/sdpa"
@@ -133,9 +148,12 @@ def _replace_with_sdpa(queries, keys, values, rel_h, rel_w, av, grid: int) -> No
     q = ops.concat([queries, *rel], -1)
     batch = ops.gather(ops.shape_of(keys), ops.constant(np.array([0], np.int64)), ops.constant(np.int64(0)))
     onehot_shape = ops.concat([batch, ops.constant(np.array([tokens, 2 * grid], np.int64))], 0)
-    onehots = ops.broadcast(ops.constant(key_position_onehots(grid)), onehot_shape)
+    # The attention's own scale goes to SDPA (its kernel applies it; no pass over the queries), and
+    # 1 / scale into the one-hot columns so that the relative terms come out unscaled: 8 for SAM's
+    # 64-wide heads, exact in bfloat16.
+    onehots = ops.broadcast(ops.constant(key_position_onehots(grid) / np.float32(scale)), onehot_shape)
     k = ops.concat([keys, onehots], -1)
-    out = ops.scaled_dot_product_attention(q, k, values, scale=ops.constant(np.float32(1.0)), causal=False)
+    out = ops.scaled_dot_product_attention(q, k, values, scale=ops.constant(np.float32(scale)), causal=False)
     out.set_friendly_name(name)
     for target in av.output(0).get_target_inputs():
         target.replace_source_output(out.output(0))
