@@ -117,3 +117,17 @@ def test_streams_give_the_one_at_a_time_outputs(cpsam_tiny):
     # split the work differently, which in bfloat16 can move the last bits
     np.testing.assert_allclose(flows, reference, atol=1e-2 * np.abs(reference).max())
     assert styles.shape == (3, 256) and not styles.any()
+
+
+def test_cellpose_sam_tiles_run_four_per_inference_in_their_places(cpsam_tiny):
+    from cellflow_rt.network_openvino import OpenVINONetwork
+    from cellflow_rt.registry import resolve_model
+
+    net = OpenVINONetwork(cpsam_tiny.with_suffix(".onnx"), num_threads=2)
+    assert net.tiles_per_inference == 4
+    assert OpenVINONetwork(resolve_model("nuclei_demo").onnx_path, num_threads=1).tiles_per_inference == 1
+    tiles = _tiles(6)  # a full chunk and a partial one
+    flows = net.run(tiles)[0]
+    net.tiles_per_inference = 1
+    reference = net.run(tiles)[0]
+    np.testing.assert_allclose(flows, reference, atol=1e-2 * np.abs(reference).max())
