@@ -10,6 +10,11 @@ Three measurements, each side in its own process (peak RSS = that side's alone):
 ``--image``
     A 1024 x 1024 synthetic nuclei image end to end (``CellposeModel.eval``, default arguments) with
     the same full-size network, the same four ways, ``--repeats`` runs (median).
+``--startup``
+    From process start to the first masks of a 512 x 512 image with the full-size network (import,
+    model load, ``eval``, masks saved), measured by the parent around the whole child process: ours
+    in fp32 and bf16, bf16 twice (an empty OpenVINO cache, then the cache the first process filled),
+    and Cellpose 4 in float32 and bfloat16.
 ``--precision-table``
     The reference cases (``shared/reference/cpsam``) with the tiny demo network: our fp32 and bf16
     masks against Cellpose 4's fp32 masks (stored) and its bfloat16 default (computed here), AP at
@@ -24,7 +29,11 @@ Examples::
 
     python bench/bench_cpsam.py --tile --repeats 3
     python bench/bench_cpsam.py --image --repeats 1 --json bench/out/cpsam_image.json
+    python bench/bench_cpsam.py --startup
     python bench/bench_cpsam.py --precision-table
+
+Our bf16 workers run on a warm OpenVINO cache (rewritten graph and compiled model: see
+``cellflow_rt.network_openvino``; one untimed process fills it first), except ``--startup``'s cold row.
 """
 from __future__ import annotations
 
@@ -91,6 +100,8 @@ def bench_tile() -> np.ndarray:
 # --------------------------------------------------------------------------------------------- workers
 def our_worker(spec: dict) -> dict:
     """Our side of a measurement (run in a fresh process by ``--worker``)."""
+    if spec["mode"] == "startup":
+        return our_startup(spec)
     from cellflow_rt.loaded_model import LoadedModel
 
     tic = time.perf_counter()
@@ -123,12 +134,38 @@ def our_worker(spec: dict) -> dict:
     return result
 
 
-def run_ours(spec: dict, threads: int) -> dict:
+def our_startup(spec: dict) -> dict:
+    """Import, load, read the image, segment, save the masks: what a user waits for in a new process."""
+    tic = time.perf_counter()
+    import tifffile
+
+    from cellflow_rt.models import CellposeModel
+    imported = time.perf_counter()
+    model = CellposeModel(pretrained_model=spec["onnx"], precision=spec["precision"], num_threads=spec["threads"])
+    loaded = time.perf_counter()
+    masks = model.eval(tifffile.imread(spec["image"]))[0]
+    np.save(spec["out"], masks)
+    done = time.perf_counter()
+    return {"import_s": imported - tic, "load_s": loaded - imported, "eval_s": done - loaded,
+            "precision": model.model.net.precision, "n_masks": int(masks.max()), "peak_rss_mib": peak_rss_mib()}
+
+
+def run_ours(spec: dict, threads: int, env: dict = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "spec.json"
         path.write_text(json.dumps(spec))
-        subprocess.run([sys.executable, __file__, "--worker", str(path)], check=True, env=thread_env(threads))
-        return json.loads(path.with_suffix(".out.json").read_text())
+        tic = time.perf_counter()
+        subprocess.run([sys.executable, __file__, "--worker", str(path)], check=True,
+                       env=thread_env(threads, env))
+        wall = time.perf_counter() - tic
+        return dict(json.loads(path.with_suffix(".out.json").read_text()), process_s=wall)
+
+
+def warm_openvino_cache(onnx_path: Path, threads: int) -> None:
+    """Fill OpenVINO's cache for the bf16 network in an untimed process (later workers import it)."""
+    subprocess.run([sys.executable, "-c", "import sys; from cellflow_rt.network_openvino import OpenVINONetwork; "
+                    "OpenVINONetwork(sys.argv[1], num_threads=int(sys.argv[2]))", str(onnx_path), str(threads)],
+                   check=True, env=thread_env(threads))
 
 
 def run_reference(spec: dict, python: str, threads: int) -> dict:
@@ -136,9 +173,11 @@ def run_reference(spec: dict, python: str, threads: int) -> dict:
         spec = dict(spec, result=str(Path(tmp) / "result.json"))
         path = Path(tmp) / "spec.json"
         path.write_text(json.dumps(spec))
+        tic = time.perf_counter()
         subprocess.run([python, str(HERE / "cpsam_reference_worker.py"), str(path)], check=True,
                        env=thread_env(threads))
-        return json.loads(Path(spec["result"]).read_text())
+        wall = time.perf_counter() - tic
+        return dict(json.loads(Path(spec["result"]).read_text()), process_s=wall)
 
 
 # --------------------------------------------------------------------------------------------- modes
@@ -147,6 +186,7 @@ def measure_tile(args) -> dict:
     OUT.mkdir(parents=True, exist_ok=True)
     tile_path = OUT / "tile.npy"
     np.save(tile_path, bench_tile())
+    warm_openvino_cache(onnx_path, args.threads)
     rows = {}
     # rounds interleave the four runtimes, so that a change of load on a shared machine hits all alike
     for _ in range(args.rounds):
@@ -194,6 +234,7 @@ def measure_image(args) -> dict:
 
     onnx_path = full_size_model()
     image = image_path(CASES["nuclei_1024"])
+    warm_openvino_cache(onnx_path, args.threads)
     rows = {}
     # each precision's pair back to back, so that both sides of a ratio see the same load
     for precision in ("fp32", "bf16"):
@@ -215,6 +256,36 @@ def measure_image(args) -> dict:
         r = rows[name]
         s = statistics.median(r["seconds"])
         print(f"| {name} | {s:.1f} | {base / s:.2f}x | {r['peak_rss_mib']:.0f} | {r['n_masks']} |")
+    return rows
+
+
+def measure_startup(args) -> dict:
+    from _common import CASES, image_path
+
+    onnx_path = full_size_model()
+    image = image_path(CASES["nuclei_512"])
+    rows = {}
+    spec = dict(mode="startup", onnx=str(onnx_path), threads=args.threads, image=str(image))
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, CELLFLOW_RT_OPENVINO_CACHE=cache)
+        rows["cellflow bf16, empty OpenVINO cache"] = run_ours(dict(spec, precision="bf16",
+                                                                    out=str(OUT / "startup_bf16.npy")), args.threads, env)
+        rows["cellflow bf16, cached"] = run_ours(dict(spec, precision="bf16", out=str(OUT / "startup_bf16.npy")),
+                                                 args.threads, env)
+    rows["cellflow fp32"] = run_ours(dict(spec, precision="fp32", out=str(OUT / "startup_fp32.npy")), args.threads)
+    for precision in ("fp32", "bf16"):
+        rows[f"cellpose {precision}"] = run_reference(dict(mode="startup", weights=str(CHECKPOINT),
+                                                           bfloat16=precision == "bf16", threads=args.threads,
+                                                           image=str(image),
+                                                           masks_out=str(OUT / f"startup_cellpose_{precision}.npy")),
+                                                      args.reference_python, args.threads)
+    print(f"\nfull-size Cellpose-SAM (random weights), 512x512: process start to masks saved, {args.threads} threads "
+          f"per side, one process each (the checkpoint/ONNX file in the page cache)")
+    print("| runtime | process start to masks [s] | import [s] | model load [s] | eval [s] | peak RSS [MiB] |")
+    print("|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['process_s']:.1f} | {r['import_s']:.1f} | {r['load_s']:.1f} | {r['eval_s']:.1f} | "
+              f"{r['peak_rss_mib']:.0f} |")
     return rows
 
 
@@ -260,6 +331,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tile", action="store_true", help="per-tile network time, full-size network")
     parser.add_argument("--image", action="store_true", help="1024^2 end to end, full-size network")
+    parser.add_argument("--startup", action="store_true", help="process start to first masks, 512^2, full-size network")
     parser.add_argument("--precision-table", action="store_true", help="AP by precision on the reference cases")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per worker (after a first call for --tile)")
     parser.add_argument("--rounds", type=int, default=1, help="--tile: times each runtime is started, interleaved")
@@ -273,16 +345,34 @@ def main():
         Path(args.worker).with_suffix(".out.json").write_text(json.dumps(our_worker(spec)))
         return
     results = {}
+    load_at_start = os.getloadavg()
+    print(f"load average {load_at_start[0]:.2f} {load_at_start[1]:.2f} {load_at_start[2]:.2f}")
     if args.tile:
         results["tile"] = measure_tile(args)
     if args.image:
         results["image"] = measure_image(args)
+    if args.startup:
+        results["startup"] = measure_startup(args)
     if args.precision_table:
         results["precision"] = precision_table(args)
     if not results:
-        parser.error("choose --tile, --image and/or --precision-table")
+        parser.error("choose --tile, --image, --startup and/or --precision-table")
     if args.json:
-        write_json(args.json, dict(results, load=os.getloadavg()))
+        write_json(args.json, dict(results, conditions=conditions(load_at_start)))
+
+
+def conditions(load_at_start) -> dict:
+    """The machine, load and versions a table was measured under."""
+    import platform
+
+    import onnxruntime
+    import openvino
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    flags = Path("/proc/cpuinfo").read_text()
+    return {"cpu": cpu, "cores": os.cpu_count(), "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
+            "load_at_start": load_at_start, "load_at_end": os.getloadavg(), "onnxruntime": onnxruntime.__version__,
+            "openvino": openvino.__version__, "python": platform.python_version()}
 
 
 if __name__ == "__main__":

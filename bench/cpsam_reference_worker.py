@@ -4,7 +4,7 @@ Usage (bench_cpsam.py starts it)::
 
     /work/ref/cp4/bin/python bench/cpsam_reference_worker.py SPEC.json
 
-``SPEC.json``: ``mode`` ("tile", "image" or "cases"), ``weights`` (a CPSAM checkpoint),
+``SPEC.json``: ``mode`` ("tile", "image", "startup" or "cases"), ``weights`` (a CPSAM checkpoint),
 ``bfloat16`` (Cellpose 4's default precision, or float32), ``threads``, ``repeats``, ``result``
 (JSON written here) and per mode: ``tile`` (.npy of one 3 x 256 x 256 tile), ``image`` (.tif) and
 ``masks_out`` (.npy), or ``cases`` (reference case folders) and ``outdir`` (masks per case). "cases"
@@ -21,10 +21,14 @@ TOOLS = Path(__file__).resolve().parents[2] / "shared" / "tools"
 sys.path.insert(0, str(TOOLS))
 from train_cpsam_tiny import stub_torchvision, tiny_registry  # noqa: E402
 
+_TIC = time.perf_counter()
 stub_torchvision()
 import numpy as np  # noqa: E402
 import tifffile  # noqa: E402
 import torch  # noqa: E402
+
+#: Seconds spent importing torch and numpy at the top of this module (part of --startup's import time).
+IMPORT_S = time.perf_counter() - _TIC
 
 
 def peak_rss_mib() -> float:
@@ -35,8 +39,26 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def startup(spec: dict) -> dict:
+    """Import Cellpose, load the model, segment the image, save the masks (what ``--startup`` times)."""
+    tic = time.perf_counter()
+    from cellpose import models
+    imported = time.perf_counter()
+    model = models.CellposeModel(gpu=False, pretrained_model=spec["weights"], use_bfloat16=spec["bfloat16"])
+    loaded = time.perf_counter()
+    masks = model.eval(tifffile.imread(spec["image"]))[0]
+    np.save(spec["masks_out"], masks)
+    done = time.perf_counter()
+    return {"import_s": imported - tic + IMPORT_S, "load_s": loaded - imported, "eval_s": done - loaded,
+            "n_masks": int(masks.max()), "peak_rss_mib": peak_rss_mib(), "torch": torch.__version__}
+
+
 def main(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
+    if spec["mode"] == "startup":
+        torch.set_num_threads(int(spec["threads"]))
+        Path(spec["result"]).write_text(json.dumps(startup(spec), indent=1))
+        return
     torch.set_num_threads(int(spec.get("threads") or torch.get_num_threads()))
     if spec["mode"] == "cases":
         import cellpose.vit as cv

@@ -182,9 +182,11 @@ def _add_model(path: Path) -> None:
 @click.option("--use_gpu", is_flag=True, help="Use TensorRT/CUDA if onnxruntime offers them (falls back to CPU).")
 @click.option("--provider", default=None, help="Execution provider to require (cpu, cuda, tensorrt); fails if missing.")
 @click.option("--threads", default=0, type=int, help="CPU threads for the network (0 = onnxruntime's choice).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "tf32"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "tf32", "auto"]), default="fp32",
+              show_default=True,
               help="Network precision: fp32 gives Cellpose's masks; fp16 (TensorRT), tf32 (CUDA) and bf16 (CPU, "
-                   "needs the openvino extra) are faster and approximate.")
+                   "needs the openvino extra) are faster and approximate; auto = bf16 for Cellpose 4 models on "
+                   "CPUs with bfloat16 instructions (Cellpose 4's own default), else fp32.")
 @click.option("--dynamics", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
               help="Where flows become masks: auto = the GPU when the network runs on one (TensorRT/CUDA) and "
                    "numba-cuda sees it; gpu fails without a CUDA device. Same masks either way.")
@@ -506,6 +508,9 @@ def info():
         count, no_device = cuda_devices()
         click.echo(f"CUDA devices: {count}" + (f" ({no_device})" if no_device else ""))
     click.echo(f"bf16 (--precision bf16): {bf16_status()}")
+    from .loaded_model import automatic_precision
+    click.echo(f"--precision auto: {automatic_precision(4)} for Cellpose 4 (Cellpose-SAM) models, fp32 for others "
+               "(default: fp32)")
     click.echo(f"GPU dynamics (--dynamics gpu): {cuda_status() or 'available'}")
     click.echo(f"numba cache: {_numba.CACHE_DIR}")
     click.echo(f"numba threading layer: {numba.config.THREADING_LAYER} ({numba.config.NUMBA_NUM_THREADS} threads)")

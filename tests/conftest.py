@@ -22,6 +22,10 @@ if "numba" in sys.modules:  # a pytest plugin (napari's) imported numba before t
 _PUBLISHED_CACHE = tempfile.mkdtemp(prefix="cellflow-rt-test-models-")
 os.environ["CELLFLOW_RT_MODELS_DIR"] = _PUBLISHED_CACHE
 atexit.register(shutil.rmtree, _PUBLISHED_CACHE, True)
+# nor OpenVINO's cache of rewritten and compiled graphs (cellflow_rt.network_openvino)
+_OPENVINO_CACHE = tempfile.mkdtemp(prefix="cellflow-rt-test-openvino-")
+os.environ["CELLFLOW_RT_OPENVINO_CACHE"] = _OPENVINO_CACHE
+atexit.register(shutil.rmtree, _OPENVINO_CACHE, True)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

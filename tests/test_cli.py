@@ -247,6 +247,7 @@ def test_info(tmp_path):
     assert providers == list(onnxruntime.get_available_providers())
     assert f"numba cache: {cache}" in out
     assert re.search(r"^numba threading layer: \S+ \(2 threads\)$", out, re.M), out
+    assert re.search(r"^--precision auto: (bf16|fp32) for Cellpose 4 \(Cellpose-SAM\) models", out, re.M), out
     models = re.findall(r"^  (\w+) +diam_mean", out, re.M)
     assert {"nuclei_demo", "cyto_demo"} <= set(models), out
 
