@@ -68,9 +68,13 @@ GRAPH_VERSION = 2
 
 
 def default_cache_dir() -> Path:
-    """``$CELLFLOW_RT_OPENVINO_CACHE`` or ``~/.cache/cellflow-rt/openvino``."""
+    """``$CELLFLOW_RT_OPENVINO_CACHE``, else ``openvino`` in the platform's cache folder (``~/.cache/cellflow-rt``)."""
     env = os.environ.get("CELLFLOW_RT_OPENVINO_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "cellflow-rt" / "openvino"
+    if env:
+        return Path(env).expanduser()
+    from .published.cache import platform_cache_dir
+
+    return platform_cache_dir() / "openvino"
 
 
 def _graph_key(onnx_path: Path, ov_version: str, half_weights: bool) -> str:

@@ -18,25 +18,31 @@ CELLPOSE_MODELS_ENV = "CELLPOSE_LOCAL_MODELS_PATH"
 DOWNLOADS = "downloads"
 
 
+def platform_cache_dir() -> Path:
+    """Return cellflow-rt's folder in the platform's cache (may not exist yet).
+
+    ``$XDG_CACHE_HOME`` or ``~/.cache`` on Linux, ``~/Library/Caches`` on macOS, ``%LOCALAPPDATA%``
+    on Windows, then ``cellflow-rt`` (``cellflow-rt/Cache`` on Windows).
+    """
+    home = Path.home()
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local") / "cellflow-rt" / "Cache"
+    if sys.platform == "darwin":
+        return home / "Library" / "Caches" / "cellflow-rt"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else home / ".cache"
+    return base / "cellflow-rt"
+
+
 def cache_dir() -> Path:
     """Return the cache of converted published models (may not exist yet).
 
-    ``$CELLFLOW_RT_MODELS_DIR`` when set; else the platform's cache folder: ``$XDG_CACHE_HOME`` or
-    ``~/.cache`` on Linux, ``~/Library/Caches`` on macOS, ``%LOCALAPPDATA%`` on Windows, then
-    ``cellflow-rt/models``.
+    ``$CELLFLOW_RT_MODELS_DIR`` when set; else ``models`` in :func:`platform_cache_dir`.
     """
     env = os.environ.get(MODELS_DIR_ENV)
     if env:
         return Path(env).expanduser()
-    home = Path.home()
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local")
-        return base / "cellflow-rt" / "Cache" / "models"
-    if sys.platform == "darwin":
-        return home / "Library" / "Caches" / "cellflow-rt" / "models"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg and Path(xdg).is_absolute() else home / ".cache"
-    return base / "cellflow-rt" / "models"
+    return platform_cache_dir() / "models"
 
 
 def cellpose_cache_dir() -> Path:
