@@ -143,7 +143,7 @@ def _build() -> dict:
         catalog[name] = PublishedModel(name, PublishedFile(name, CELLPOSE4_URL), generation=4)
     for name in _CELLPOSE4_DINO:
         catalog[name] = PublishedModel(name, PublishedFile(name, CELLPOSE4_URL), generation=4,
-                                       unsupported="its network is Cellpose 4's CPDINO (DINOv2 encoder), not CPSAM")
+                                       unsupported="its network is Cellpose 4's CPDINO (DINOv3 encoder), not CPSAM")
     return catalog
 
 
