@@ -193,7 +193,7 @@ class Network:
         if provider == provider_options.CUDA:
             return provider_options.cuda_options(precision)
         if provider == provider_options.TENSORRT:
-            from .registry import sha256_file
+            from .checksum import sha256_file
             return provider_options.tensorrt_options(sha256_file(self.onnx_path), nchan, precision=precision,
                                                      batch_size=batch_size, cache_dir=cache_dir,
                                                      fixed_tile=fixed_tile)

@@ -12,7 +12,6 @@ The ONNX file's sha256 must match its manifest; it is checked once per process p
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.resources
 import json
 import math
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Tuple
 
+from .checksum import sha256_file
 from .size import SizeModelParams
 
 MANIFEST_FORMAT = "cellflow-rt-model/1"
@@ -272,15 +272,6 @@ def read_manifest(path) -> dict:
     if builtin is not None and builtin not in BUILTIN_NAMES:
         raise ModelFileError(f"manifest {path}: builtin_name must be null or one of {BUILTIN_NAMES}, got {builtin!r}")
     return manifest
-
-
-def sha256_file(path) -> str:
-    """Return the hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # (resolved path, size, mtime_ns) -> sha256: each file is hashed once per process unless it changes.

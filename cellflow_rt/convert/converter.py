@@ -19,7 +19,7 @@ from cellflow_rt.export.exporter import cpnet_model_facts
 from cellflow_rt.export.manifest import (METADATA_PREFIX, cpsam_model_facts, onnx_metadata_entries,
                                          write_manifest)
 from cellflow_rt.export.sources import check_model_name, default_model_name, locate_checkpoint
-from cellflow_rt.registry import sha256_file
+from cellflow_rt.checksum import sha256_file
 
 from .self_check import self_check
 from .specs import (DIAMETER_KEYS, NSTYLE, TILE, detect_cpnet_spec, detect_cpsam_spec, is_cpsam_state,

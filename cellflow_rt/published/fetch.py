@@ -119,7 +119,7 @@ def _downloads_dir() -> Path:
 
 def _obtain(file: PublishedFile, staging: Path, name: str, progress: bool, say) -> tuple:
     """Return (path, provenance record) for one of Cellpose's files: from Cellpose's cache or downloaded."""
-    from ..registry import sha256_file
+    from ..checksum import sha256_file
 
     local = cellpose_cache_dir() / file.name
     if local.is_file():
