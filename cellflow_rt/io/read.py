@@ -22,6 +22,7 @@ import numpy as np
 from .discovery import IMAGE_EXTENSIONS
 from .errors import ImageReadError, PathLike
 from .limits import check_declared_shape
+from .npy_header import npy_header_shape
 from .source import Source, source_bytes, source_head
 
 __all__ = ["imread", "imread_bytes", "FORMATS"]
@@ -184,8 +185,6 @@ def _read_tiff(source: Source, where: Optional[PathLike]) -> np.ndarray:
 
 
 def _read_npy(source: Source, where: Optional[PathLike]) -> np.ndarray:
-    from .peek import npy_header_shape
-
     # numpy allocates the declared shape before reading the data; a v1 header is at most 64 KiB
     check_declared_shape(npy_header_shape(source_head(source, 1 << 17), where), where, ".npy array")
     try:
