@@ -59,8 +59,6 @@ def _flows_for_user(seg: Segmentation):
     return [family_of(seg).flow_to_rgb(seg.dP), seg.dP, seg.cellprob]
 
 
-
-
 class CellposeModel:
     """Cellpose's ``CellposeModel`` over an ONNX network (no PyTorch).
 

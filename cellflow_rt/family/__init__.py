@@ -53,20 +53,20 @@ def family_for_manifest(manifest: dict) -> ModelFamily:
     Raises
     ------
     UnknownFamilyError
-        An unknown architecture or generation, or an architecture that contradicts the generation.
+        An unknown architecture or generation.
     """
     generation = manifest.get("cellpose_generation", DEFAULT_FAMILY.cellpose_generation)
     if isinstance(generation, bool) or generation not in _BY_GENERATION:
         raise UnknownFamilyError(f"cellpose_generation must be one of {tuple(_BY_GENERATION)}, got {generation!r} "
                                  "(a newer cellflow-rt may read it)")
     architecture = manifest.get("architecture")
-    if architecture is None:
-        return _BY_GENERATION[generation]
-    family = family_named(architecture)
-    if family.cellpose_generation != generation:
-        raise UnknownFamilyError(f"architecture {architecture!r} is a Cellpose {family.cellpose_generation} "
-                                 f"family, but cellpose_generation is {generation!r}")
-    return family
+    if architecture is not None:
+        family = family_named(architecture)
+        if family.cellpose_generation == generation:
+            return family
+    # no architecture (manifests before it), or one of another generation: the generation decides, as
+    # it always did, and the family's required keys then say what is missing
+    return _BY_GENERATION[generation]
 
 
 def family_of(model) -> ModelFamily:
