@@ -176,7 +176,7 @@ def check_finite(img: np.ndarray) -> None:
         raise ValueError(f"image contains {n_bad} NaN or infinite pixel values")
 
 
-def prepare_selected_channels(image: np.ndarray, settings, nchan: int) -> np.ndarray:
+def prepare_selected_channels(image: np.ndarray, settings, nchan: int, percentile_rule: str = "numpy2.0") -> np.ndarray:
     """Input array -> normalised float32 (N, Y, X, nchan) planes (N = 1 for a 2D image), Cellpose 3's way."""
     image = np.asarray(image)
     if image.size == 0:
@@ -187,7 +187,7 @@ def prepare_selected_channels(image: np.ndarray, settings, nchan: int) -> np.nda
                       do_3D=stack, nchan=nchan)
     if x.ndim < 4:
         x = x[np.newaxis]
-    return normalize_img(x, stack_normalization(settings, x.shape[0]))
+    return normalize_img(x, stack_normalization(settings, x.shape[0]), percentile_rule=percentile_rule)
 
 
 def stack_normalization(settings, nplanes: int) -> NormalizeOptions:
@@ -311,8 +311,8 @@ def _channels_with_range(x: np.ndarray, norm3D: bool) -> np.ndarray:
     return np.array([any(np.ptp(plane[..., c]) > 0 for plane in x) for c in range(x.shape[-1])])
 
 
-def prepare_channels_as_given(image: np.ndarray, settings, max_channels: int = MAX_GIVEN_CHANNELS
-                              ) -> Tuple[np.ndarray, bool]:
+def prepare_channels_as_given(image: np.ndarray, settings, max_channels: int = MAX_GIVEN_CHANNELS,
+                              percentile_rule: str = "numpy2.1") -> Tuple[np.ndarray, bool]:
     """Input array -> normalised float32 (N, Y, X, C) planes, C <= 3 (N = 1 for a 2D image).
 
     Returns
@@ -340,7 +340,7 @@ def prepare_channels_as_given(image: np.ndarray, settings, max_channels: int = M
     all_channels = options.lowhigh is not None or options.tile_norm_blocksize > 0
     normalised = np.ones(x.shape[-1], bool) if all_channels else _channels_with_range(x, options.norm3D)
     tile_invert = options.invert and options.lowhigh is None and options.tile_norm_blocksize > 0
-    x = normalize_img(x, options.with_(invert=options.invert and not tile_invert), percentile_rule="numpy2.1")
+    x = normalize_img(x, options.with_(invert=options.invert and not tile_invert), percentile_rule=percentile_rule)
     if tile_invert:  # Cellpose 3 leaves tile-normalised channels as they are; Cellpose 4 inverts them
         np.subtract(1, x, out=x)
     # "the transformer can get confused if a channel is all 1's instead of all 0's" (Cellpose 4)

@@ -56,6 +56,9 @@ class ModelFamily:
         The numba CUDA pipeline (flows left on the GPU, GPU dynamics) reproduces this family.
     bf16_by_default : bool
         ``precision="auto"`` picks bfloat16 on CPUs that run it natively (Cellpose 4 itself runs bf16).
+    percentile_rule : str
+        The percentile arithmetic of the image normalisation (:func:`cellflow_rt.normalize.normalize_img`):
+        ``"numpy2.0"`` (Cellpose 3's reference environment) or ``"numpy2.1"`` (Cellpose 4's).
     flow_picture_rule : str
         The percentile rule of the flow picture (:func:`cellflow_rt.io.flows.flow_to_rgb`).
     """
@@ -77,6 +80,7 @@ class ModelFamily:
     restoration_fits: bool = True
     gpu_path: bool = True
     bf16_by_default: bool = False
+    percentile_rule: str = "numpy2.0"
     flow_picture_rule: str = "numpy2.0"
 
     def __repr__(self) -> str:

@@ -43,6 +43,7 @@ class CPnet(ModelFamily):
     restoration_fits = True
     gpu_path = True
     bf16_by_default = False
+    percentile_rule = "numpy2.0"
     flow_picture_rule = "numpy2.0"
     eval_signature = staticmethod(eval_signature)
 
@@ -54,7 +55,7 @@ class CPnet(ModelFamily):
 
     def prepare_image(self, image: np.ndarray, settings, nchan: int) -> np.ndarray:
         from ..preprocess import prepare_selected_channels
-        return prepare_selected_channels(image, settings, nchan)
+        return prepare_selected_channels(image, settings, nchan, percentile_rule=self.percentile_rule)
 
     def rescale_for(self, model, settings):
         """``diam_mean / diameter``, else ``rescale``, else ``diam_mean / diam_labels`` (errata A4:

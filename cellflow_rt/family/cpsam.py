@@ -58,6 +58,7 @@ class CellposeSAM(ModelFamily):
     restoration_fits = False
     gpu_path = False
     bf16_by_default = True
+    percentile_rule = "numpy2.1"
     flow_picture_rule = "numpy2.1"
     eval_signature = staticmethod(eval_signature)
     unused_flags = ("chan", "chan2", "all_channels", "invert", "no_interp")
@@ -65,7 +66,8 @@ class CellposeSAM(ModelFamily):
 
     def prepare_image(self, image: np.ndarray, settings, nchan: int) -> np.ndarray:
         from ..preprocess import prepare_channels_as_given
-        return prepare_channels_as_given(image, settings, max_channels=self.max_channels)[0]
+        return prepare_channels_as_given(image, settings, max_channels=self.max_channels,
+                                         percentile_rule=self.percentile_rule)[0]
 
     def rescale_for(self, model, settings) -> float:
         """``30 / diameter`` when a diameter is given, else 1 (a Python float, as the reference)."""
