@@ -184,11 +184,10 @@ def run(ctx, files, inputs, models, channels, normalization, segmentation, volum
         settings = chosen.settings
         if chosen.unused:
             import warnings
-            warnings.warn(f"{', '.join('--' + name for name in chosen.unused)}: not used by {rules.label} models "
-                          "(all channels, up to 3, are used)")
-        if restore_type and not rules.restoration:
+            warnings.warn(f"{', '.join('--' + name for name in chosen.unused)}: {rules.unused_flags_note}")
+        if restore_type and not rules.restoration_fits:
             raise click.UsageError(f"--restore_type: Cellpose 3's restoration nets go with Cellpose 3 models, "
-                                   f"not the {rules.label} model {model.name}")
+                                   f"not the {rules.title} model {model.name}")
         where = choose_dynamics(settings.dynamics, model.net.providers)
         if blocksize is not None:
             from .big.normalization import check_blockwise_normalization

@@ -11,8 +11,8 @@ everywhere under the same name, with the same default, the same checks and the s
   ``EvalSettings`` field names -> :class:`FlagSettings` (CLI, serve, napari).
 - :func:`settings_from_kwargs`: ``eval`` keyword arguments (``normalize`` as a bool or Cellpose's
   dict) -> ``EvalSettings`` (the Python API).
-- :class:`ArgumentRules`: what differs between model families in how they read these arguments
-  (Cellpose 3.1.1.1's or Cellpose 4.2.1.1's); :func:`rules_for` picks a model's.
+- :class:`ArgumentRules`: what differs between model families in how the command line's options
+  become settings (Cellpose 3.1.1.1's or Cellpose 4.2.1.1's); :func:`rules_for` picks a model's.
 
 Every refusal is an :class:`OptionError` (a ``ValueError``) whose message names the option.
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import difflib
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Collection, Dict, Mapping, Optional, Tuple
 
 import numpy as np
@@ -41,67 +41,73 @@ class OptionError(ValueError):
 class ArgumentRules:
     """How a model family reads Cellpose-style arguments.
 
+    The attribute and method names are those of a model family object (``model.family``), so that
+    one can stand in for the other: :func:`rules_for` returns the model's family when it has one.
+
     Attributes
     ----------
-    label : str
-        The family's name in messages ("Cellpose 4").
-    tile : int
-        Tile side of the network.
-    fixed_tile : bool
+    title : str
+        The family's name for people ("Cellpose 4 (Cellpose-SAM)").
+    default_tile : int
+        Tile side of the network (``bsize``'s default).
+    tile_fixed : bool
         True when ``bsize`` cannot be changed (the graph has fixed spatial axes).
-    default_diameter : float or None
-        Command line's diameter when none is given (None: not resized).
-    channel_flags : bool
-        False when ``chan``, ``chan2``, ``all_channels``, ``invert`` and ``no_interp`` mean nothing
-        (the model takes its first channels as they are).
+    restoration_fits : bool
+        Whether Cellpose 3's restoration nets (``restore_type``) go with these models.
+    unused_flags : tuple of str
+        Command-line options that mean nothing for these models (a warning names them).
+    unused_flags_note : str
+        Why, for that warning.
+    command_line_diameter : bool
+        False when no diameter means no resize (Cellpose 4), rather than the command line's 30.
     stack_z_axis : int or None
         Z axis assumed for do_3D or stitched runs when none is given (None: guessed).
-    ignored_eval : dict
-        ``eval`` arguments accepted and ignored, with the warning's text.
-    restoration : bool
-        Whether Cellpose 3's restoration nets (``restore_type``) go with these models.
     """
 
-    label: str
-    tile: int = BSIZE
-    fixed_tile: bool = False
-    default_diameter: Optional[float] = 30.0
-    channel_flags: bool = True
+    title: str
+    default_tile: int = BSIZE
+    tile_fixed: bool = False
+    restoration_fits: bool = True
+    unused_flags: Tuple[str, ...] = ()
+    unused_flags_note: str = ""
+    command_line_diameter: bool = True
     stack_z_axis: Optional[int] = None
-    ignored_eval: Dict[str, str] = field(default_factory=dict)
-    restoration: bool = True
+
+    def command_line_settings(self, settings: EvalSettings, diameter_given: bool) -> EvalSettings:
+        """``run``'s settings as this family's Cellpose command line sets them."""
+        if not self.unused_flags and self.command_line_diameter and self.stack_z_axis is None:
+            return settings
+        stacked = settings.do_3D or settings.stitch_threshold > 0
+        return settings.with_(channels=None, invert=False, interp=True,
+                              diameter=settings.diameter if diameter_given or self.command_line_diameter else None,
+                              z_axis=self.stack_z_axis if stacked and settings.z_axis is None else settings.z_axis)
 
 
 #: Cellpose 3.1.1.1 (CPnet models).
-CELLPOSE3 = ArgumentRules("Cellpose 3")
+CELLPOSE3 = ArgumentRules("Cellpose 3 (CPnet)")
 
 #: Cellpose 4.2.1.1 (Cellpose-SAM): 256-pixel tiles, all channels, no resize without a diameter.
 CELLPOSE4 = ArgumentRules(
-    "Cellpose 4", tile=256, fixed_tile=True, default_diameter=None, channel_flags=False, stack_z_axis=0,
-    restoration=False,
-    ignored_eval={"channels": "channels is not used by Cellpose 4 models, which take the first 3 channels in any "
-                              "order; use channel_axis to say which axis holds them",
-                  "rescale": "rescale is not used by Cellpose 4 models; give diameter instead"})
-
-#: The command line's flags that mean nothing with ``channel_flags=False``.
-CHANNEL_FLAGS = ("chan", "chan2", "all_channels", "invert", "no_interp")
+    "Cellpose 4 (Cellpose-SAM)", default_tile=256, tile_fixed=True, restoration_fits=False,
+    unused_flags=("chan", "chan2", "all_channels", "invert", "no_interp"),
+    unused_flags_note="not used by Cellpose 4 models (all channels, up to 3, are used)",
+    command_line_diameter=False, stack_z_axis=0)
 
 
 def rules_for(model) -> ArgumentRules:
-    """The argument rules of a loaded model (or a registry ``ModelInfo``); Cellpose 3's when unknown.
+    """The argument rules of a loaded model (or a registry ``ModelInfo``): its family where it has
+    one, else by its Cellpose generation; Cellpose 3's when unknown.
 
     The one place that asks a model which family it belongs to.
     """
     info = getattr(model, "info", model)
+    family = getattr(model, "family", None) or getattr(info, "family", None)
+    if family is not None:
+        return family
     if getattr(info, "generation", 3) == 4:
-        tile = getattr(info, "fixed_tile", None) or CELLPOSE4.tile
-        return CELLPOSE4 if tile == CELLPOSE4.tile else replace(CELLPOSE4, tile=int(tile))
+        tile = getattr(info, "fixed_tile", None) or CELLPOSE4.default_tile
+        return CELLPOSE4 if tile == CELLPOSE4.default_tile else replace(CELLPOSE4, default_tile=int(tile))
     return CELLPOSE3
-
-
-def tile_text(rules: ArgumentRules) -> str:
-    """How the tile side is described to users ("fixed at 256", "224 by default")."""
-    return f"fixed at {rules.tile}" if rules.fixed_tile else f"{rules.tile} by default"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -315,20 +321,11 @@ def settings_from_flags(values: Mapping[str, Any], given: Optional[Collection[st
     if "no_interp" in values:
         fields["interp"] = not values["no_interp"]
     fields["niter"] = values.get("niter") or None
-    if "diameter" in values and ("diameter" in given or rules.default_diameter is not None):
-        diameter = values["diameter"]
-    else:
-        diameter = rules.default_diameter
-    unused: Tuple[str, ...] = ()
-    if not rules.channel_flags:
-        unused = tuple(name for name in CHANNEL_FLAGS if name in given)
-        fields.update(channels=None, invert=False, interp=True)
-        stacked = values.get("do_3D", False) or (values.get("stitch_threshold") or 0) > 0
-        if stacked and values.get("z_axis") is None:
-            fields["z_axis"] = rules.stack_z_axis
-    settings = _settings(diameter=diameter or None, **fields)
-    return FlagSettings(settings, estimate_diameter=not diameter, normalize=cellpose_normalize(values, given),
-                        unused=unused)
+    diameter = values.get("diameter", flag_default("diameter"))
+    settings = rules.command_line_settings(_settings(diameter=diameter or None, **fields), "diameter" in given)
+    unused = tuple(name for name in rules.unused_flags if name in given)
+    return FlagSettings(settings, estimate_diameter=settings.diameter is None,
+                        normalize=cellpose_normalize(values, given), unused=unused)
 
 
 def _one_or_per_channel(lowhigh):
@@ -348,12 +345,11 @@ def _one_or_per_channel(lowhigh):
 IGNORED_EVAL_ARGS = ("progress",)
 
 
-def settings_from_kwargs(kwargs: Mapping[str, Any], rules: ArgumentRules = CELLPOSE3) -> EvalSettings:
+def settings_from_kwargs(kwargs: Mapping[str, Any]) -> EvalSettings:
     """Cellpose ``eval`` keyword arguments -> :class:`EvalSettings` (with validation).
 
-    ``normalize`` is a bool or Cellpose's dict; ``invert`` as Cellpose's argument. With
-    ``rules.fixed_tile`` a ``bsize`` other than the tile side is refused; ``rules.ignored_eval``
-    arguments are dropped with a warning when not None.
+    ``normalize`` is a bool or Cellpose's dict; ``invert`` as Cellpose's argument. A family's own
+    ``eval`` rules (Cellpose 4's ignored ``channels``, its fixed ``bsize``) are applied before.
 
     Raises
     ------
@@ -369,12 +365,6 @@ def settings_from_kwargs(kwargs: Mapping[str, Any], rules: ArgumentRules = CELLP
     if ignored:
         warnings.warn(f"eval argument(s) {sorted(ignored)} are accepted for compatibility with Cellpose and "
                       "ignored by cellflow-rt", stacklevel=3)
-    for name, text in rules.ignored_eval.items():
-        if kwargs.pop(name, None) is not None:
-            warnings.warn(text, stacklevel=4)
-    bsize = kwargs.pop("bsize", None) if rules.fixed_tile else kwargs.get("bsize")
-    if rules.fixed_tile and bsize is not None and bsize != rules.tile:
-        raise OptionError(f"bsize={bsize}: {rules.label} models run tiles of {rules.tile} only")
     if isinstance(kwargs.get("flow3D_smooth"), (list, tuple, np.ndarray)):
         raise OptionError("flow3D_smooth: one sigma for all axes is supported (per-axis sigmas are not)")
     try:

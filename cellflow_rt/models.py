@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .eval_options import CELLPOSE3, ArgumentRules, settings_from_kwargs
+from .eval_options import settings_from_kwargs
 from .loaded_model import LoadedModel
 from .pipeline import Segmentation, segment
 from .restore import RestoreStep, restore_image
@@ -34,9 +34,9 @@ def _warn_ignored(kind: str, names: Sequence[str]) -> None:
                       "and ignored by cellflow-rt", stacklevel=3)
 
 
-def _settings_from_eval_kwargs(kwargs: dict, rules: ArgumentRules = CELLPOSE3) -> EvalSettings:
+def _settings_from_eval_kwargs(kwargs: dict) -> EvalSettings:
     """Cellpose eval keyword arguments -> :class:`EvalSettings`, by the front ends' shared adapter."""
-    return settings_from_kwargs(kwargs, rules)
+    return settings_from_kwargs(kwargs)
 
 
 def _flows_for_user(seg: Segmentation):

@@ -234,7 +234,7 @@ _OPTIONS = {o.name: o for o in all_options()}
 def tile_side(model) -> str:
     """What ``bsize`` is for a served model, in words: the tile side comes from the model."""
     rules = rules_for(model)
-    return f"{rules.tile} pixels" + (", fixed" if rules.fixed_tile else " by default")
+    return f"{rules.default_tile} pixels" + (", fixed" if rules.tile_fixed else " by default")
 
 
 def _unknown(name: str, model_name: str, model) -> OptionError:
