@@ -149,7 +149,9 @@ def run(ctx, files, inputs, models, channels, normalization, segmentation, volum
     try:
         settings_from_flags(flags, given)  # refuse bad values before anything is read or loaded
     except OptionError as exc:
-        raise click.UsageError(str(exc)) from None
+        if exc.option:  # a usage error (status 2), as click's own checks of a flag's value
+            raise click.BadParameter(str(exc), param_hint=f"'--{exc.option}'") from None
+        raise click.ClickException(str(exc)) from None
     model_name, ortho_model_name, restore_type = models.model_name, models.ortho_model_name, models.restore_type
     savedir, blocksize, threads, provider = outputs.savedir, blockwise.blocksize, runtime.threads, runtime.provider
     if models.add_model is not None:

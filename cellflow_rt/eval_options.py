@@ -30,7 +30,15 @@ from .settings import BSIZE, DYNAMICS, EvalSettings
 
 
 class OptionError(ValueError):
-    """An option is unknown or has a value of the wrong type or range; the message names it."""
+    """An option is unknown or has a value of the wrong type or range; the message names it.
+
+    ``option``: the option's name when the refusal is one of this module's front-end checks
+    (:func:`check`), else None (refused by the settings themselves).
+    """
+
+    def __init__(self, message: str, option: Optional[str] = None):
+        super().__init__(message)
+        self.option = option
 
 
 # --------------------------------------------------------------------------------------------------
@@ -218,7 +226,7 @@ def check(name: str, value) -> None:
     except TypeError:
         ok = False
     if not ok:
-        raise OptionError(f"{name} must be {what}, got {value!r}")
+        raise OptionError(f"{name} must be {what}, got {value!r}", option=name)
 
 
 def _settings(**values) -> EvalSettings:
