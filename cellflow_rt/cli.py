@@ -2,6 +2,8 @@
 models), ``serve``, ``warmup``, ``export`` (needs torch).
 
 Flag names are Cellpose's (``python -m cellpose``) so that existing command lines carry over.
+``run``'s options come in groups (:mod:`.cli_options`); those that become settings, with their
+defaults, checks and messages, are the shared adapter's (:mod:`.eval_options`).
 Exit status: 0 when every input succeeded, 1 when any failed (listed at the end), 2 for usage errors.
 """
 from __future__ import annotations

@@ -144,7 +144,8 @@ FLAGS: Dict[str, Tuple[Flag, ...]] = {
     "channels": (
         _F("chan", ("--chan",), "int", 0, "Channel to segment (0=gray, 1=R, 2=G, 3=B).", True),
         _F("chan2", ("--chan2",), "int", 0, "Nuclear channel (0=none, 1=R, 2=G, 3=B).", True),
-        _F("all_channels", ("--all_channels",), "flag", False, "Use the first two channels as they are (channels=None)."),
+        _F("all_channels", ("--all_channels",), "flag", False,
+           "Use the first two channels as they are (channels=None)."),
         _F("channel_axis", ("--channel_axis",), "int", None, "Axis of the channels in the image array."),
         _F("z_axis", ("--z_axis",), "int", None, "Axis of Z in the image array."),
     ),

@@ -5,8 +5,10 @@ of the same name (Cellpose's), parsed by its type annotation (bool, int, float, 
 comma-separated tuples, JSON objects for dict-valued or dataclass-valued options), so an option added
 to ``EvalSettings`` is served without a change here. A few names are the command line's rather than
 the dataclass's (``model``, ``chan``, ``chan2``, ``all_channels``), and ``diameter`` keeps
-``cellflow-rt run``'s meaning (default 30; 0 = estimate with the model's size model), so that a
-request gives the masks ``cellflow-rt run`` gives for the same flags.
+``cellflow-rt run``'s meaning (default 30; 0 = estimate with the model's size model): the values
+become settings through the adapter ``run`` uses (:func:`cellflow_rt.eval_options.settings_from_flags`,
+with the served model's family rules), so that a request gives the masks ``cellflow-rt run`` gives
+for the same flags, and is refused with the same message.
 """
 from __future__ import annotations
 
