@@ -181,7 +181,8 @@ FLAGS: Dict[str, Tuple[Flag, ...]] = {
     ),
     "volume": (
         _F("do_3D", ("--do_3D",), "flag", False, "3D segmentation of Z-stacks."),
-        _F("anisotropy", ("--anisotropy",), "float", 1.0, "Z step / XY pixel size (do_3D).", True),
+        # None, as eval's and serve's default (the same as 1: no resize in Z)
+        _F("anisotropy", ("--anisotropy",), "float", None, "Z step / XY pixel size (do_3D; default 1.0)."),
         _F("flow3D_smooth", ("--flow3D_smooth",), "float", 0.0, "Gaussian sigma on 3D flows."),
         _F("stitch_threshold", ("--stitch_threshold",), "float", 0.0, "Stitch 2D masks across Z by IoU (0 = off).",
            True),

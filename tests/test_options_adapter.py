@@ -152,3 +152,35 @@ def test_eval_arguments_unknown_ignored_and_refused():
 def test_unknown_flag_names_the_closest_one():
     with pytest.raises(OptionError, match="did you mean 'flow_threshold'"):
         settings_from_flags({"flow_treshold": 0.3})
+
+
+def _cli_settings(monkeypatch, tmp_path, flags):
+    """The settings ``cellflow-rt run`` builds from ``flags`` (run_batch replaced: no network)."""
+    import tifffile
+
+    from cellflow_rt import batch
+
+    seen = {}
+    monkeypatch.setattr(batch, "run_batch", lambda paths, model, settings, options, **kw: seen.update(s=settings) or [])
+    tifffile.imwrite(tmp_path / "img.tif", np.zeros((32, 32), np.uint16))
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "img.tif"), "--model", "nuclei_demo", *flags])
+    assert result.exit_code == 0, result.output
+    return seen["s"]
+
+
+@pytest.mark.parametrize("query", [
+    [],
+    [("diameter", "17"), ("flow_threshold", "0.6"), ("cellprob_threshold", "-0.5"), ("min_size", "20"),
+     ("chan", "2"), ("chan2", "1"), ("augment", "true"), ("invert", "true")],
+    [("do_3D", "true"), ("anisotropy", "2.5"), ("z_axis", "0"), ("flow3D_smooth", "1")],
+    [("stitch_threshold", "0.3"), ("niter", "100"), ("tile_overlap", "0.3"), ("batch_size", "4")],
+    [("all_channels", "true"), ("sharpen_radius", "2"), ("tile_norm_blocksize", "64"), ("dynamics", "cpu")],
+])
+def test_the_same_options_give_the_same_settings_from_the_cli_and_serve(monkeypatch, tmp_path, query):
+    pytest.importorskip("starlette")
+    from cellflow_rt.serve.options import parse_query
+    flags = []
+    for name, value in query:
+        flags += [f"--{name}"] if value == "true" else [f"--{name}", value]
+    served = {"nuclei_demo": SimpleNamespace(info=resolve_model("nuclei_demo"), size_model=None)}
+    assert _cli_settings(monkeypatch, tmp_path, flags) == parse_query(query, served, "nuclei_demo").settings
