@@ -2,6 +2,8 @@
 models), ``serve``, ``warmup``, ``export`` (needs torch).
 
 Flag names are Cellpose's (``python -m cellpose``) so that existing command lines carry over.
+``run``'s options come in groups (:mod:`.cli_options`); those that become settings, with their
+defaults, checks and messages, are the shared adapter's (:mod:`.eval_options`).
 Exit status: 0 when every input succeeded, 1 when any failed (listed at the end), 2 for usage errors.
 """
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from . import __version__, cli_options
 from .published.command import models_command
 
 
@@ -121,167 +123,75 @@ def _add_model(path: Path) -> None:
 
 @main.command()
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--dir", "directory", type=click.Path(path_type=Path), help="Folder of images to segment.")
-@click.option("--image_path", "image_path", type=click.Path(path_type=Path), help="One image (Cellpose's flag).")
-@click.option("--img_filter", default=None, help="Only images whose file stem ends with this.")
-@click.option("--look_one_level_down", is_flag=True, help="Also search the sub-folders of --dir.")
-@click.option("--mask_filter", default="_masks", show_default=True,
-              help="Skip files of --dir whose stem ends with this (label images).")
-@click.option("--pretrained_model", "--model", "model_name", default="cyto_demo", show_default=True,
-              help="Model name (bundled, user, or one of Cellpose's published models such as cyto3, nuclei, "
-                   "cpsam: fetched on first use), or a path to an exported .onnx.")
-@click.option("--pretrained_model_ortho", "ortho_model_name", default=None,
-              help="do_3D: model for the ZY and ZX views (name or .onnx path); the YX view uses --pretrained_model.")
-@click.option("--add_model", "add_model", type=click.Path(path_type=Path), default=None,
-              help="Copy an exported model (.onnx or its .json manifest) into the user model folder; "
-                   "without images, only that.")
-@click.option("--restore_type", default=None,
-              help="Restore images before segmenting with this restoration model (Cellpose's name such as "
-                   "denoise_cyto3, fetched on first use; an exported name; or an .onnx path).")
-@click.option("--chan2_restore", is_flag=True,
-              help="Accepted for Cellpose compatibility; no effect (Cellpose 3.1.1.1 restores both channels "
-                   "with the first net).")
-@click.option("--chan", default=0, show_default=True, type=click.IntRange(min=0), help="Channel to segment (0=gray, 1=R, 2=G, 3=B).")
-@click.option("--chan2", default=0, show_default=True, type=click.IntRange(min=0), help="Nuclear channel (0=none, 1=R, 2=G, 3=B).")
-@click.option("--all_channels", is_flag=True, help="Use the first two channels as they are (channels=None).")
-@click.option("--channel_axis", type=int, default=None, help="Axis of the channels in the image array.")
-@click.option("--z_axis", type=int, default=None, help="Axis of Z in the image array.")
-@click.option("--invert", is_flag=True, help="Invert intensities after normalisation.")
-@click.option("--no_norm", is_flag=True, help="Do not normalise images.")
-@click.option("--norm_percentile", nargs=2, type=float, default=None,
-              help="Percentiles mapped to 0 and 1 (disables --invert, as in Cellpose 3.1.1.1).")
-@click.option("--lowhigh", nargs=2, type=float, multiple=True,
-              help="Fixed LOW HIGH mapped to 0 and 1 instead of percentiles; once for all channels, or once per "
-                   "channel.")
-@click.option("--sharpen_radius", default=0.0, type=float, help="Subtract a Gaussian surround of this sigma (px).")
-@click.option("--smooth_radius", default=0.0, type=float, help="Smooth with a Gaussian of this sigma (px).")
-@click.option("--tile_norm_blocksize", default=0, type=int,
-              help="Normalise by percentiles of blocks of this side (uneven illumination; 0 = off).")
-@click.option("--tile_norm_smooth3D", "tile_norm_smooth3D", default=1.0, type=float,
-              help="Extra smoothing of the tile-normalisation blocks.")
-@click.option("--norm3D/--no_norm3D", "norm3D", default=True, show_default=True,
-              help="Stitched stacks: normalise the whole stack (or each plane).")
-@click.option("--diameter", default=30.0, show_default=True, type=float,
-              help="Cell diameter in pixels; 0 estimates it with the model's size model. Cellpose 4 models: "
-                   "the image is resized by 30 / diameter only when a diameter is given.")
-@click.option("--flow_threshold", default=0.4, show_default=True, type=float, help="Flow error threshold (0 = off).")
-@click.option("--cellprob_threshold", default=0.0, show_default=True, type=float, help="Cell probability threshold.")
-@click.option("--min_size", default=15, show_default=True, type=int, help="Smallest mask kept (pixels; -1 = off).")
-@click.option("--niter", default=0, type=int, help="Euler steps (0 = 200 x diameter / diam_mean).")
-@click.option("--resample/--no_resample", default=True, show_default=True, help="Dynamics at the image's own size.")
-@click.option("--no_interp", is_flag=True, help="Nearest-pixel flows in the Euler steps.")
-@click.option("--augment", is_flag=True, help="Test-time augmentation (flipped overlapping tiles).")
-@click.option("--tile_overlap", default=0.1, show_default=True, type=float, help="Overlap between tiles.")
-@click.option("--batch_size", default=8, show_default=True, type=int, help="Tiles per network call.")
-@click.option("--do_3D", "do_3D", is_flag=True, help="3D segmentation of Z-stacks.")
-@click.option("--exclude_on_edges", is_flag=True, help="Discard masks that touch the image's border.")
-@click.option("--anisotropy", default=1.0, show_default=True, type=float, help="Z step / XY pixel size (do_3D).")
-@click.option("--flow3D_smooth", "flow3D_smooth", default=0.0, type=float, help="Gaussian sigma on 3D flows.")
-@click.option("--stitch_threshold", default=0.0, show_default=True, type=float,
-              help="Stitch 2D masks across Z by IoU (0 = off).")
-@click.option("--use_gpu", is_flag=True, help="Use TensorRT/CUDA if onnxruntime offers them (falls back to CPU).")
-@click.option("--provider", default=None, help="Execution provider to require (cpu, cuda, tensorrt); fails if missing.")
-@click.option("--threads", default=0, type=int, help="CPU threads for the network (0 = onnxruntime's choice).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "tf32", "auto"]), default="fp32",
-              show_default=True,
-              help="Network precision: fp32 gives Cellpose's masks; fp16 (TensorRT), tf32 (CUDA) and bf16 (CPU, "
-                   "needs the openvino extra) are faster and approximate; auto = bf16 for Cellpose 4 models on "
-                   "CPUs with bfloat16 instructions (Cellpose 4's own default), else fp32.")
-@click.option("--dynamics", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
-              help="Where flows become masks: auto = the GPU when the network runs on one (TensorRT/CUDA) and "
-                   "numba-cuda sees it; gpu fails without a CUDA device. Same masks either way.")
-@click.option("--savedir", type=click.Path(path_type=Path), default=None,
-              help="Folder for mask/outline files (created when missing).")
-@click.option("--dir_above", is_flag=True, help="Without --savedir, write outputs into the folder above the images'.")
-@click.option("--in_folders", is_flag=True, help="Sort outputs into masks/, outlines/, txt_outlines/ and flows/.")
-@click.option("--output_name", default=None,
-              help="Suffix replacing _cp_masks in the mask, outline-picture, figure and flow file names "
-                   "(may be empty when --savedir is another folder than --dir).")
-@click.option("--save_png", is_flag=True, help="Write <stem>_cp_masks.png.")
-@click.option("--save_tif", is_flag=True, help="Write <stem>_cp_masks.tif.")
-@click.option("--no_npy", is_flag=True, help="Do not write <stem>_seg.npy.")
-@click.option("--save_txt", is_flag=True, help="Write ImageJ outlines <stem>_cp_outlines.txt.")
-@click.option("--save_rois", is_flag=True, help="Write ImageJ ROIs <stem>_rois.zip.")
-@click.option("--save_geojson", is_flag=True, help="Write QuPath polygons <stem>.geojson.")
-@click.option("--save_flows", is_flag=True, help="Write the flows image <stem>_flows.tif.")
-@click.option("--save_ome", is_flag=True, help="Write OME-TIFF labels <stem>_cp_masks.ome.tif.")
-@click.option("--save_outlines", is_flag=True, help="Write the image with red mask outlines, <stem>_outlines_cp_masks.png.")
-@click.option("--save_mpl", is_flag=True,
-              help="Write a figure of image, outlines, masks, flows and cell probability, <stem>_cp_output_cp_masks.png.")
-@click.option("--verbose", is_flag=True, help="Also print the model, settings and each image's stage timings.")
-@click.option("--gpu_device", default=None, help="Cellpose's torch device: accepted; ONNX Runtime uses GPU 0.")
-@click.option("--check_mkl", is_flag=True, help="Cellpose's MKL check: accepted; there is no MKL here.")
-@click.option("--transformer", is_flag=True, help="Cellpose's transformer model: not supported (refused).")
-@click.option("--save_restored", is_flag=True, help="With --restore_type: write <stem>_restored.tif.")
-@click.option("--skip_existing", is_flag=True, help="Skip inputs whose outputs all exist.")
-@click.option("--blocksize", default=None,
-              help="Blockwise on dask (images larger than memory, .zarr/.tif): block side N or Z,Y,X.")
-@click.option("--overlap", default=None, help="Blockwise: halo around each block, N or Z,Y,X [2 x diameter].")
-@click.option("--scheduler", default="threads", show_default=True,
-              help="Blockwise: 'threads', or a dask.distributed scheduler address.")
-@click.option("--example", is_flag=True,
-              help="Segment the bundled example image (copied into --savedir, default ./cellflow-rt-example).")
+@cli_options.inputs
+@cli_options.models
+@cli_options.flag_group("channels")
+@cli_options.flag_group("normalization")
+@cli_options.flag_group("segmentation")
+@cli_options.flag_group("volume")
+@cli_options.runtime
+@cli_options.flag_group("dynamics")
+@cli_options.outputs
+@cli_options.blockwise
+@cli_options.cellpose_only
 @click.pass_context
-def run(ctx, files, directory, image_path, img_filter, look_one_level_down, model_name, restore_type, chan2_restore,
-        chan, chan2, all_channels, channel_axis, z_axis, invert, no_norm, norm_percentile, lowhigh, sharpen_radius,
-        smooth_radius, tile_norm_blocksize, tile_norm_smooth3D, norm3D, diameter, flow_threshold, cellprob_threshold,
-        min_size, niter, resample, no_interp, augment, tile_overlap, batch_size, do_3D, anisotropy, flow3D_smooth,
-        stitch_threshold, use_gpu, provider, threads, precision, dynamics, savedir, save_png, save_tif, no_npy,
-        save_txt, save_rois, save_geojson, save_flows, save_ome, save_restored, skip_existing, blocksize, overlap,
-        scheduler, example, ortho_model_name, add_model, exclude_on_edges, dir_above, in_folders, output_name,
-        save_outlines, save_mpl, verbose, mask_filter, gpu_device, check_mkl, transformer):
+def run(ctx, files, inputs, models, channels, normalization, segmentation, volume, runtime, dynamics, outputs,
+        blockwise, cellpose_only):
     """Segment image FILES (or every image in --dir) and write Cellpose's output files."""
     from .batch import OutputOptions, run_batch
+    from .eval_options import OptionError, rules_for, settings_from_flags
     from .gpu import DynamicsUnavailableError, choose_dynamics
     from .loaded_model import LoadedModel
     from .network import ProviderUnavailableError
-    from .normalize import NormalizeOptions
     from .progress import KernelCompileNotice, Reporter, TileProgressNetwork
     from .restore import RestoreStep
-    from .settings import EvalSettings
 
-    _cellpose_only_flags(gpu_device, check_mkl, transformer)
-    if add_model is not None:
-        _add_model(add_model)
-        if not (files or directory or image_path or example):
+    _cellpose_only_flags(**cellpose_only)
+    flags, given = cli_options.flag_values(channels, normalization, segmentation, volume, dynamics)
+    try:
+        settings_from_flags(flags, given)  # refuse bad values before anything is read or loaded
+    except OptionError as exc:
+        if exc.option:  # a usage error (status 2), as click's own checks of a flag's value
+            raise click.BadParameter(str(exc), param_hint=f"'--{exc.option}'") from None
+        raise click.ClickException(str(exc)) from None
+    model_name, ortho_model_name, restore_type = models.model_name, models.ortho_model_name, models.restore_type
+    savedir, blocksize, threads, provider = outputs.savedir, blockwise.blocksize, runtime.threads, runtime.provider
+    if models.add_model is not None:
+        _add_model(models.add_model)
+        if not (files or inputs.directory or inputs.image_path or inputs.example):
             return
-    if example:
+    if inputs.example:
         files = list(files) + [_copy_example(savedir)]
         savedir = savedir or files[-1].parent
-        if ctx.get_parameter_source("model_name") == click.core.ParameterSource.DEFAULT:
+        if "model_name" not in models.given:
             from .examples import EXAMPLE_DIAMETER, EXAMPLE_MODEL
             model_name = EXAMPLE_MODEL
-            if ctx.get_parameter_source("diameter") == click.core.ParameterSource.DEFAULT:
-                diameter = EXAMPLE_DIAMETER
-    paths = _collect_inputs(list(files) + ([image_path] if image_path else []), directory, img_filter,
-                            look_one_level_down, mask_filter)
+            if "diameter" not in given:
+                flags["diameter"] = EXAMPLE_DIAMETER
+                given.add("diameter")
+    paths = _collect_inputs(list(files) + ([inputs.image_path] if inputs.image_path else []), inputs.directory,
+                            inputs.img_filter, inputs.look_one_level_down, inputs.mask_filter)
     _make_savedir(savedir)
-    suffix = _masks_suffix(output_name, savedir, directory)
+    suffix = _masks_suffix(outputs.output_name, savedir, inputs.directory)
     if blocksize is None:
         _refuse_if_all_too_large(paths)
-    if diameter < 0:
-        raise click.UsageError(f"--diameter must be >= 0 (0 = estimate), got {diameter}")
-    if save_restored and not restore_type:
+    if outputs.save_restored and not restore_type:
         raise click.UsageError("--save_restored needs --restore_type")
-    normalize = _cellpose_normalize(ctx, no_norm, invert, norm_percentile, lowhigh, sharpen_radius=sharpen_radius,
-                                    smooth_radius=smooth_radius, tile_norm_blocksize=tile_norm_blocksize,
-                                    tile_norm_smooth3D=tile_norm_smooth3D, norm3D=norm3D)
     try:
-        settings = EvalSettings(
-            channels=None if all_channels else (chan, chan2), channel_axis=channel_axis, z_axis=z_axis,
-            diameter=diameter or None, flow_threshold=flow_threshold, cellprob_threshold=cellprob_threshold,
-            min_size=min_size, niter=niter or None, resample=resample, interp=not no_interp, augment=augment,
-            tile_overlap=tile_overlap, batch_size=batch_size, do_3D=do_3D, anisotropy=anisotropy,
-            flow3D_smooth=flow3D_smooth, stitch_threshold=stitch_threshold, dynamics=dynamics,
-            **NormalizeOptions.from_cellpose(normalize, invert).as_dict())
-        providers = provider or (["tensorrt", "cuda"] if use_gpu else "cpu")
+        providers = provider or (["tensorrt", "cuda"] if runtime.use_gpu else "cpu")
         model = LoadedModel.load(model_name, providers=providers, strict_provider=provider is not None,
-                                 num_threads=threads or None, precision=precision, batch_size=batch_size,
+                                 num_threads=threads or None, precision=runtime.precision,
+                                 batch_size=flags["batch_size"],
                                  ortho=ortho_model_name).require_kind("segmentation", "--pretrained_model")
-        settings = _family_settings(ctx, settings, model.family)
-        if restore_type and not model.family.restoration_fits:
-            raise click.UsageError("--restore_type: Cellpose 3's restoration nets go with Cellpose 3 models, "
-                                   f"not the {model.family.title} model {model.name}")
+        rules = rules_for(model)
+        chosen = settings_from_flags(flags, given, rules)
+        settings = chosen.settings
+        if chosen.unused:
+            import warnings
+            warnings.warn(f"{', '.join('--' + name for name in chosen.unused)}: {rules.unused_flags_note}")
+        if restore_type and not rules.restoration_fits:
+            raise click.UsageError(f"--restore_type: Cellpose 3's restoration nets go with Cellpose 3 models, "
+                                   f"not the {rules.title} model {model.name}")
         where = choose_dynamics(settings.dynamics, model.net.providers)
         if blocksize is not None:
             from .big.normalization import check_blockwise_normalization
@@ -290,32 +200,36 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
         if restore_type:
             if blocksize is not None:
                 raise click.UsageError("--restore_type is not available in blockwise runs (--blocksize)")
-            if chan2_restore:
+            if models.chan2_restore:
                 click.echo("warning: --chan2_restore has no effect (Cellpose 3.1.1.1 restores both channels with "
                            "the first net)", err=True)
-            restore = RestoreStep.create(_load_restoration(restore_type, providers, provider, threads, precision),
-                                         normalize, invert, name=restore_type)
-            if not diameter:
+            restore = RestoreStep.create(_load_restoration(restore_type, providers, provider, threads,
+                                                           runtime.precision),
+                                         chosen.normalize, flags["invert"], name=restore_type)
+            if chosen.estimate_diameter:
                 # Cellpose 3.1.1.1 means to use the segmentation model's diam_labels here (it fails instead)
                 settings = settings.with_(diameter=float(model.diam_labels))
     except (ProviderUnavailableError, DynamicsUnavailableError) as exc:
         raise click.ClickException(str(exc))
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc))
-    options = OutputOptions(savedir=savedir, save_npy=not no_npy, save_png=save_png, save_tif=save_tif,
-                            save_txt=save_txt, save_rois=save_rois, save_geojson=save_geojson,
-                            save_flows=save_flows, save_ome=save_ome, save_outlines=save_outlines, save_mpl=save_mpl,
-                            exclude_on_edges=exclude_on_edges, dir_above=dir_above, in_folders=in_folders,
-                            suffix=suffix, save_restored=save_restored)
-    estimate = not diameter and model.size_model is not None and restore is None
-    reporter = Reporter(verbose=verbose)
+    options = OutputOptions(savedir=savedir, save_npy=not outputs.no_npy, save_png=outputs.save_png,
+                            save_tif=outputs.save_tif, save_txt=outputs.save_txt, save_rois=outputs.save_rois,
+                            save_geojson=outputs.save_geojson, save_flows=outputs.save_flows,
+                            save_ome=outputs.save_ome, save_outlines=outputs.save_outlines,
+                            save_mpl=outputs.save_mpl, exclude_on_edges=outputs.exclude_on_edges,
+                            dir_above=outputs.dir_above, in_folders=outputs.in_folders, suffix=suffix,
+                            save_restored=outputs.save_restored)
+    estimate = chosen.estimate_diameter and model.size_model is not None and restore is None
+    reporter = Reporter(verbose=outputs.verbose)
     header = (f"cellflow-rt {__version__}: {len(paths)} image(s), model {model.name} "
               f"({', '.join(model.net.providers)}, {model.net.precision}), dynamics on the {where.upper()}")
     reporter.line(header + (f", ortho model {ortho_model_name}" if ortho_model_name else ""), err=True)
     reporter.detail(f"settings: {settings}")
     if blocksize is not None:
         with KernelCompileNotice(lambda text: reporter.line(text, err=True)):
-            _run_blockwise(paths, model, settings, blocksize, overlap, scheduler, estimate, savedir, options, reporter)
+            _run_blockwise(paths, model, settings, blocksize, blockwise.overlap, blockwise.scheduler, estimate,
+                           savedir, options, reporter)
         return
     if reporter.interactive:
         model.net = TileProgressNetwork(model.net, reporter)
@@ -336,7 +250,7 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
             files_bar.update(1)
 
     with KernelCompileNotice(lambda text: reporter.line(text, err=True)):
-        results = run_batch(paths, model, settings, options, estimate=estimate, skip_existing=skip_existing,
+        results = run_batch(paths, model, settings, options, estimate=estimate, skip_existing=outputs.skip_existing,
                             on_result=report, restore=restore)
     if files_bar is not None:
         files_bar.close()
@@ -371,35 +285,6 @@ def _refuse_if_all_too_large(paths) -> None:
     for path in paths:
         click.echo(f"  {path}: {refused[path]}", err=True)
     sys.exit(1)
-
-
-def _family_settings(ctx, settings, family):
-    """``run``'s settings as the command line of the model family's Cellpose version sets them
-    (:meth:`~cellflow_rt.family.ModelFamily.command_line_settings`); flags that mean nothing for
-    the family are named in a warning."""
-    import warnings
-
-    given = [f"--{name}" for name in family.unused_flags
-             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
-    if given:
-        warnings.warn(f"{', '.join(given)}: {family.unused_flags_note}")
-    diameter_given = ctx.get_parameter_source("diameter") != click.core.ParameterSource.DEFAULT
-    return family.command_line_settings(settings, diameter_given)
-
-
-def _cellpose_normalize(ctx, no_norm, invert, norm_percentile, lowhigh, **flags):
-    """The ``normalize`` argument Cellpose's ``eval`` would get: a bool, or a dict when a
-    normalisation flag is given. ``--norm_percentile`` leaves ``--invert`` out of the dict, as
-    Cellpose 3.1.1.1's command line does (CELLPOSE_NOTES errata A8)."""
-    given = {name: value for name, value in flags.items()
-             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
-    if lowhigh:
-        given["lowhigh"] = list(lowhigh[0]) if len(lowhigh) == 1 else [list(pair) for pair in lowhigh]
-    if norm_percentile:
-        given["percentile"] = tuple(norm_percentile)
-    if not given:
-        return not no_norm
-    return dict(given, normalize=not no_norm, invert=bool(invert and not norm_percentile))
 
 
 def _load_restoration(name, providers, provider, threads, precision):

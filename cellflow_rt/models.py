@@ -14,9 +14,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .eval_options import settings_from_kwargs
 from .family import channels_for, family_of, per_image_value
 from .loaded_model import LoadedModel
-from .normalize import NormalizeOptions
 from .pipeline import segment
 from .results import Segmentation
 from .restore import RestoreStep, restore_image
@@ -27,8 +27,6 @@ DEFAULT_MODEL = "cyto_demo"
 
 #: Constructor arguments Cellpose accepts that have no meaning here (torch devices, backbones).
 _IGNORED_INIT_ARGS = {"device", "mkldnn", "backbone", "diam_mean", "nchan", "use_bfloat16"}
-#: eval arguments Cellpose accepts that we accept and ignore.
-_IGNORED_EVAL_ARGS = {"progress"}
 
 
 def _warn_ignored(kind: str, names: Sequence[str]) -> None:
@@ -38,20 +36,8 @@ def _warn_ignored(kind: str, names: Sequence[str]) -> None:
 
 
 def _settings_from_eval_kwargs(kwargs: dict) -> EvalSettings:
-    """Map Cellpose eval keyword arguments onto :class:`EvalSettings` (with validation)."""
-    kwargs = dict(kwargs)
-    ignored = [k for k in kwargs if k in _IGNORED_EVAL_ARGS]
-    for k in ignored:
-        kwargs.pop(k)
-    _warn_ignored("eval", ignored)
-    options = NormalizeOptions.from_cellpose(kwargs.pop("normalize", True), kwargs.pop("invert", False))
-    kwargs.update(options.as_dict())
-    if kwargs.get("channels") is not None:
-        kwargs["channels"] = tuple(int(c) for c in kwargs["channels"])
-    unknown = set(kwargs) - set(EvalSettings.names())
-    if unknown:
-        raise TypeError(f"unexpected eval argument(s): {sorted(unknown)}")
-    return EvalSettings(**kwargs)
+    """Cellpose eval keyword arguments -> :class:`EvalSettings`, by the front ends' shared adapter."""
+    return settings_from_kwargs(kwargs)
 
 
 def _flows_for_user(seg: Segmentation):

@@ -22,6 +22,7 @@ from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout,
                             QLabel, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
+from ..eval_options import settings_from_flags
 from ..examples import EXAMPLE_MODEL
 from ..network import PRECISIONS, available_providers
 from ..published import CATALOG, cache_dir, published_names
@@ -352,16 +353,16 @@ class SegmentationWidget(QWidget):
             raise InputProblem(f"provider {provider!r} is not available on this machine (onnxruntime offers "
                                f"{', '.join(available_providers())}): choose 'auto' or 'cpu'")
         stack = axes.z_axis is not None
-        diameter = self.diameter_spin.value()
-        settings = EvalSettings(
-            channels=(chan, chan2), channel_axis=axes.channel_axis, z_axis=axes.z_axis,
-            diameter=diameter or None, flow_threshold=self.flow_spin.value(),
-            cellprob_threshold=self.cellprob_spin.value(), min_size=self.min_size_spin.value(),
-            augment=self.augment_check.isChecked(), invert=self.invert_check.isChecked(),
-            do_3D=stack and self.do_3d_check.isChecked(),
-            stitch_threshold=self.stitch_spin.value() if stack and not self.do_3d_check.isChecked() else 0.0,
-            anisotropy=self.anisotropy_spin.value() if stack and self.do_3d_check.isChecked() else None)
-        request = RunRequest(model=model, settings=settings, estimate_diameter=not diameter, provider=provider,
+        do_3D = stack and self.do_3d_check.isChecked()
+        flags = dict(chan=chan, chan2=chan2, channel_axis=axes.channel_axis, z_axis=axes.z_axis,
+                     diameter=self.diameter_spin.value(), flow_threshold=self.flow_spin.value(),
+                     cellprob_threshold=self.cellprob_spin.value(), min_size=self.min_size_spin.value(),
+                     augment=self.augment_check.isChecked(), invert=self.invert_check.isChecked(), do_3D=do_3D,
+                     stitch_threshold=self.stitch_spin.value() if stack and not do_3D else 0.0,
+                     anisotropy=self.anisotropy_spin.value() if do_3D else None)
+        chosen = settings_from_flags(flags)
+        request = RunRequest(model=model, settings=chosen.settings, estimate_diameter=chosen.estimate_diameter,
+                             provider=provider,
                              precision=self.precision_combo.currentText())
         return layer, axes, request
 

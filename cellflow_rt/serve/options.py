@@ -5,8 +5,10 @@ of the same name (Cellpose's), parsed by its type annotation (bool, int, float, 
 comma-separated tuples, JSON objects for dict-valued or dataclass-valued options), so an option added
 to ``EvalSettings`` is served without a change here. A few names are the command line's rather than
 the dataclass's (``model``, ``chan``, ``chan2``, ``all_channels``), and ``diameter`` keeps
-``cellflow-rt run``'s meaning (default 30; 0 = estimate with the model's size model), so that a
-request gives the masks ``cellflow-rt run`` gives for the same flags.
+``cellflow-rt run``'s meaning (default 30; 0 = estimate with the model's size model): the values
+become settings through the adapter ``run`` uses (:func:`cellflow_rt.eval_options.settings_from_flags`,
+with the served model's family rules), so that a request gives the masks ``cellflow-rt run`` gives
+for the same flags, and is refused with the same message.
 """
 from __future__ import annotations
 
@@ -20,17 +22,18 @@ import typing
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..eval_options import OptionError, flag_default, rules_for, settings_from_flags
 from ..settings import EvalSettings
 
 #: ``EvalSettings`` fields that are not query parameters, with what to use instead.
 NOT_OFFERED = {
     "channels": "use chan and chan2 (or all_channels=true)",
-    "bsize": "the tile side is fixed at 224",
+    "bsize": "each model runs at its own tile side",
     "compute_masks": "the service always computes masks",
 }
 
 #: Defaults that differ from ``EvalSettings``'s: the command line's (Cellpose's CLI default diameter).
-CLI_DEFAULTS = {"diameter": 30.0}
+CLI_DEFAULTS = {"diameter": flag_default("diameter")}
 
 #: Parameters that are not ``EvalSettings`` fields: name -> (OpenAPI schema, default, description).
 SERVICE_PARAMETERS = {
@@ -45,10 +48,6 @@ SERVICE_PARAMETERS = {
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 _NONE = {"none", "null"}
-
-
-class OptionError(ValueError):
-    """A query parameter is unknown, repeated or has a value of the wrong type or range."""
 
 
 @dataclass(frozen=True)
@@ -234,7 +233,16 @@ def all_options() -> List[Option]:
 _OPTIONS = {o.name: o for o in all_options()}
 
 
-def _unknown(name: str) -> OptionError:
+def tile_side(model) -> str:
+    """What ``bsize`` is for a served model, in words: the tile side comes from the model."""
+    rules = rules_for(model)
+    return f"{rules.default_tile} pixels" + (", fixed" if rules.tile_fixed else " by default")
+
+
+def _unknown(name: str, model_name: str, model) -> OptionError:
+    if name == "bsize":
+        return OptionError(f"option 'bsize' is not offered over HTTP: {NOT_OFFERED[name]} "
+                           f"({model_name}: {tile_side(model)})")
     if name in NOT_OFFERED:
         return OptionError(f"option {name!r} is not offered over HTTP: {NOT_OFFERED[name]}")
     close = difflib.get_close_matches(name, list(_OPTIONS), n=1)
@@ -260,10 +268,12 @@ def parse_query(items: Sequence[Tuple[str, str]], served: Mapping[str, Any], def
         Unknown or repeated option, a value of the wrong type, an unserved model, or settings that
         ``EvalSettings`` refuses; the message names the option.
     """
+    asked = dict(items).get("model", default_model)
+    model_name = asked if asked in served else default_model
     given: Dict[str, Any] = {}
     for name, text in items:
         if name not in _OPTIONS:
-            raise _unknown(name)
+            raise _unknown(name, model_name, served.get(model_name))
         if name in given:
             raise OptionError(f"option {name!r} given more than once")
         try:
@@ -276,22 +286,9 @@ def parse_query(items: Sequence[Tuple[str, str]], served: Mapping[str, Any], def
     model = given.pop("model", default_model)
     if model not in served:
         raise OptionError(f"model {model!r} is not served here (models: {', '.join(served)})")
-    chan, chan2 = given.pop("chan", 0), given.pop("chan2", 0)
-    if chan < 0 or chan2 < 0:
-        raise OptionError(f"chan and chan2 must be >= 0 (0 = grayscale/none, 1-3 = R/G/B), got {chan}, {chan2}")
-    channels = None if given.pop("all_channels", False) else (chan, chan2)
-    values = {o.name: o.default for o in setting_options()}
-    values.update(given)
-    diameter = values["diameter"]
-    if diameter is not None and diameter < 0:
-        raise OptionError(f"option diameter must be >= 0 (0 = estimate), got {diameter}")
-    values["diameter"] = diameter or None
-    try:
-        settings = EvalSettings(channels=channels, **values)
-    except (ValueError, TypeError) as exc:
-        raise OptionError(str(exc)) from None
-    estimate = not diameter and getattr(served[model], "size_model", None) is not None
-    return SegmentOptions(model=model, settings=settings, estimate_diameter=estimate, timeout=timeout)
+    chosen = settings_from_flags(given, rules=rules_for(served[model]))
+    estimate = chosen.estimate_diameter and getattr(served[model], "size_model", None) is not None
+    return SegmentOptions(model=model, settings=chosen.settings, estimate_diameter=estimate, timeout=timeout)
 
 
 def openapi_parameters() -> List[dict]:
