@@ -139,7 +139,7 @@ def run(ctx, files, inputs, models, channels, normalization, segmentation, volum
         blockwise, cellpose_only):
     """Segment image FILES (or every image in --dir) and write Cellpose's output files."""
     from .batch import OutputOptions, run_batch
-    from .eval_options import OptionError, rules_for, settings_from_flags
+    from .eval_options import OptionError, settings_from_flags
     from .gpu import DynamicsUnavailableError, choose_dynamics
     from .loaded_model import LoadedModel
     from .network import ProviderUnavailableError
@@ -183,15 +183,15 @@ def run(ctx, files, inputs, models, channels, normalization, segmentation, volum
                                  num_threads=threads or None, precision=runtime.precision,
                                  batch_size=flags["batch_size"],
                                  ortho=ortho_model_name).require_kind("segmentation", "--pretrained_model")
-        rules = rules_for(model)
-        chosen = settings_from_flags(flags, given, rules)
+        family = model.family
+        chosen = settings_from_flags(flags, given, family)
         settings = chosen.settings
         if chosen.unused:
             import warnings
-            warnings.warn(f"{', '.join('--' + name for name in chosen.unused)}: {rules.unused_flags_note}")
-        if restore_type and not rules.restoration_fits:
+            warnings.warn(f"{', '.join('--' + name for name in chosen.unused)}: {family.unused_flags_note}")
+        if restore_type and not family.restoration_fits:
             raise click.UsageError(f"--restore_type: Cellpose 3's restoration nets go with Cellpose 3 models, "
-                                   f"not the {rules.title} model {model.name}")
+                                   f"not the {family.title} model {model.name}")
         where = choose_dynamics(settings.dynamics, model.net.providers)
         if blocksize is not None:
             from .big.normalization import check_blockwise_normalization

@@ -11,8 +11,9 @@ everywhere under the same name, with the same default, the same checks and the s
   ``EvalSettings`` field names -> :class:`FlagSettings` (CLI, serve, napari).
 - :func:`settings_from_kwargs`: ``eval`` keyword arguments (``normalize`` as a bool or Cellpose's
   dict) -> ``EvalSettings`` (the Python API).
-- :class:`ArgumentRules`: what differs between model families in how the command line's options
-  become settings (Cellpose 3.1.1.1's or Cellpose 4.2.1.1's); :func:`rules_for` picks a model's.
+- What differs between model families in how the command line's options become settings (the
+  flags that mean nothing for a family, Cellpose 4's "no diameter, no resize") is the family's
+  (:meth:`~cellflow_rt.family.ModelFamily.command_line_settings`), passed as ``family``.
 
 Every refusal is an :class:`OptionError` (a ``ValueError``) whose message names the option.
 """
@@ -20,13 +21,14 @@ from __future__ import annotations
 
 import difflib
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Collection, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
 from .normalize import NormalizeOptions
-from .settings import BSIZE, DYNAMICS, EvalSettings
+from .family import DEFAULT_FAMILY, ModelFamily
+from .settings import DYNAMICS, EvalSettings
 
 
 class OptionError(ValueError):
@@ -39,83 +41,6 @@ class OptionError(ValueError):
     def __init__(self, message: str, option: Optional[str] = None):
         super().__init__(message)
         self.option = option
-
-
-# --------------------------------------------------------------------------------------------------
-# model families
-
-
-@dataclass(frozen=True)
-class ArgumentRules:
-    """How a model family reads Cellpose-style arguments.
-
-    The attribute and method names are those of a model family object (``model.family``), so that
-    one can stand in for the other: :func:`rules_for` returns the model's family when it has one.
-
-    Attributes
-    ----------
-    title : str
-        The family's name for people ("Cellpose 4 (Cellpose-SAM)").
-    default_tile : int
-        Tile side of the network (``bsize``'s default).
-    tile_fixed : bool
-        True when ``bsize`` cannot be changed (the graph has fixed spatial axes).
-    restoration_fits : bool
-        Whether Cellpose 3's restoration nets (``restore_type``) go with these models.
-    unused_flags : tuple of str
-        Command-line options that mean nothing for these models (a warning names them).
-    unused_flags_note : str
-        Why, for that warning.
-    command_line_diameter : bool
-        False when no diameter means no resize (Cellpose 4), rather than the command line's 30.
-    stack_z_axis : int or None
-        Z axis assumed for do_3D or stitched runs when none is given (None: guessed).
-    """
-
-    title: str
-    default_tile: int = BSIZE
-    tile_fixed: bool = False
-    restoration_fits: bool = True
-    unused_flags: Tuple[str, ...] = ()
-    unused_flags_note: str = ""
-    command_line_diameter: bool = True
-    stack_z_axis: Optional[int] = None
-
-    def command_line_settings(self, settings: EvalSettings, diameter_given: bool) -> EvalSettings:
-        """``run``'s settings as this family's Cellpose command line sets them."""
-        if not self.unused_flags and self.command_line_diameter and self.stack_z_axis is None:
-            return settings
-        stacked = settings.do_3D or settings.stitch_threshold > 0
-        return settings.with_(channels=None, invert=False, interp=True,
-                              diameter=settings.diameter if diameter_given or self.command_line_diameter else None,
-                              z_axis=self.stack_z_axis if stacked and settings.z_axis is None else settings.z_axis)
-
-
-#: Cellpose 3.1.1.1 (CPnet models).
-CELLPOSE3 = ArgumentRules("Cellpose 3 (CPnet)")
-
-#: Cellpose 4.2.1.1 (Cellpose-SAM): 256-pixel tiles, all channels, no resize without a diameter.
-CELLPOSE4 = ArgumentRules(
-    "Cellpose 4 (Cellpose-SAM)", default_tile=256, tile_fixed=True, restoration_fits=False,
-    unused_flags=("chan", "chan2", "all_channels", "invert", "no_interp"),
-    unused_flags_note="not used by Cellpose 4 models (all channels, up to 3, are used)",
-    command_line_diameter=False, stack_z_axis=0)
-
-
-def rules_for(model) -> ArgumentRules:
-    """The argument rules of a loaded model (or a registry ``ModelInfo``): its family where it has
-    one, else by its Cellpose generation; Cellpose 3's when unknown.
-
-    The one place that asks a model which family it belongs to.
-    """
-    info = getattr(model, "info", model)
-    family = getattr(model, "family", None) or getattr(info, "family", None)
-    if family is not None:
-        return family
-    if getattr(info, "generation", 3) == 4:
-        tile = getattr(info, "fixed_tile", None) or CELLPOSE4.default_tile
-        return CELLPOSE4 if tile == CELLPOSE4.default_tile else replace(CELLPOSE4, default_tile=int(tile))
-    return CELLPOSE3
 
 
 # --------------------------------------------------------------------------------------------------
@@ -293,7 +218,7 @@ def cellpose_normalize(values: Mapping[str, Any], given: Collection[str]):
 
 
 def settings_from_flags(values: Mapping[str, Any], given: Optional[Collection[str]] = None,
-                        rules: ArgumentRules = CELLPOSE3) -> FlagSettings:
+                        family: Optional[ModelFamily] = None) -> FlagSettings:
     """Command-line style options -> :class:`FlagSettings`.
 
     Parameters
@@ -304,8 +229,8 @@ def settings_from_flags(values: Mapping[str, Any], given: Optional[Collection[st
     given : collection of str, optional
         The names the user chose (default: every key of ``values``); decides Cellpose's
         ``normalize`` dict and, for Cellpose 4 models, whether a diameter was given.
-    rules : ArgumentRules
-        The model family's rules (:func:`rules_for`).
+    family : ModelFamily, optional
+        The model's family (``model.family``); None: Cellpose 3's (CPnet).
 
     Raises
     ------
@@ -332,8 +257,9 @@ def settings_from_flags(values: Mapping[str, Any], given: Optional[Collection[st
         fields["interp"] = not values["no_interp"]
     fields["niter"] = values.get("niter") or None
     diameter = values.get("diameter", flag_default("diameter"))
-    settings = rules.command_line_settings(_settings(diameter=diameter or None, **fields), "diameter" in given)
-    unused = tuple(name for name in rules.unused_flags if name in given)
+    family = family or DEFAULT_FAMILY
+    settings = family.command_line_settings(_settings(diameter=diameter or None, **fields), "diameter" in given)
+    unused = tuple(name for name in family.unused_flags if name in given)
     return FlagSettings(settings, estimate_diameter=settings.diameter is None,
                         normalize=cellpose_normalize(values, given), unused=unused)
 

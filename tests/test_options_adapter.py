@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from cellflow_rt.cli import main
-from cellflow_rt.eval_options import (CELLPOSE3, CELLPOSE4, FLAG_BY_NAME, FLAGS, OptionError, rules_for,
+from cellflow_rt.eval_options import (FLAG_BY_NAME, FLAGS, OptionError,
                                       settings_from_flags, settings_from_kwargs)
+from cellflow_rt.family import CPNET, CPSAM, family_of
 from cellflow_rt.registry import resolve_model
 from cellflow_rt.settings import EvalSettings
 
@@ -22,13 +23,8 @@ RUN = main.commands["run"]
 
 def _cellpose4_model():
     """A served model whose manifest says Cellpose 4 (Cellpose-SAM), without exporting one."""
-    info = resolve_model("nuclei_demo")
-    if "family" in {f.name for f in dataclasses.fields(info)}:  # model families (issue 23)
-        from cellflow_rt.family import family_named
-        info = dataclasses.replace(info, family=family_named("cpsam"))
-    else:
-        info = dataclasses.replace(info, generation=4)
-    return SimpleNamespace(info=info, size_model=None)
+    info = dataclasses.replace(resolve_model("nuclei_demo"), family=CPSAM)
+    return SimpleNamespace(info=info, family=CPSAM, size_model=None)
 
 
 def _cli_message(tmp_path, name, value):
@@ -100,11 +96,11 @@ def test_serve_reads_a_cellpose_sam_request_as_the_command_line_does():
 
 
 def test_rules_come_from_the_model():
-    plain = rules_for(resolve_model("nuclei_demo"))
+    plain = family_of(resolve_model("nuclei_demo"))
     assert plain.default_tile == 224 and not plain.tile_fixed and plain.restoration_fits
-    sam = rules_for(_cellpose4_model())
+    sam = family_of(_cellpose4_model())
     assert sam.default_tile == 256 and sam.tile_fixed and not sam.restoration_fits
-    assert CELLPOSE3.default_tile == EvalSettings().bsize and not CELLPOSE3.tile_fixed
+    assert CPNET.default_tile == EvalSettings().bsize and not CPNET.tile_fixed
 
 
 def test_run_takes_option_groups_built_from_the_adapter():
@@ -131,7 +127,7 @@ def test_flags_become_cellposes_settings():
 
 def test_cellpose4_rules_drop_the_channel_flags():
     values = {"chan": 2, "invert": True, "diameter": 30.0, "stitch_threshold": 0.5}
-    chosen = settings_from_flags(values, given={"chan", "invert", "stitch_threshold"}, rules=CELLPOSE4)
+    chosen = settings_from_flags(values, given={"chan", "invert", "stitch_threshold"}, family=CPSAM)
     assert chosen.unused == ("chan", "invert")
     assert chosen.settings.channels is None and not chosen.settings.invert and chosen.settings.diameter is None
     assert chosen.settings.z_axis == 0

@@ -22,7 +22,8 @@ import typing
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..eval_options import OptionError, flag_default, rules_for, settings_from_flags
+from ..eval_options import OptionError, flag_default, settings_from_flags
+from ..family import family_of
 from ..settings import EvalSettings
 
 #: ``EvalSettings`` fields that are not query parameters, with what to use instead.
@@ -235,8 +236,8 @@ _OPTIONS = {o.name: o for o in all_options()}
 
 def tile_side(model) -> str:
     """What ``bsize`` is for a served model, in words: the tile side comes from the model."""
-    rules = rules_for(model)
-    return f"{rules.default_tile} pixels" + (", fixed" if rules.tile_fixed else " by default")
+    family = family_of(model)
+    return f"{family.default_tile} pixels" + (", fixed" if family.tile_fixed else " by default")
 
 
 def _unknown(name: str, model_name: str, model) -> OptionError:
@@ -286,7 +287,7 @@ def parse_query(items: Sequence[Tuple[str, str]], served: Mapping[str, Any], def
     model = given.pop("model", default_model)
     if model not in served:
         raise OptionError(f"model {model!r} is not served here (models: {', '.join(served)})")
-    chosen = settings_from_flags(given, rules=rules_for(served[model]))
+    chosen = settings_from_flags(given, family=family_of(served[model]))
     estimate = chosen.estimate_diameter and getattr(served[model], "size_model", None) is not None
     return SegmentOptions(model=model, settings=chosen.settings, estimate_diameter=estimate, timeout=timeout)
 
