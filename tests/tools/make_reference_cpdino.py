@@ -127,6 +127,7 @@ def main():
     net.save_model(str(weights))
 
     model = models.CellposeModel(gpu=False, pretrained_model=str(weights), use_bfloat16=False)
+    model.net.eval()  # as core._forward does: in training mode CPDINO drops blocks and jitters the rope at random
     rng = np.random.default_rng(args.seed + 1000)
     for bsize in (384, 256):
         # stored small (net_tile_u8, half the side, 8 bits): the input is tile_from_u8(net_tile_u8)
