@@ -24,7 +24,9 @@ import numpy as np
 from .io import image_stem
 from .io.paths import MASKS_SUFFIX, OutputLayout
 from .loaded_model import LoadedModel
-from .pipeline import Prediction, Segmentation, device_resident, finish, predict, predict_prepared, prepare_image
+from .family import family_of
+from .pipeline import device_resident, finish, predict, predict_prepared, prepare_image
+from .results import Prediction, Segmentation
 from .restore import Restoration, RestoreStep
 from .settings import EvalSettings
 
@@ -134,6 +136,7 @@ def write_outputs(path: Path, seg: Segmentation, settings: EvalSettings, options
 
     masks, layout, suffix = seg.masks, options.layout, options.suffix
     flows = [None, seg.dP, seg.cellprob]
+    rule = family_of(seg).flow_picture_rule  # flow pictures are drawn as the model's Cellpose version draws them
     planar = masks.ndim == 2
     written: List[Path] = []
     if options.save_png or options.save_tif:
@@ -143,7 +146,7 @@ def write_outputs(path: Path, seg: Segmentation, settings: EvalSettings, options
         restored = {} if restoration is None else dict(img_restore=restoration.image, restore_type=restore_name)
         # ratio stays 1.0: Cellpose's command line writes 1.0 whatever the upsampling
         written.append(io.save_seg_npy(masks, flows, path, diameter=seg.diameter,
-                                       channels=settings.channels or (0, 0), **restored))
+                                       channels=settings.channels or (0, 0), rule=rule, **restored))
     if options.save_txt and planar:
         written.append(io.save_outlines_txt(masks, path, savedir=layout.folder(path, "txt")))
     if options.save_rois and planar:
@@ -151,7 +154,7 @@ def write_outputs(path: Path, seg: Segmentation, settings: EvalSettings, options
     if options.save_geojson and planar:
         written.append(io.save_geojson(masks, path, savedir=layout.folder(path, "txt")))
     if options.save_flows:
-        written += io.save_flows(flows, path, savedir=layout.folder(path, "flows"), suffix=suffix)
+        written += io.save_flows(flows, path, savedir=layout.folder(path, "flows"), suffix=suffix, rule=rule)
     if options.save_ome:
         written.append(io.save_masks_ome_tif(masks, path, savedir=layout.folder(path, "masks"), suffix=suffix))
     if options.pictures and planar and picture is not None:
@@ -161,7 +164,7 @@ def write_outputs(path: Path, seg: Segmentation, settings: EvalSettings, options
         if options.save_outlines:
             written.append(save_outlines_png(picture, masks, path, layout.folder(path, "outlines"), suffix))
         if options.save_mpl:
-            flow_rgb = _at_mask_size(io.flow_to_rgb(seg.dP), masks.shape)
+            flow_rgb = _at_mask_size(io.flow_to_rgb(seg.dP, rule=rule), masks.shape)
             cellprob = _at_mask_size(seg.cellprob, masks.shape)
             written.append(save_summary_png(picture, masks, flow_rgb, cellprob, path, layout.folder(path, "figure"),
                                             suffix))
@@ -231,7 +234,7 @@ def _read_and_prepare(path: Path, model: LoadedModel, settings: EvalSettings, op
     image = imread(path)
     timings = {"read": time.perf_counter() - tic}
     tic = time.perf_counter()
-    x = prepare_image(image, settings, model.nchan)
+    x = prepare_image(image, settings, model.nchan, family=family_of(model))
     timings["preprocess"] = time.perf_counter() - tic
     picture = picture_of(image, model, settings) if options.pictures else None
     return image, x, picture, timings
@@ -295,7 +298,7 @@ def run_batch(paths: Sequence[Path], model: LoadedModel, settings: EvalSettings,
         Called with (index, FileResult) after each file, in input order (progress reporting).
     streaming : bool, optional
         Force (True) or forbid (False) the streaming schedule; default: streaming on the GPU path
-        (never with ``restore`` or a Cellpose 4 model).
+        (never with ``restore``; models whose family has no GPU path run the streaming schedule on the host).
     restore : RestoreStep, optional
         Image restoration before segmentation (``--restore_type``); no diameter estimate then.
     """
@@ -303,7 +306,7 @@ def run_batch(paths: Sequence[Path], model: LoadedModel, settings: EvalSettings,
     todo = [not (skip_existing and all(p.exists() for p in expected_outputs(path, options))) for path in paths]
     if streaming is None:
         streaming = restore is None and device_resident(model, settings)
-    if streaming and getattr(model, "generation", 3) == 3:  # (Cellpose 4 models prepare images their own way)
+    if streaming:
         return _run_streaming(paths, todo, model, settings, options, estimate, on_result)
 
     def start(i):

@@ -278,11 +278,10 @@ def run(ctx, files, directory, image_path, img_filter, look_one_level_down, mode
         model = LoadedModel.load(model_name, providers=providers, strict_provider=provider is not None,
                                  num_threads=threads or None, precision=precision, batch_size=batch_size,
                                  ortho=ortho_model_name).require_kind("segmentation", "--pretrained_model")
-        if model.generation == 4:
-            settings = _cellpose4_settings(ctx, settings)
-            if restore_type:
-                raise click.UsageError("--restore_type: Cellpose 3's restoration nets go with Cellpose 3 models, "
-                                       f"not the Cellpose 4 model {model.name}")
+        settings = _family_settings(ctx, settings, model.family)
+        if restore_type and not model.family.restoration_fits:
+            raise click.UsageError("--restore_type: Cellpose 3's restoration nets go with Cellpose 3 models, "
+                                   f"not the {model.family.title} model {model.name}")
         where = choose_dynamics(settings.dynamics, model.net.providers)
         if blocksize is not None:
             from .big.normalization import check_blockwise_normalization
@@ -374,23 +373,18 @@ def _refuse_if_all_too_large(paths) -> None:
     sys.exit(1)
 
 
-def _cellpose4_settings(ctx, settings):
-    """``run``'s settings for a Cellpose 4 model, as Cellpose 4.2.1.1's command line sets them.
-
-    No diameter unless one is given (0 included: no resize); ``--chan``, ``--chan2``,
-    ``--all_channels``, ``--invert`` and ``--no_interp`` have no meaning there (a warning says so);
-    3D runs default to Z on axis 0.
-    """
+def _family_settings(ctx, settings, family):
+    """``run``'s settings as the command line of the model family's Cellpose version sets them
+    (:meth:`~cellflow_rt.family.ModelFamily.command_line_settings`); flags that mean nothing for
+    the family are named in a warning."""
     import warnings
 
-    given = [f"--{name}" for name in ("chan", "chan2", "all_channels", "invert", "no_interp")
+    given = [f"--{name}" for name in family.unused_flags
              if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
     if given:
-        warnings.warn(f"{', '.join(given)}: not used by Cellpose 4 models (all channels, up to 3, are used)")
-    diameter = settings.diameter if ctx.get_parameter_source("diameter") != click.core.ParameterSource.DEFAULT else None
-    stacked = settings.do_3D or settings.stitch_threshold > 0
-    return settings.with_(channels=None, invert=False, interp=True, diameter=diameter,
-                          z_axis=0 if stacked and settings.z_axis is None else settings.z_axis)
+        warnings.warn(f"{', '.join(given)}: {family.unused_flags_note}")
+    diameter_given = ctx.get_parameter_source("diameter") != click.core.ParameterSource.DEFAULT
+    return family.command_line_settings(settings, diameter_given)
 
 
 def _cellpose_normalize(ctx, no_norm, invert, norm_percentile, lowhigh, **flags):
@@ -508,9 +502,10 @@ def info():
         count, no_device = cuda_devices()
         click.echo(f"CUDA devices: {count}" + (f" ({no_device})" if no_device else ""))
     click.echo(f"bf16 (--precision bf16): {bf16_status()}")
-    from .loaded_model import automatic_precision
-    click.echo(f"--precision auto: {automatic_precision(4)} for Cellpose 4 (Cellpose-SAM) models, fp32 for others "
-               "(default: fp32)")
+    from .family import FAMILIES
+    bf16_families = [f for f in FAMILIES.values() if f.bf16_by_default]
+    click.echo(f"--precision auto: {bf16_families[0].automatic_precision()} for "
+               f"{', '.join(f.title for f in bf16_families)} models, fp32 for others (default: fp32)")
     click.echo(f"GPU dynamics (--dynamics gpu): {cuda_status() or 'available'}")
     click.echo(f"numba cache: {_numba.CACHE_DIR}")
     click.echo(f"numba threading layer: {numba.config.THREADING_LAYER} ({numba.config.NUMBA_NUM_THREADS} threads)")
@@ -518,8 +513,8 @@ def info():
     click.echo(f"published models cache: {cache_dir()} (`cellflow-rt models list`)")
     click.echo("models:")
     for m in list_models():
-        if m.generation == 4:
-            click.echo(f"  {m.name:24s} Cellpose 4 (Cellpose-SAM), up to 3 channels      {m.onnx_path}")
+        if not m.family.selects_channels:
+            click.echo(f"  {m.name:24s} {m.family.title}, up to {m.family.max_channels} channels      {m.onnx_path}")
             continue
         size = "size model" if m.size_model is not None else "no size model"
         if m.is_restoration:

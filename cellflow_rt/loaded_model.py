@@ -40,7 +40,7 @@ class LoadedModel:
         """
         info = resolve_model(name_or_path)
         if precision == "auto":
-            precision = automatic_precision(info.generation, providers)
+            precision = automatic_precision(info.family, providers)
 
         def network(path):
             return open_network(path, providers=providers, strict_provider=strict_provider, num_threads=num_threads,
@@ -65,8 +65,13 @@ class LoadedModel:
         return int(self.info.nchan)
 
     @property
+    def family(self):
+        """The model family (:class:`cellflow_rt.family.ModelFamily`): what the stages ask."""
+        return self.info.family
+
+    @property
     def generation(self) -> int:
-        """3: a CPnet run as Cellpose 3.1.1.1 does; 4: a Cellpose-SAM run as Cellpose 4.2.1.1 does."""
+        """The manifest's ``cellpose_generation`` (information; stages ask :attr:`family`)."""
         return self.info.generation
 
     @property
@@ -100,9 +105,9 @@ class LoadedModel:
                          "a Cellpose 3 restoration net with `cellflow-rt export CHECKPOINT --restore-type TYPE`")
 
 
-def automatic_precision(generation: int, providers=None) -> str:
-    """``precision="auto"``: bf16 for a Cellpose 4 model on the CPU where OpenVINO runs bfloat16 natively
-    (AMX or AVX512_BF16), else fp32.
+def automatic_precision(family, providers=None) -> str:
+    """``precision="auto"``: bf16 for a family that prefers it (Cellpose-SAM) on the CPU where OpenVINO
+    runs bfloat16 natively (AMX or AVX512_BF16), else fp32 (:meth:`~cellflow_rt.family.ModelFamily.automatic_precision`).
 
     Cellpose 4 itself runs bfloat16 by default; on such CPUs our bf16 Cellpose-SAM is several times
     faster than fp32 with masks as close to Cellpose's bfloat16 masks as Cellpose's own float32 ones
@@ -110,8 +115,4 @@ def automatic_precision(generation: int, providers=None) -> str:
     fp32 gives Cellpose's masks exactly. Without bfloat16 instructions OpenVINO would run float32,
     no faster than ONNX Runtime: fp32.
     """
-    wanted = [] if providers is None else [providers] if isinstance(providers, str) else list(providers)
-    if generation != 4 or any(str(p).lower() not in ("cpu", "cpuexecutionprovider") for p in wanted):
-        return "fp32"
-    from .network_openvino import cpu_supports_bf16
-    return "bf16" if cpu_supports_bf16() else "fp32"
+    return family.automatic_precision(providers)

@@ -3,21 +3,22 @@
 ``CellposeModel(pretrained_model=NAME_OR_PATH).eval(x, ...)`` returns ``masks, flows, styles`` and
 ``Cellpose(model_type=NAME).eval(x, ...)`` returns ``masks, flows, styles, diams``, with Cellpose's
 argument names and defaults; ``flows = [rgb_flow, dP, cellprob]``. These classes only translate
-arguments; the work is done by :func:`cellflow_rt.pipeline.segment`. For a Cellpose 4
-(Cellpose-SAM) model, ``CellposeModel`` returns a :class:`~.models_cp4.CellposeSAMModel`, whose
-``eval`` is Cellpose 4.2.1.1's.
+arguments; the work is done by :func:`cellflow_rt.pipeline.segment`. ``CellposeModel.eval`` takes
+the arguments of the Cellpose version the model's family follows (:mod:`cellflow_rt.family`):
+Cellpose 3.1.1.1's for CPnet models, Cellpose 4.2.1.1's for Cellpose-SAM models.
 """
 from __future__ import annotations
 
-import inspect
 import warnings
 from typing import Optional, Sequence
 
 import numpy as np
 
+from .family import channels_for, family_of, per_image_value
 from .loaded_model import LoadedModel
 from .normalize import NormalizeOptions
-from .pipeline import Segmentation, segment
+from .pipeline import segment
+from .results import Segmentation
 from .restore import RestoreStep, restore_image
 from .settings import EvalSettings
 
@@ -54,13 +55,10 @@ def _settings_from_eval_kwargs(kwargs: dict) -> EvalSettings:
 
 
 def _flows_for_user(seg: Segmentation):
-    from .io.flows import flow_to_rgb
-    return [flow_to_rgb(seg.dP), seg.dP, seg.cellprob]
+    """``[rgb_flow, dP, cellprob]``, the picture drawn by the model family's rule."""
+    return [family_of(seg).flow_to_rgb(seg.dP), seg.dP, seg.cellprob]
 
 
-def _per_image(value, i: int):
-    """Cellpose's rule for diameter and rescale with a list of images: a list/array gives item i."""
-    return value[i] if isinstance(value, (list, np.ndarray)) else value
 
 
 class CellposeModel:
@@ -93,26 +91,11 @@ class CellposeModel:
 
     Notes
     -----
-    A Cellpose 4 (Cellpose-SAM) model gives a :class:`~.models_cp4.CellposeSAMModel` (a subclass
-    whose ``eval`` has Cellpose 4.2.1.1's arguments).
+    ``eval`` takes the arguments and defaults of the Cellpose version of the model's family
+    (``self.model.family``): Cellpose 3.1.1.1's for CPnet models; Cellpose 4.2.1.1's for
+    Cellpose-SAM models (no ``invert`` or ``interp``, ``bsize`` 256 only, ``channels`` and
+    ``rescale`` accepted and ignored with a warning, up to 3 channels in any order, zero styles).
     """
-
-    def __new__(cls, *args, **kwargs):
-        if cls is CellposeModel:
-            from .registry import ModelNotFoundError, resolve_model
-            bound = inspect.signature(cls.__init__).bind_partial(None, *args, **kwargs).arguments
-            name = bound.get("pretrained_model") or bound.get("model_type") or DEFAULT_MODEL
-            from .published import DownloadError
-            try:
-                generation = resolve_model(name).generation
-            except DownloadError:
-                raise  # (not tried again by __init__: the retries took long enough)
-            except (ModelNotFoundError, ValueError, TypeError):
-                generation = 3  # __init__ raises the error with its message
-            if generation == 4:
-                from .models_cp4 import CellposeSAMModel
-                cls = CellposeSAMModel
-        return super().__new__(cls)
 
     def __init__(self, gpu: bool = False, pretrained_model=None, model_type: Optional[str] = None,
                  providers=None, num_threads: Optional[int] = None, precision: str = "fp32",
@@ -130,31 +113,26 @@ class CellposeModel:
         self.nchan = self.model.nchan
         self.gpu = any(p != "CPUExecutionProvider" for p in self.model.net.providers)
 
-    def eval(self, x, batch_size: int = 8, resample: bool = True, channels=None, channel_axis=None, z_axis=None,
-             normalize=True, invert: bool = False, rescale=None, diameter=None, flow_threshold: float = 0.4,
-             cellprob_threshold: float = 0.0, do_3D: bool = False, anisotropy=None, flow3D_smooth=0,
-             stitch_threshold: float = 0.0, min_size: int = 15, max_size_fraction: float = 0.4, niter=None,
-             augment: bool = False, tile_overlap: float = 0.1, bsize: int = 224, interp: bool = True,
-             compute_masks: bool = True, progress=None, dynamics: str = "auto"):
+    def eval(self, x, *args, **kwargs):
         """Segment an image or a list of images; returns ``masks, flows, styles`` as Cellpose.
 
-        ``dynamics`` ("auto", "cpu", "gpu") is cellflow-rt's: where flows become masks (see
-        :class:`~cellflow_rt.settings.EvalSettings`).
+        Arguments, their order and defaults are those of the model family's Cellpose version
+        (:attr:`cellflow_rt.family.ModelFamily.eval_signature`): Cellpose 3.1.1.1's ``eval`` plus
+        cellflow-rt's ``dynamics`` ("auto", "cpu", "gpu": where flows become masks, see
+        :class:`~cellflow_rt.settings.EvalSettings`) for CPnet models; Cellpose 4.2.1.1's for
+        Cellpose-SAM models. ``flows = [rgb_flow, dP, cellprob]``; lists give lists.
         """
-        args = dict(batch_size=batch_size, resample=resample, channel_axis=channel_axis, z_axis=z_axis,
-                    normalize=normalize, invert=invert, flow_threshold=flow_threshold,
-                    cellprob_threshold=cellprob_threshold, do_3D=do_3D, anisotropy=anisotropy,
-                    flow3D_smooth=flow3D_smooth, stitch_threshold=stitch_threshold, min_size=min_size,
-                    max_size_fraction=max_size_fraction, niter=niter, augment=augment, tile_overlap=tile_overlap,
-                    bsize=bsize, interp=interp, compute_masks=compute_masks, dynamics=dynamics)
-        if isinstance(x, list):
-            out = [self.eval(xi, channels=_channels_for(channels, i, len(x)),
-                             rescale=_per_image(rescale, i), diameter=_per_image(diameter, i),
-                             **args) for i, xi in enumerate(x)]
+        family = self.model.family
+        arguments = family.eval_arguments((x,) + args, kwargs)
+        images = family.per_image(arguments)
+        if images is not None:
+            out = [self._eval_one(one) for one in images]
             return tuple(list(items) for items in zip(*out))
-        settings = _settings_from_eval_kwargs(dict(args, channels=channels, rescale=rescale,
-                                                   diameter=None if diameter is None else float(diameter)))
-        seg = segment(x, self.model, settings)
+        return self._eval_one(arguments)
+
+    def _eval_one(self, arguments: dict):
+        settings = _settings_from_eval_kwargs(self.model.family.settings_arguments(arguments))
+        seg = segment(arguments["x"], self.model, settings)
         return seg.masks, _flows_for_user(seg), seg.styles
 
 
@@ -175,14 +153,6 @@ def _load_model(name, kind: str, option: str, gpu: bool, providers, num_threads,
     return model.require_kind(kind, option)
 
 
-def _channels_for(channels, i: int, n: int):
-    """Cellpose accepts one [chan, chan2] for all images or one pair per image."""
-    if channels is not None and len(channels) == n and isinstance(channels[i], (list, tuple, np.ndarray)) \
-            and len(channels[i]) == 2:
-        return channels[i]
-    return channels
-
-
 class SizeModel:
     """Cellpose's ``SizeModel``: the diameter estimate of a :class:`CellposeModel` with a size model."""
 
@@ -201,7 +171,7 @@ class SizeModel:
         """Return ``(diam, diam_style)`` for an image (lists give lists)."""
         from .diameter import estimate_diameter
         if isinstance(x, list):
-            out = [self.eval(xi, channels=_channels_for(channels, i, len(x)), channel_axis=channel_axis,
+            out = [self.eval(xi, channels=channels_for(channels, i, len(x)), channel_axis=channel_axis,
                              normalize=normalize, invert=invert, batch_size=batch_size) for i, xi in enumerate(x)]
             return [d for d, _ in out], [s for _, s in out]
         if np.asarray(x).squeeze().ndim > 3:
@@ -306,9 +276,9 @@ class DenoiseModel:
         as in Cellpose.
         """
         if isinstance(x, list):
-            return [self.eval(xi, batch_size=batch_size, channels=_channels_for(channels, i, len(x)),
+            return [self.eval(xi, batch_size=batch_size, channels=channels_for(channels, i, len(x)),
                               channel_axis=channel_axis, z_axis=z_axis, normalize=normalize,
-                              rescale=_per_image(rescale, i), diameter=_per_image(diameter, i), do_3D=do_3D,
+                              rescale=per_image_value(rescale, i), diameter=per_image_value(diameter, i), do_3D=do_3D,
                               tile_overlap=tile_overlap, bsize=bsize) for i, xi in enumerate(x)]
         settings = _settings_from_eval_kwargs(dict(
             batch_size=batch_size, channels=channels, channel_axis=channel_axis, z_axis=z_axis, normalize=normalize,
@@ -369,8 +339,8 @@ class CellposeDenoiseModel:
                     stitch_threshold=stitch_threshold, min_size=min_size, niter=niter, interp=interp, bsize=bsize,
                     flow3D_smooth=flow3D_smooth)
         images = x if isinstance(x, list) else [x]
-        settings = [_settings_from_eval_kwargs(dict(args, channels=_channels_for(channels, i, len(images)),
-                                                    rescale=_per_image(rescale, i), diameter=_per_image(diameter, i)))
+        settings = [_settings_from_eval_kwargs(dict(args, channels=channels_for(channels, i, len(images)),
+                                                    rescale=per_image_value(rescale, i), diameter=per_image_value(diameter, i)))
                     for i in range(len(images))]
         restored = []
         for image, s in zip(images, settings):

@@ -1,9 +1,10 @@
 """Where models come from: bundled and user models, their JSON manifests, and checksums.
 
 A model is an ONNX file ``NAME.onnx`` with a manifest ``NAME.json`` beside it (written by
-``cellflow-rt export``; format ``cellflow-rt-model/1``). The manifest says which Cellpose generation
-the model belongs to (``cellpose_generation``: 3 for CPnet models, the default; 4 for Cellpose-SAM),
-and :attr:`ModelInfo.generation` is where the rest of the package reads it. Models are looked up by name, first in
+``cellflow-rt export``; format ``cellflow-rt-model/1``). The manifest says which model family the
+network belongs to (``architecture``, or for older manifests ``cellpose_generation``: 3 for CPnet
+models, the default; 4 for Cellpose-SAM); :attr:`ModelInfo.family` (:mod:`cellflow_rt.family`) is
+what the rest of the package asks. Models are looked up by name, first in
 the user folder (``$CELLFLOW_RT_MODELS`` or ``~/.cellflow/models``; a user model shadows a
 bundled one of the same name), then among the bundled models, then in the cache of Cellpose's
 published models converted to ONNX (:mod:`cellflow_rt.published`; a published name that is not there
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from .checksum import sha256_file
+from .family import DEFAULT_FAMILY, ModelFamily, UnknownFamilyError, family_for_manifest
 from .size import SizeModelParams
 
 MANIFEST_FORMAT = "cellflow-rt-model/1"
@@ -32,10 +34,6 @@ FP16_SUFFIX = "_fp16"
 MODEL_KINDS = ("segmentation", "restoration")
 #: Cellpose 3's restoration types; only ``upsample`` changes how a net is run.
 RESTORE_TYPES = ("denoise", "deblur", "upsample", "oneclick")
-#: Cellpose generations a manifest can declare (``cellpose_generation``; absent means 3).
-GENERATIONS = (3, 4)
-#: The tile side of Cellpose 4 (Cellpose-SAM) graphs, whose spatial axes are fixed.
-CPSAM_TILE = 256
 # key -> accepted JSON types; the runtime relies on these, the rest is informative.
 _REQUIRED_KEYS = {
     "format": (str,),
@@ -47,11 +45,8 @@ _REQUIRED_KEYS = {
     "diam_mean": (int, float),
     "diam_labels": (int, float),
 }
-# ... and per generation: a Cellpose 4 (CPSAM) model has no nbase, default channels or size model.
-_REQUIRED_KEYS_BY_GENERATION = {
-    3: {"nbase": (list,), "default_channels": (list,)},
-    4: {"cpsam": (dict,)},
-}
+# ... and each family's own (ModelFamily.manifest_keys): a Cellpose-SAM model has no nbase, default channels
+# or size model.
 
 
 class ModelNotFoundError(ValueError, FileNotFoundError):
@@ -94,9 +89,8 @@ class ModelInfo:
         ``"segmentation"`` or ``"restoration"`` (manifests without the key are segmentation models).
     restore_type : str or None
         A restoration model's type (:data:`RESTORE_TYPES`); None for segmentation models.
-    generation : int
-        The Cellpose generation whose ``eval`` the model follows: 3 (CPnet: Cellpose 3.1.1.1) or 4
-        (Cellpose-SAM: Cellpose 4.2.1.1).
+    family : ModelFamily
+        What kind of network this is and how Cellpose runs it (:mod:`cellflow_rt.family`).
     """
 
     name: str
@@ -113,17 +107,22 @@ class ModelInfo:
     precision: str = "fp32"
     kind: str = "segmentation"
     restore_type: Optional[str] = None
-    generation: int = 3
+    family: ModelFamily = DEFAULT_FAMILY
 
     @property
     def is_restoration(self) -> bool:
         return self.kind == "restoration"
 
     @property
+    def generation(self) -> int:
+        """The manifest's ``cellpose_generation`` (information; stages ask :attr:`family`)."""
+        return self.family.cellpose_generation
+
+    @property
     def fixed_tile(self) -> Optional[int]:
-        """The tile side of a graph with fixed spatial axes (Cellpose 4: :data:`CPSAM_TILE`); None
-        for CPnet graphs, which take any tile size."""
-        return CPSAM_TILE if self.generation == 4 else None
+        """The tile side of a graph with fixed spatial axes (Cellpose-SAM: 256); None for graphs that
+        take any tile size (CPnet)."""
+        return self.family.fixed_tile
 
     @property
     def description(self) -> str:
@@ -238,11 +237,11 @@ def read_manifest(path) -> dict:
         raise ModelFileError(
             f"manifest {path} has format {manifest.get('format')!r}; this cellflow-rt reads {MANIFEST_FORMAT!r}"
         )
-    generation = manifest.get("cellpose_generation", 3)
-    if generation not in GENERATIONS or isinstance(generation, bool):
-        raise ModelFileError(f"manifest {path}: cellpose_generation must be one of {GENERATIONS}, got {generation!r} "
-                             "(a newer cellflow-rt may read it)")
-    for key, types in {**_REQUIRED_KEYS, **_REQUIRED_KEYS_BY_GENERATION[generation]}.items():
+    try:
+        family = family_for_manifest(manifest)
+    except UnknownFamilyError as err:
+        raise ModelFileError(f"manifest {path}: {err}") from None
+    for key, types in {**_REQUIRED_KEYS, **family.manifest_keys}.items():
         value = manifest.get(key)
         if not isinstance(value, types) or isinstance(value, bool):
             raise ModelFileError(f"manifest {path}: '{key}' is missing or not a {types[0].__name__} ({value!r})")
@@ -255,10 +254,9 @@ def read_manifest(path) -> dict:
     onnx_file = manifest["onnx_file"]
     if Path(onnx_file).name != onnx_file or not onnx_file.endswith(".onnx"):
         raise ModelFileError(f"manifest {path}: onnx_file must be a file name beside it, got {onnx_file!r}")
-    channels = manifest.get("default_channels")
-    if generation == 3 and (len(channels) != 2 or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
-                                                          for c in channels)):
-        raise ModelFileError(f"manifest {path}: default_channels must be two non-negative ints, got {channels!r}")
+    problem = family.check_manifest(manifest)
+    if problem:
+        raise ModelFileError(f"manifest {path}: {problem}")
     kind = manifest.get("kind", "segmentation")
     if kind not in MODEL_KINDS:
         raise ModelFileError(f"manifest {path}: kind must be one of {MODEL_KINDS}, got {kind!r}")
@@ -324,7 +322,7 @@ def _load(manifest_path: Path, onnx_path: Optional[Path], source: str) -> ModelI
         precision=precision,
         kind=manifest.get("kind", "segmentation"),
         restore_type=manifest.get("restore_type"),
-        generation=manifest.get("cellpose_generation", 3),
+        family=family_for_manifest(manifest),
     )
 
 

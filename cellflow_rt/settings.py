@@ -21,7 +21,7 @@ class EvalSettings:
     """Options of ``CellposeModel.eval`` (Cellpose 3.1.1.1), defaults identical to the reference.
 
     Cellpose 4 (Cellpose-SAM) models read the same object the way Cellpose 4.2.1.1's ``eval`` does
-    (:mod:`cellflow_rt.pipeline_cp4`): ``channels``, ``rescale``, ``bsize`` and ``interp`` do not
+    (their family, :mod:`cellflow_rt.family.cpsam`): ``channels``, ``rescale``, ``bsize`` and ``interp`` do not
     apply to them (tiles are always 256; up to 3 channels are taken as they are), and ``diameter``
     None means no resize.
 

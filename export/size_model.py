@@ -3,7 +3,7 @@
 The file is ``np.save`` of a Python dict (a pickled 0-d object array) with ``A`` (ridge weights),
 ``smean`` (mean style), ``diam_mean`` and ``ymean`` (notes 1.6). This is the only place in
 cellflow-rt that unpickles anything, and it does so with the ``_seg.npy`` reader's unpickler
-(:class:`cellflow_rt.seg_file.SegUnpickler`), which builds only plain data and numpy arrays, so a
+(:class:`cellflow_rt.io.seg_file.SegUnpickler`), which builds only plain data and numpy arrays, so a
 crafted file can neither run code nor make the reader allocate more than its declared arrays' worth
 (lengths checked against the file, arrays against :func:`cellflow_rt.io.limits.max_values`).
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cellflow_rt.io.limits import ImageTooLargeError
-from cellflow_rt.seg_file import SegUnpickler, _check_lengths
+from cellflow_rt.io.seg_file import SegUnpickler, _check_lengths
 
 SIZE_MODEL_KEYS = ("A", "smean", "diam_mean", "ymean")
 

@@ -123,7 +123,7 @@ def test_grid_rejects_bad_sizes():
 # normalisation: the blockwise statistics give Cellpose's whole-image normalisation exactly
 @pytest.mark.parametrize("shape", [(300, 410), (3400, 3400)])  # below and above the subsample size
 def test_global_normalization_equals_whole_image(shape):
-    from cellflow_rt.preprocess import normalize_image
+    from cellflow_rt.normalize import NormalizeOptions, normalize_img
 
     rng = np.random.default_rng(0)
     image = rng.gamma(2.0, 300.0, shape).astype(np.uint16)
@@ -132,7 +132,7 @@ def test_global_normalization_equals_whole_image(shape):
     stats = [block_statistics(network_channels(image[grid.core(b)][..., None], (0, 0), 2),
                               [s.start for s in grid.core(b)], steps, 4) for b in range(grid.n_blocks)]
     norm = global_normalization(stats, True, False, (1.0, 99.0))
-    whole = normalize_image(network_channels(image[..., None], (0, 0), 2)[np.newaxis])[0]
+    whole = normalize_img(network_channels(image[..., None], (0, 0), 2)[np.newaxis], NormalizeOptions())[0]
     assert not norm.good[1]  # the zero second channel is left alone, as Cellpose does
     block = network_channels(image[300:700, 100:400][..., None], (0, 0), 2)
     np.testing.assert_array_equal(norm.apply(block), whole[300:700, 100:400])

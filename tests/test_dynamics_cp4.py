@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellflow_rt.dynamics import _euler, _euler_cp4, _flow_check, cp4
+from cellflow_rt.dynamics import _euler, _flow_check
+from cellflow_rt.dynamics import _euler_grid2d as _euler_cp4
+from cellflow_rt.dynamics import v4 as cp4
 
 FIXTURES = np.load(Path(__file__).resolve().parent / "data" / "dynamics_cp4_fixtures.npz")
 
@@ -54,7 +56,7 @@ def test_flow_centre_is_the_rounded_mean_when_inside():
     # an L shape: mean (2, 0.5) rounds half to even to (2, 0), a mask pixel; a ring: its mean (1, 5)
     # is the hole, so the nearest mask pixel first in row-major order, (0, 5)
     order, starts = _flow_check.group_by_label(_l_and_ring().ravel(), 2)
-    centres, extents = cp4._flow_check_cp4.centres_and_extents(order, starts, 9)
+    centres, extents = cp4._flow_check_batched.centres_and_extents(order, starts, 9)
     assert [divmod(int(c), 9) for c in centres] == [(2, 0), (0, 5)]
     assert list(extents) == [4 + 3 + 2, 3 + 3 + 2]
 

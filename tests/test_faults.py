@@ -41,7 +41,7 @@ def _inputs(folder: Path) -> list:
 def _masks_in(path: Path) -> np.ndarray:
     """The labels an output file holds (it must open completely)."""
     if path.name.endswith("_seg.npy"):
-        from cellflow_rt.seg_file import load_seg_npy
+        from cellflow_rt.io.seg_file import load_seg_npy
         return load_seg_npy(path)["masks"]
     if path.suffix == ".png":
         from PIL import Image

@@ -1,10 +1,10 @@
-"""Fuzz target: :func:`cellflow_rt.seg_file.load_seg_npy` (the restricted unpickler) and the napari
+"""Fuzz target: :func:`cellflow_rt.io.seg_file.load_seg_npy` (the restricted unpickler) and the napari
 reader on top of it.
 
 Cases start from a real ``_seg.npy`` (written by :func:`cellflow_rt.io.save_seg_npy`) and mutate
 its pickle: byte edits, truncation, opcodes spliced in (globals that run code, REDUCE, BUILD,
 persistent ids, memo abuse), and opcode streams generated from scratch. The contract: a dict with an
-integer ``masks`` array, or :class:`~cellflow_rt.seg_file.SegFileError` /
+integer ``masks`` array, or :class:`~cellflow_rt.io.seg_file.SegFileError` /
 :class:`~cellflow_rt.io.limits.ImageTooLargeError`; never any other exception, and never a call to
 anything outside the unpickler's table (a canary global records calls).
 """
@@ -22,7 +22,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import example, given, strategies as st  # noqa: E402
 
 from cellflow_rt.io.limits import ENV_VAR, ImageTooLargeError  # noqa: E402
-from cellflow_rt.seg_file import SegFileError, load_seg_npy  # noqa: E402
+from cellflow_rt.io.seg_file import SegFileError, load_seg_npy  # noqa: E402
 from fuzz_helpers import overwrite, within_contract  # noqa: E402
 
 pytestmark = pytest.mark.fuzz

@@ -22,7 +22,7 @@ import tifffile
 
 from cellflow_rt.io import ImageReadError, imread, imread_bytes
 from cellflow_rt.io.limits import DEFAULT_MAX_VALUES, ENV_VAR, ImageTooLargeError, check_declared_shape, max_values
-from cellflow_rt.seg_file import load_seg_npy
+from cellflow_rt.io.seg_file import load_seg_npy
 from cli_helpers import cli_executable
 from hostile_files import png_claiming, tiff_claiming
 

@@ -22,7 +22,7 @@ def image():
 
 def test_cellpose4_model_gets_cellpose4_eval(model, cpsam_tiny):
     from cellflow_rt import models
-    from cellflow_rt.models_cp4 import CellposeSAMModel
+    from cellflow_rt.models import CellposeModel as CellposeSAMModel
 
     assert isinstance(model, CellposeSAMModel) and isinstance(model, models.CellposeModel)
     assert model.model.generation == 4 and model.nchan == 3

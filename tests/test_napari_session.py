@@ -175,7 +175,7 @@ def test_nothing_outside_the_plugin_imports_napari_or_the_plugin():
     offenders = [str(p.relative_to(package)) for p in package.rglob("*.py")
                  if "napari" not in p.relative_to(package).parts and pattern.search(p.read_text())]
     assert offenders == []
-    script = ("import sys, cellflow_rt, cellflow_rt.models, cellflow_rt.cli, cellflow_rt.outputs, "
-              "cellflow_rt.napari.session, cellflow_rt.seg_file\n"
+    script = ("import sys, cellflow_rt, cellflow_rt.models, cellflow_rt.cli, cellflow_rt.io, "
+              "cellflow_rt.napari.session, cellflow_rt.io.seg_file\n"
               "assert not {'napari', 'qtpy', 'PyQt6', 'vispy'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", script], check=True)

@@ -21,7 +21,7 @@ from cellflow_rt.examples import EXAMPLE_MODEL, example_image_path  # noqa: E402
 from cellflow_rt.io import imread  # noqa: E402
 from cellflow_rt.models import Cellpose, CellposeModel  # noqa: E402
 from cellflow_rt.napari._widget import SegmentationWidget  # noqa: E402
-from cellflow_rt.seg_file import load_seg_npy  # noqa: E402
+from cellflow_rt.io.seg_file import load_seg_npy  # noqa: E402
 
 from conftest import DATA  # noqa: E402
 

@@ -430,14 +430,3 @@ def test_no_partial_file_when_a_writer_fails(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         outputs.save_outlines_txt(masks, tmp_path / "img.tif")  # other writers unaffected
-
-
-def test_first_homes_of_the_writers_still_import():
-    """``cellflow_rt.outputs`` / ``.outlines`` / ``.outputs_flows`` name the same functions as ``cellflow_rt.io``."""
-    import cellflow_rt.outlines as old_outlines
-    import cellflow_rt.outputs as old_outputs
-    import cellflow_rt.outputs_flows as old_flows
-
-    for name in old_outputs.__all__:
-        assert getattr(old_outputs, name) is getattr(outputs, name), name
-    assert old_outlines.outlines_list is outlines_list and old_flows.flow_to_rgb is flow_to_rgb

@@ -63,7 +63,7 @@ def test_end_to_end_matches_cellpose4(case, cpsam_tiny):
 def test_dynamics_replay_cellpose4_flows_exactly(case):
     """Cellpose 4's stored flows through our Cellpose 4 dynamics: its masks, pixel for pixel."""
     from cellflow_rt import dynamics
-    from cellflow_rt.dynamics import cp4
+    from cellflow_rt.dynamics import v4 as cp4
 
     kwargs, _, ref = _case(case)
     diameter = kwargs.get("diameter")

@@ -149,11 +149,12 @@ def test_bf16_path_imports_no_torch():
 
 
 def test_auto_precision_is_bf16_only_for_cellpose4_models_on_bf16_cpus(cpsam_tiny):
+    from cellflow_rt.family import CPNET, CPSAM
     from cellflow_rt.loaded_model import LoadedModel, automatic_precision
     from cellflow_rt.network_openvino import cpu_supports_bf16
 
     expected = "bf16" if cpu_supports_bf16() else "fp32"
-    assert automatic_precision(4) == expected and automatic_precision(3) == "fp32"
-    assert automatic_precision(4, providers="cuda") == "fp32"
+    assert automatic_precision(CPSAM) == expected and automatic_precision(CPNET) == "fp32"
+    assert automatic_precision(CPSAM, providers="cuda") == "fp32"
     assert LoadedModel.load(str(cpsam_tiny.with_suffix(".onnx")), precision="auto", num_threads=1).net.precision == expected
     assert LoadedModel.load("nuclei_demo", precision="auto", num_threads=1).net.precision == "fp32"

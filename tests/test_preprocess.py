@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from cellflow_rt.preprocess import ImageShapeError, check_finite, convert_image, normalize_image, select_channels
+from cellflow_rt.normalize import NormalizeOptions, normalize_img
+from cellflow_rt.preprocess import ImageShapeError, check_finite, convert_image, select_channels
 
 
 def test_grayscale_2d_gets_zero_second_channel():
@@ -63,6 +64,12 @@ def test_wrong_dimensions_rejected(shape):
 def test_select_channels_single_channel_any_codes():
     x = select_channels(np.ones((20, 20, 1), np.float32), (2, 3))
     assert x.shape == (20, 20, 2) and not x[..., 1].any()
+
+
+def normalize_image(img, **options):
+    """The pipeline's normalisation (``normalize_img``) of one (Y, X, C) image or a (Z, Y, X, C) stack."""
+    x = img if img.ndim == 4 else img[np.newaxis]
+    return normalize_img(x, NormalizeOptions(**options)).reshape(img.shape)
 
 
 def test_normalize_maps_percentiles_to_0_1():

@@ -4,7 +4,8 @@ import pytest
 
 from cellflow_rt.percentile import percentiles
 from cellflow_rt.preprocess import ImageShapeError
-from cellflow_rt.preprocess_cp4 import convert_image, prepare_image
+from cellflow_rt.preprocess import convert_image_as_given as convert_image
+from cellflow_rt.preprocess import prepare_channels_as_given as prepare_image
 from cellflow_rt.settings import EvalSettings
 
 

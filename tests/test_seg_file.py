@@ -6,9 +6,9 @@ import pickle
 import numpy as np
 import pytest
 
-from cellflow_rt.outputs import save_seg_npy
-from cellflow_rt.outputs_flows import flow_to_rgb
-from cellflow_rt.seg_file import SegFileError, SegUnpickler, load_seg_npy
+from cellflow_rt.io import save_seg_npy
+from cellflow_rt.io.flows import flow_to_rgb
+from cellflow_rt.io.seg_file import SegFileError, SegUnpickler, load_seg_npy
 
 from conftest import DATA
 

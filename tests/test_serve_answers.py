@@ -12,7 +12,7 @@ import tifffile
 
 pytest.importorskip("starlette")
 
-from cellflow_rt import outputs  # noqa: E402
+from cellflow_rt import io as outputs  # noqa: E402
 from cellflow_rt.serve.answers import (GEOJSON, JSON, TIFF, ZIP, NotAcceptableError, choose_answer,  # noqa: E402
                                        count_masks, encode_answer, json_bytes, rle_decode, rle_encode)
 

@@ -12,6 +12,7 @@ from typing import Dict, Optional
 import numpy as np
 from numba import cuda
 
+from ..results import Prediction
 from ..settings import EvalSettings
 from .flows import device_flows
 from .resize import resize_chw
@@ -40,8 +41,6 @@ def predict_on_device(x: np.ndarray, model, settings: EvalSettings, rescale, dia
         ``dP`` (2, N, Y, X) and ``cellprob`` (N, Y, X) are device arrays, equal to the host path's
         arrays when the network gives the same outputs.
     """
-    from ..pipeline import Prediction
-
     if settings.do_3D:
         raise ValueError("predict_on_device runs 2D images and stacks of planes; do_3D runs on the host path")
     timings = dict(timings or {})
@@ -60,7 +59,7 @@ def predict_on_device(x: np.ndarray, model, settings: EvalSettings, rescale, dia
     timings["network"] = time.perf_counter() - tic
     return Prediction(dP=flows[:2], cellprob=flows[2], styles=styles, shape=(Ly, Lx), rescale=rescale,
                       diameter=diameter, settings=settings, timings=timings,
-                      providers=tuple(model.net.providers))
+                      providers=tuple(model.net.providers), family=getattr(model, "family", None))
 
 
 def prediction_to_host(prediction):

@@ -4,7 +4,8 @@ file, and ``<stem>_flows_cp_masks.tif`` / ``<stem>_dP_cp_masks.tif``.
 Arithmetic follows the reference step by step in the input's float type (float32 flows stay
 float32, as numpy 2 computes them in Cellpose), so the uint8 results are the reference's.
 Percentiles use :func:`cellflow_rt.percentile.percentiles` (numpy 2.0's arithmetic, Cellpose 3's
-reference; Cellpose 4's flow picture takes numpy 2.1's and subsamples big arrays: ``cellpose4=True``).
+reference; Cellpose 4's flow picture takes numpy 2.1's and subsamples big arrays: ``rule="numpy2.1"``).
+Which rule a model's pictures follow is its family's choice (``model.family.flow_to_rgb``).
 """
 from __future__ import annotations
 
@@ -22,15 +23,17 @@ from .paths import MASKS_SUFFIX, output_path
 __all__ = ["flow_to_rgb", "cellprob_to_uint8", "normalize99", "save_flows"]
 
 
-def normalize99(x: np.ndarray, lower: float = 1.0, upper: float = 99.0, cellpose4: bool = False) -> np.ndarray:
+def normalize99(x: np.ndarray, lower: float = 1.0, upper: float = 99.0, rule: str = "numpy2.0") -> np.ndarray:
     """Scale so that the 1st percentile maps to 0 and the 99th to 1 (Cellpose's ``normalize99``).
 
     Float32 unless ``x`` is float64; all zeros when the percentiles differ by 1e-3 or less.
-    ``cellpose4``: Cellpose 4.2.1.1's call (numpy 2.1's percentiles, on a strided subsample of
-    arrays above 224**3 elements).
+    ``rule``: ``"numpy2.0"`` (Cellpose 3.1.1.1's call, all values) or ``"numpy2.1"`` (Cellpose
+    4.2.1.1's: numpy 2.1's percentiles, on a strided subsample of arrays above 224**3 elements).
     """
+    if rule not in ("numpy2.0", "numpy2.1"):
+        raise ValueError(f"rule must be 'numpy2.0' or 'numpy2.1', got {rule!r}")
     x = np.array(x, dtype=np.float64 if np.asarray(x).dtype == np.float64 else np.float32)
-    if cellpose4:
+    if rule == "numpy2.1":
         lo, hi = percentiles(percentile_sample(x), (lower, upper), rule="numpy2.1")
     else:
         lo, hi = percentiles(x, (lower, upper))
@@ -42,7 +45,7 @@ def normalize99(x: np.ndarray, lower: float = 1.0, upper: float = 99.0, cellpose
     return x
 
 
-def flow_to_rgb(dP, cellpose4: bool = False) -> np.ndarray:
+def flow_to_rgb(dP, rule: str = "numpy2.0") -> np.ndarray:
     """RGB picture of flows: hue from the direction, brightness from the magnitude (``dx_to_circ``).
 
     Parameters
@@ -50,8 +53,8 @@ def flow_to_rgb(dP, cellpose4: bool = False) -> np.ndarray:
     dP : ndarray
         (2, Ly, Lx) flows [dY, dX], or (3, Lz, Ly, Lx) flows [dZ, dY, dX]; any leading spatial axes
         after the first are kept.
-    cellpose4 : bool
-        Cellpose 4.2.1.1's picture (its magnitude normalisation; see :func:`normalize99`).
+    rule : {"numpy2.0", "numpy2.1"}
+        The magnitude's percentile rule (:func:`normalize99`): Cellpose 3.1.1.1's or 4.2.1.1's picture.
 
     Returns
     -------
@@ -64,7 +67,7 @@ def flow_to_rgb(dP, cellpose4: bool = False) -> np.ndarray:
         raise ValueError(f"dP must have shape (2, Ly, Lx) or (3, Lz, Ly, Lx), got {dP.shape}")
     if dP.dtype != np.float64:
         dP = dP.astype(np.float32, copy=False)
-    mag = 255 * np.clip(normalize99(np.sqrt(np.sum(dP**2, axis=0)), cellpose4=cellpose4), 0, 1.0)
+    mag = 255 * np.clip(normalize99(np.sqrt(np.sum(dP**2, axis=0)), rule=rule), 0, 1.0)
     angles = np.arctan2(dP[1], dP[0]) + np.pi
     mag /= 2
     rgb = np.empty((*dP.shape[1:], 3), np.uint8)
@@ -79,7 +82,7 @@ def cellprob_to_uint8(cellprob) -> np.ndarray:
 
 
 def save_flows(flows: Sequence, file_name: PathLike, savedir: Optional[PathLike] = None,
-               suffix: str = MASKS_SUFFIX) -> List[Path]:
+               suffix: str = MASKS_SUFFIX, rule: str = "numpy2.0") -> List[Path]:
     """Save the flow picture ``<stem>_flows_cp_masks.tif`` and the raw ``<stem>_dP_cp_masks.tif``.
 
     Parameters
@@ -92,6 +95,8 @@ def save_flows(flows: Sequence, file_name: PathLike, savedir: Optional[PathLike]
         Output folder.
     suffix : str
         Replaces ``_cp_masks``.
+    rule : {"numpy2.0", "numpy2.1"}
+        How a missing flow picture is drawn (:func:`flow_to_rgb`; ``model.family.flow_picture_rule``).
 
     Returns
     -------
@@ -110,7 +115,7 @@ def save_flows(flows: Sequence, file_name: PathLike, savedir: Optional[PathLike]
     dP, cellprob = np.asarray(flows[1], np.float32), np.asarray(flows[2], np.float32)
     if dP.shape[1:] != cellprob.shape:
         raise ValueError(f"dP {dP.shape} and cellprob {cellprob.shape} do not match")
-    rgb = flow_to_rgb(dP) if flows[0] is None else np.asarray(flows[0], np.uint8)
+    rgb = flow_to_rgb(dP, rule=rule) if flows[0] is None else np.asarray(flows[0], np.uint8)
     return [
         write_tiff(output_path(file_name, f"_flows{suffix}.tif", savedir), rgb, photometric="rgb",
                     compression="zlib"),

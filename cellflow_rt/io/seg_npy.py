@@ -17,12 +17,12 @@ from .paths import output_path
 __all__ = ["save_seg_npy"]
 
 
-def _seg_flows(flows: Sequence, masks: np.ndarray) -> list:
+def _seg_flows(flows: Sequence, masks: np.ndarray, rule: str) -> list:
     """The five ``flows`` entries of a ``_seg.npy`` file, in the order Cellpose writes them."""
     from ..resize import resize_nearest
 
     rgb, dP, cellprob = flows[0], np.asarray(flows[1]), np.asarray(flows[2])
-    rgb = flow_to_rgb(dP) if rgb is None else np.asarray(rgb)
+    rgb = flow_to_rgb(dP, rule=rule) if rgb is None else np.asarray(rgb)
     cp8 = cellprob_to_uint8(cellprob)
     if rgb.ndim == 3:
         Ly, Lx = masks.shape[-2:]
@@ -41,7 +41,7 @@ def _seg_flows(flows: Sequence, masks: np.ndarray) -> list:
 def save_seg_npy(masks, flows: Sequence, file_name: PathLike, diameter: float = 30.0,
                  channels: Optional[Sequence[int]] = None, savedir: Optional[PathLike] = None,
                  img_restore: Optional[np.ndarray] = None, restore_type: Optional[str] = None,
-                 ratio: float = 1.0) -> Path:
+                 ratio: float = 1.0, rule: str = "numpy2.0") -> Path:
     """Save ``<stem>_seg.npy``, the file the Cellpose GUI opens (``io.masks_flows_to_seg``).
 
     Parameters
@@ -68,6 +68,9 @@ def save_seg_npy(masks, flows: Sequence, file_name: PathLike, diameter: float = 
     ratio : float
         Stored as ``ratio``. Cellpose's command line always writes 1.0 here, also for upsampling
         (its computed ratio goes unused).
+    rule : {"numpy2.0", "numpy2.1"}
+        How a missing flow picture is drawn (:func:`~cellflow_rt.io.flows.flow_to_rgb`; a model's
+        family gives it: ``model.family.flow_picture_rule``).
 
     Returns
     -------
@@ -95,7 +98,7 @@ def save_seg_npy(masks, flows: Sequence, file_name: PathLike, diameter: float = 
         "chan_choose": chan_choose,
         "ismanual": np.zeros(int(masks.max(initial=0)), bool),
         "filename": os.fspath(file_name),
-        "flows": _seg_flows(flows, masks),
+        "flows": _seg_flows(flows, masks, rule),
         "diameter": float(diameter),
     }
     if restore_type is not None and img_restore is not None:

@@ -1,6 +1,6 @@
 """Reader: a Cellpose ``_seg.npy`` opens as its image plus a Labels layer of its masks.
 
-The file is loaded by :func:`cellflow_rt.seg_file.load_seg_npy` (a restricted unpickler: a crafted
+The file is loaded by :func:`cellflow_rt.io.seg_file.load_seg_npy` (a restricted unpickler: a crafted
 file cannot run code). The image is found as Cellpose's GUI finds it: the file named in the
 ``filename`` entry, else a file of that name beside the ``_seg.npy``, else the ``img`` entry; else,
 the image of the same stem beside it (``cells_seg.npy`` -> ``cells.tif``...). Without any, only the
@@ -16,7 +16,7 @@ import numpy as np
 
 from ..io import IMAGE_EXTENSIONS, ImageReadError, imread
 from ..io.limits import ImageTooLargeError
-from ..seg_file import load_seg_npy
+from ..io.seg_file import load_seg_npy
 
 SEG_SUFFIX = "_seg.npy"
 
@@ -75,7 +75,7 @@ def read_seg_npy(path) -> list:
 
     Raises
     ------
-    cellflow_rt.seg_file.SegFileError
+    cellflow_rt.io.seg_file.SegFileError
         The file is not a readable ``_seg.npy`` (or its pickle asks for more than plain data).
     cellflow_rt.io.limits.ImageTooLargeError
         The file's image (or its masks) declares more values than

@@ -1,7 +1,7 @@
 """Writers: a Labels layer as Cellpose's ``_cp_masks.tif`` or ``_seg.npy``.
 
 Both go through cellflow-rt's own writers (atomic, Cellpose's format): the TIFF through
-:func:`cellflow_rt.outputs.save_masks`, the ``_seg.npy`` through :func:`cellflow_rt.outputs.save_seg_npy`,
+:func:`cellflow_rt.io.save_masks`, the ``_seg.npy`` through :func:`cellflow_rt.io.save_seg_npy`,
 with the flows of the run that made the masks (kept in the layer's metadata) or, for masks drawn by
 hand or read without flows, zero flows of the right shape.
 """
@@ -14,7 +14,7 @@ from typing import List
 import numpy as np
 
 from ..io import image_stem
-from ..outputs import save_masks, save_seg_npy
+from ..io import save_masks, save_seg_npy
 from ._reader import SEG_SUFFIX
 
 

@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..outputs import flow_to_rgb
+from ..family import family_of
 from .session import Outcome
 
 
@@ -112,7 +112,7 @@ def show_outcome(viewer, image_layer, axes: ImageAxes, outcome: Outcome, show_fl
     place = {"scale": _spatial(image_layer.scale, axes.channel_axis, rgb),
              "translate": _spatial(image_layer.translate, axes.channel_axis, rgb)}
     if outcome.network_ran and show_flows:
-        _put_layer(viewer, "image", names["flows"], flow_to_rgb(seg.dP), place, {"rgb": True})
+        _put_layer(viewer, "image", names["flows"], family_of(seg).flow_to_rgb(seg.dP), place, {"rgb": True})
     if outcome.network_ran and show_cellprob:
         _put_layer(viewer, "image", names["cellprob"], seg.cellprob, place, {"colormap": "magma"})
     source = getattr(getattr(image_layer, "source", None), "path", None)

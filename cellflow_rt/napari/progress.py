@@ -12,6 +12,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from ..family import DEFAULT_FAMILY
 from ..flows import rescaled_size
 from ..settings import EvalSettings
 from ..tiles import pad_amounts, tile_grid
@@ -59,14 +60,15 @@ class ProgressNetwork:
         return flows, styles
 
 
-def _plane_tiles(Ly: int, Lx: int, settings: EvalSettings) -> int:
+def _plane_tiles(Ly: int, Lx: int, settings: EvalSettings, family) -> int:
     """Tiles of one plane of Ly x Lx pixels at network scale (padded as the pipeline pads it)."""
-    grid = tile_grid(Ly + sum(pad_amounts(Ly)), Lx + sum(pad_amounts(Lx)), bsize=settings.bsize,
-                     augment=settings.augment, tile_overlap=settings.tile_overlap)
+    pad_to = family.pad_to(settings)
+    grid = tile_grid(Ly + sum(pad_amounts(Ly, min_size=pad_to)), Lx + sum(pad_amounts(Lx, min_size=pad_to)),
+                     bsize=family.tile_side(settings), augment=settings.augment, tile_overlap=settings.tile_overlap)
     return grid.ntiles
 
 
-def expected_tiles(spatial_shape: Sequence[int], rescale, settings: EvalSettings) -> int:
+def expected_tiles(spatial_shape: Sequence[int], rescale, settings: EvalSettings, family=None) -> int:
     """Number of tiles the network stage runs for an image.
 
     Parameters
@@ -77,19 +79,22 @@ def expected_tiles(spatial_shape: Sequence[int], rescale, settings: EvalSettings
         The network's resize factor (:func:`cellflow_rt.pipeline.rescale_for`).
     settings : EvalSettings
         do_3D, anisotropy, augment, tile_overlap and bsize are used.
+    family : ModelFamily, optional
+        The model's family (``model.family``): its tile side and padding; default: the default family.
 
     Returns
     -------
     int
         Tiles over all planes (and, with do_3D, over the YX, ZY and ZX views).
     """
+    family = family or DEFAULT_FAMILY
     Ly, Lx = spatial_shape[-2:]
     Lyr, Lxr = rescaled_size(Ly, rescale), rescaled_size(Lx, rescale)
     if settings.do_3D and len(spatial_shape) == 3:
         Lz = spatial_shape[0]
         anisotropy = settings.anisotropy or 1.0
         Lzr = Lz if rescale == 1.0 and anisotropy == 1.0 else int(Lz * anisotropy * rescale)
-        return (Lzr * _plane_tiles(Lyr, Lxr, settings) + Lyr * _plane_tiles(Lzr, Lxr, settings)
-                + Lxr * _plane_tiles(Lzr, Lyr, settings))
+        return (Lzr * _plane_tiles(Lyr, Lxr, settings, family) + Lyr * _plane_tiles(Lzr, Lxr, settings, family)
+                + Lxr * _plane_tiles(Lzr, Lyr, settings, family))
     planes = spatial_shape[0] if len(spatial_shape) == 3 else 1
-    return planes * _plane_tiles(Lyr, Lxr, settings)
+    return planes * _plane_tiles(Lyr, Lxr, settings, family)

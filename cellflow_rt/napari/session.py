@@ -19,7 +19,8 @@ import numpy as np
 
 from ..diameter import estimate_diameter
 from ..loaded_model import LoadedModel
-from ..pipeline import Prediction, Segmentation, finish, predict, rescale_for
+from ..pipeline import finish, predict, rescale_for
+from ..results import Prediction, Segmentation
 from ..registry import resolve_model
 from ..settings import EvalSettings
 from .progress import ProgressNetwork, RunCancelled, expected_tiles
@@ -225,7 +226,8 @@ class SegmentationSession:
             timings["estimate"] = time.perf_counter() - tic
             settings = settings.with_(diameter=diameter)
         phase[0], done[0] = "network", 0
-        total[0] = expected_tiles(spatial_shape(image.shape, settings), rescale_for(model, settings), settings)
+        total[0] = expected_tiles(spatial_shape(image.shape, settings), rescale_for(model, settings), settings,
+                                  model.family)
         if progress is not None:
             progress("network", 0, total[0])
         return predict(image, watched, settings), timings

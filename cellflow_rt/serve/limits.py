@@ -11,7 +11,7 @@ from typing import Tuple
 
 import numpy as np
 
-from ..pipeline import euler_iterations, rescale_for
+from ..family import family_of
 from ..settings import EvalSettings
 from .decode import ImageTooLargeError
 
@@ -39,18 +39,20 @@ def check_work(shape: Tuple[int, ...], model, settings: EvalSettings, limits: Li
     Raises
     ------
     ImageTooLargeError
-        The image resized to the model's scale (``diam_mean / diameter``; Z also by ``anisotropy``
-        with do_3D) exceeds the pixel limit, or the Euler steps exceed :data:`MAX_EULER_STEPS`.
+        The image resized to the model's scale (the family's rule, e.g. ``diam_mean / diameter``; Z
+        also by ``anisotropy`` with do_3D) exceeds the pixel limit, or the Euler steps (the family's
+        rule) exceed :data:`MAX_EULER_STEPS`.
     """
-    rescale = float(rescale_for(model, settings))
+    family = family_of(model)
+    rescale = float(family.rescale_for(model, settings))
     values = float(np.prod(shape, dtype=np.float64)) * rescale ** 2
     if settings.do_3D:
         values *= rescale * (settings.anisotropy or 1.0)
     if values > limits.max_values:
         raise ImageTooLargeError(
-            f"at diameter {model.diam_mean / rescale:.3g} the image is resized by {rescale:.3g} to "
+            f"at diameter {family.diameter_at(model, rescale):.3g} the image is resized by {rescale:.3g} to "
             f"{values / 1e6:.1f} million values, over this server's limit of {limits.max_values / 1e6:g} million")
-    steps = float(euler_iterations(settings, rescale))
+    steps = float(family.euler_iterations(settings, rescale))
     if steps > MAX_EULER_STEPS:
-        raise ImageTooLargeError(f"these settings need {steps:.0f} Euler steps (niter, or 200 x diameter / "
-                                 f"diam_mean); this server allows at most {MAX_EULER_STEPS}")
+        raise ImageTooLargeError(f"these settings need {steps:.0f} Euler steps (niter, or 200 / the resize factor); "
+                                 f"this server allows at most {MAX_EULER_STEPS}")

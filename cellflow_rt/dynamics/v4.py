@@ -3,12 +3,12 @@
 What differs from Cellpose 3.1.1.1's dynamics (the package's default functions), each reproduced
 from the reference's source:
 
-- Euler integration: always torch's ``grid_sample`` arithmetic, in 2D too (:mod:`._euler_cp4`; 3D
+- Euler integration: always torch's ``grid_sample`` arithmetic, in 2D too (:mod:`._euler_grid2d`; 3D
   is Cellpose 3's interp path); there is no ``interp`` option;
 - the flow check builds the masks' flows all at once, Cellpose 3's GPU arithmetic with a new centre
-  rule (:mod:`._flow_check_cp4`), and renumbers the masks it keeps (no gaps);
+  rule (:mod:`._flow_check_batched`), and renumbers the masks it keeps (no gaps);
 - hole filling uses ``fill_voids`` (true 3D filling in 3D, with its seeding rule) and ``min_size``
-  is applied before and after filling, with renumbering (:mod:`._fill_cp4`).
+  is applied before and after filling, with renumbering (:mod:`._fill_voids`).
 
 Unchanged, and shared with the Cellpose 3 functions: the seeds, growth and big-mask removal of
 ``get_masks_torch``, the nearest resize back, 2.5D stitching.
@@ -16,12 +16,12 @@ Unchanged, and shared with the Cellpose 3 functions: the seeds, growth and big-m
 Examples
 --------
 >>> import numpy as np
->>> from cellflow_rt.dynamics import cp4
+>>> from cellflow_rt.dynamics import v4
 >>> yy, xx = np.mgrid[:64, :64] - 32.0
 >>> r = np.hypot(yy, xx)
 >>> dP = (-5 * np.stack([yy, xx]) / np.maximum(r, 1)).astype(np.float32)
 >>> cellprob = np.where(r < 15, 5.0, -5.0).astype(np.float32)
->>> masks = cp4.resize_and_compute_masks(dP, cellprob, niter=200)
+>>> masks = v4.resize_and_compute_masks(dP, cellprob, niter=200)
 >>> int(masks.max()), bool(np.array_equal(masks > 0, r < 15))
 (1, True)
 """
@@ -34,7 +34,7 @@ import numpy as np
 from ..settings import EvalSettings
 from . import (_check_flows, _check_labels, _check_niter, _euler, _flow_check, _get_masks, _label_dtype,
                _resize_labels, _threads_for, stitch3D)
-from . import _euler_cp4, _fill_cp4, _flow_check_cp4
+from . import _euler_grid2d, _fill_voids, _flow_check_batched
 
 __all__ = ["compute_masks", "resize_and_compute_masks", "fill_holes_and_remove_small_masks", "masks_to_flows",
            "flow_errors", "stitch3D"]
@@ -45,7 +45,7 @@ _DEFAULTS = EvalSettings()
 def _follow_flows(dP: np.ndarray, fg: np.ndarray, pts: np.ndarray, niter: int) -> np.ndarray:
     F = _euler.masked_flow(dP, pts)
     if fg.ndim == 2:
-        return _euler_cp4.euler_2d_grid_sample(_euler_cp4.grid_sample_flow_2d(F, *fg.shape), *fg.shape, pts,
+        return _euler_grid2d.euler_2d_grid_sample(_euler_grid2d.grid_sample_flow_2d(F, *fg.shape), *fg.shape, pts,
                                                niter, True)
     return _euler.euler_3d(True, _euler.grid_sample_flow(F, *fg.shape), *fg.shape, pts, niter, True)
 
@@ -57,8 +57,8 @@ def _grouped(masks: np.ndarray):
 def _flow_errors(masks: np.ndarray, dP: np.ndarray) -> np.ndarray:
     """Errors of labels 1..max (all present) of 2D ``masks`` against float32 ``dP``."""
     order, starts = _grouped(masks)
-    mu = _flow_check_cp4.heat_flows(masks, order, starts)
-    err = _flow_check_cp4.pixel_errors(mu.reshape(2, -1), dP.reshape(2, -1))
+    mu = _flow_check_batched.heat_flows(masks, order, starts)
+    err = _flow_check_batched.pixel_errors(mu.reshape(2, -1), dP.reshape(2, -1))
     # numpy's mean per mask: the reference's (pairwise) summation, bit for bit
     return np.array([err[order[starts[k]:starts[k + 1]]].mean() for k in range(starts.size - 1)])
 
@@ -96,7 +96,7 @@ def compute_masks(dP, cellprob, *, niter=200, cellprob_threshold: float = _DEFAU
             bad = np.flatnonzero(_flow_errors(masks, dP) > flow_threshold) + 1
             if bad.size:
                 masks[np.isin(masks, bad)] = 0
-                _fill_cp4.renumber(masks)
+                _fill_voids.renumber(masks)
     return masks.astype(_label_dtype(int(masks.max())), copy=False)
 
 
@@ -131,7 +131,7 @@ def fill_holes_and_remove_small_masks(masks, min_size: int = _DEFAULTS.min_size)
 
     With ``min_size`` > 0: masks under ``min_size`` pixels (voxels) are removed and the rest
     renumbered by first appearance. Then each mask, in increasing order, is filled inside its
-    bounding box (2D: every hole; 3D: ``fill_voids``' rule, see :mod:`._fill_cp4`), absorbing what
+    bounding box (2D: every hole; 3D: ``fill_voids``' rule, see :mod:`._fill_voids`), absorbing what
     it encloses, and takes the next id. With ``min_size`` > 0, small masks are removed once more
     and the ids renumbered.
 
@@ -164,12 +164,12 @@ def fill_holes_and_remove_small_masks(masks, min_size: int = _DEFAULTS.min_size)
     volume = out.ndim == 3
     work = out if volume else out.reshape((1, *out.shape))
     if min_size > 0:
-        _fill_cp4.remove_small(work, int(min_size))
-        _fill_cp4.renumber(work)
-    _fill_cp4.fill_holes(work, volume)
+        _fill_voids.remove_small(work, int(min_size))
+        _fill_voids.renumber(work)
+    _fill_voids.fill_holes(work, volume)
     if min_size > 0:
-        _fill_cp4.remove_small(work, int(min_size))
-        _fill_cp4.renumber(work)
+        _fill_voids.remove_small(work, int(min_size))
+        _fill_voids.renumber(work)
     return out
 
 
@@ -195,7 +195,7 @@ def masks_to_flows(masks) -> np.ndarray:
     if np.any(starts[1:] == starts[:-1]):
         raise ValueError("masks_to_flows needs labels 1..n without gaps (renumber them first)")
     with _threads_for(order.size):
-        return _flow_check_cp4.heat_flows(masks, order, starts)
+        return _flow_check_batched.heat_flows(masks, order, starts)
 
 
 def flow_errors(masks, dP) -> np.ndarray:

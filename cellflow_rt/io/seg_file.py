@@ -7,7 +7,7 @@ strings, bytes, numbers, None, and numpy arrays, dtypes and scalars. Any other g
 (``os.system``, ``builtins.eval``, a numpy helper that runs code...) is refused before it is looked up.
 
 Files come from ``io.masks_flows_to_seg`` and the GUI of Cellpose 3.1.1.1, and from
-:func:`cellflow_rt.outputs.save_seg_npy`.
+:func:`cellflow_rt.io.save_seg_npy`.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from typing import Union
 
 import numpy as np
 
-from .io.limits import ImageTooLargeError, check_declared_shape
-from .pickle_guard import guard_hashing
+from ..pickle_guard import guard_hashing
+from .limits import ImageTooLargeError, check_declared_shape
 
 __all__ = ["SegFileError", "RefusedGlobal", "SegUnpickler", "load_seg_npy"]
 

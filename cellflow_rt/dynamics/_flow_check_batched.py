@@ -24,6 +24,9 @@ the last 8 columns of a block of 32, or of a thread's share, it adds them as (((
 few pixels (measured: 6.9e-18 at most on a 173 x 173 image); the flow errors of the test fixtures
 come out identical, and a mask could only change if its error were within ~1e-16 of the threshold.
 """
+# Not shared with ._flow_check.heat_flows: Cellpose 4 diffuses every mask at once with Cellpose 3's
+# GPU arithmetic and a new centre rule; the grouping of pixels by label is ._flow_check's.
+
 import numba
 import numpy as np
 

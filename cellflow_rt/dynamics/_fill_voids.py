@@ -14,6 +14,9 @@ run of background in that sequence, runs continuing across row ends. A border po
 all continue a run from the previous row, and which touches no other seeded voxel, is therefore
 filled although it is open to the outside. We reproduce these seeds exactly, then flood.
 """
+# Not shared with ._fill: Cellpose 4 fills holes with fill_voids (true 3D filling, its own seeding)
+# and renumbers with fastremap; Cellpose 3 fills each plane with scipy and keeps the ids.
+
 import numba
 import numpy as np
 

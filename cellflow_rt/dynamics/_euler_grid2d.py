@@ -16,6 +16,10 @@ Positions are stepped in batches like :func:`._euler.euler_3d`, stopping a point
 or a cycle (a step is a fixed function of the position); the 2D position is kept in the (y, x)
 columns of that kernel's (n, 3) arrays.
 """
+# Not shared with ._euler.euler_2d: Cellpose 4 samples the 2D flow with torch's vectorised grid_sample
+# (normalised coordinates, fused multiply-adds), Cellpose 3 with its own bilinear arithmetic; the
+# batching and cycle detection (_advance, _copy) are ._euler's.
+
 import numba
 import numpy as np
 from llvmlite import ir
