@@ -10,10 +10,10 @@ family      network                          tiles   reference
 ==========  ===============================  ======  =================================
 ``cpnet``   CPnet (cyto3, nuclei, ...)       224     Cellpose 3.1.1.1
 ``cpsam``   Cellpose-SAM (cpsam, cpsam_v2)   256     Cellpose 4.2.1.1
-``cpdino``  CPDINO (cpdino, cpdino-vitb)     384*    Cellpose 4.2.1.1
+``cpdino``  CPDINO (cpdino, cpdino-vitb)     384 (*) Cellpose 4.2.1.1
 ==========  ===============================  ======  =================================
 
-\* changeable (``bsize``); Cellpose 4.2.1.1's command line passes 256.
+(*) changeable (``bsize``); Cellpose 4.2.1.1's command line passes 256.
 
 Adding a family: a module here with a :class:`~.base.ModelFamily` subclass and its instance, listed
 in :data:`FAMILIES`, plus the network export that writes its manifest.
