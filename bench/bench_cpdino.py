@@ -36,7 +36,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 OUT = HERE / "out"
 SIZES = {"vitb": dict(embed_dim=768, depth=12, num_heads=12, mlp_dim=3072, n_storage=4, nout=3),
-         "vitl": dict(embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096, n_storage=4, nout=3)}
+         "vitl": dict(embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096, n_storage=4, nout=3),
+         # make_reference_cpdino.py's tiny DINOv3 (a smoke test of this script, not a benchmark)
+         "tiny": dict(embed_dim=64, depth=2, num_heads=4, mlp_dim=256, n_storage=4, nout=3)}
 RUNTIMES = ("cellflow fp32", "cellflow bf16", "cellpose fp32", "cellpose bf16")
 
 
@@ -93,11 +95,15 @@ def our_worker(spec: dict) -> dict:
 
 def reference_worker(spec: dict) -> dict:
     sys.path[:0] = [spec["dinov3"], str(ROOT / "tests" / "tools")]
-    from make_reference_cpdino import stub_torchvision
+    from make_reference_cpdino import stub_torchvision, tiny_dinov3
     stub_torchvision()
     import torch
     torch.set_num_threads(spec["threads"])
+    import cellpose.vit as cellpose_vit
     from cellpose import models
+    if spec["backbone"] == "tiny":  # cellpose's get_backbone knows widths 1024 and 768 only
+        cellpose_vit.dinov3_vitl16 = lambda pretrained=False: tiny_dinov3()
+        models.get_backbone = lambda path: "dino_vitl"
 
     model = models.CellposeModel(gpu=False, pretrained_model=spec["checkpoint"], use_bfloat16=spec["bf16"])
     model.net.eval()
@@ -132,7 +138,8 @@ def measure(args) -> dict:
         np.save(data_path, np.random.default_rng(0).random((1, 3, args.bsize, args.bsize), dtype=np.float32))
     else:
         np.save(data_path, synthetic_image(args.side))
-    common = dict(mode=mode, input=str(data_path), repeats=args.repeats, threads=args.threads, bsize=args.bsize)
+    common = dict(mode=mode, input=str(data_path), repeats=args.repeats, threads=args.threads, bsize=args.bsize,
+                  backbone=args.backbone)
     rows = {name: [] for name in RUNTIMES}
     for _ in range(args.rounds):
         for precision in ("fp32", "bf16"):

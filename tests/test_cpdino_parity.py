@@ -94,3 +94,23 @@ def test_full_size_reference_end_to_end(tmp_path):
     model = models.CellposeModel(pretrained_model=str(manifest.with_suffix(".onnx")))
     for case in sorted(p.stem for p in reference.glob("*.npz") if not p.name.startswith("network_tile")):
         check_case(model, reference, case)
+
+
+def test_converted_graphs_load_in_openvino_bf16(tmp_path):
+    """Converted graphs name their outputs on the nodes that compute them (no Identity, which
+    OpenVINO folds, reporting the inner name): the bf16 path (OpenVINO) finds 'flows' and 'style'."""
+    pytest.importorskip("openvino")
+    import onnx
+
+    from cellflow_rt import models
+    from cellflow_rt.convert import convert_checkpoint
+
+    manifest = Path(convert_checkpoint(DATA / "cpdino_tiny", name="tiny", out_dir=tmp_path))
+    graph = onnx.load(str(manifest.with_suffix(".onnx"))).graph
+    assert not [n for n in graph.node if n.op_type == "Identity"]
+    assert {o for n in graph.node for o in n.output} >= {"flows", "style"}
+    model = models.CellposeModel(pretrained_model=str(manifest.with_suffix(".onnx")), precision="bf16")
+    ref = np.load(DATA / "gray_300x260_b384.npz")
+    flows = model.eval(ref["image"], bsize=384)[1]
+    # bfloat16 arithmetic: close to Cellpose's float32 flows, not equal (random weights amplify it)
+    assert np.abs(flows[1][:, ::3, ::3] - ref["dP"]).max() < 1.0
