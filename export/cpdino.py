@@ -130,7 +130,7 @@ class CPDINO(nn.Module):
     Parameters
     ----------
     spec : CPDINOSpec
-        Sizes, usually from :func:`detect_cpdino_spec`.
+        Sizes, usually from :func:`cellflow_rt.convert.specs.read_cpdino_spec`.
 
     Notes
     -----
@@ -162,13 +162,6 @@ class CPDINO(nn.Module):
         return flows, torch.zeros(batch, NSTYLE, dtype=flows.dtype)
 
 
-def is_cpdino_state(state: dict) -> bool:
-    """Whether a state dict is a Cellpose 4.2 CPDINO's (``W2`` and a DINOv3 class token)."""
-    from cellflow_rt.convert.specs import is_cpdino_state as check
-
-    return check(state)
-
-
 def cpdino_state(state: dict) -> dict:
     """The state dict with any ``module.`` prefix removed and DINOv3's defaults for missing optional keys."""
     state = strip_module_prefix(state)
@@ -177,11 +170,6 @@ def cpdino_state(state: dict) -> dict:
     if "encoder.mask_token" not in state:
         defaults["encoder.mask_token"] = torch.zeros(1, spec.embed_dim)
     return {**state, **defaults}
-
-
-def detect_cpdino_spec(state: dict) -> CPDINOSpec:
-    """Read a CPDINO's sizes from its state dict (:func:`cellflow_rt.convert.specs.read_cpdino_spec`)."""
-    return read_cpdino_spec(strip_module_prefix(state))
 
 
 def expected_shapes(spec: CPDINOSpec) -> dict[str, tuple[int, ...]]:
