@@ -114,3 +114,22 @@ def test_converted_graphs_load_in_openvino_bf16(tmp_path):
     flows = model.eval(ref["image"], bsize=384)[1]
     # bfloat16 arithmetic: close to Cellpose's float32 flows, not equal (random weights amplify it)
     assert np.abs(flows[1][:, ::3, ::3] - ref["dP"]).max() < 1.0
+
+
+@pytest.mark.slow
+def test_command_line_runs_256_tiles_as_cellpose_does(tiny_model, tmp_path):
+    """Cellpose 4.2.1.1's command line passes its ``--bsize`` (default 256) to eval: ``run`` does too."""
+    import subprocess
+
+    import tifffile
+
+    image = np.load(DATA / "gray_420x200_b384_flow0.npz")["image"]
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    onnx_path = tiny_model.model.info.onnx_path
+    proc = subprocess.run([sys.executable, "-m", "cellflow_rt.cli", "run", str(tmp_path / "img.tif"),
+                           "--pretrained_model", str(onnx_path), "--flow_threshold", "0", "--save_tif"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    ours = tifffile.imread(tmp_path / "img_cp_masks.tif")
+    assert np.array_equal(ours, tiny_model.eval(image, bsize=256, flow_threshold=0.0)[0])
+    assert not np.array_equal(ours, tiny_model.eval(image, flow_threshold=0.0)[0])  # 384 tiles differ
