@@ -107,7 +107,8 @@ class LoadedModel:
 
 def automatic_precision(family, providers=None) -> str:
     """``precision="auto"``: bf16 for a family that prefers it (Cellpose-SAM) on the CPU where OpenVINO
-    runs bfloat16 natively (AMX or AVX512_BF16), else fp32 (:meth:`~cellflow_rt.family.ModelFamily.automatic_precision`).
+    runs bfloat16 natively (AMX or AVX512_BF16), else fp32
+    (:meth:`~cellflow_rt.family.ModelFamily.automatic_precision`).
 
     Cellpose 4 itself runs bfloat16 by default; on such CPUs our bf16 Cellpose-SAM is several times
     faster than fp32 with masks as close to Cellpose's bfloat16 masks as Cellpose's own float32 ones

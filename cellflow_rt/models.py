@@ -340,7 +340,8 @@ class CellposeDenoiseModel:
                     flow3D_smooth=flow3D_smooth)
         images = x if isinstance(x, list) else [x]
         settings = [_settings_from_eval_kwargs(dict(args, channels=channels_for(channels, i, len(images)),
-                                                    rescale=per_image_value(rescale, i), diameter=per_image_value(diameter, i)))
+                                                    rescale=per_image_value(rescale, i),
+                                                    diameter=per_image_value(diameter, i)))
                     for i in range(len(images))]
         restored = []
         for image, s in zip(images, settings):

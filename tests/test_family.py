@@ -131,6 +131,7 @@ def test_a_family_with_changeable_tiles_is_a_subclass():
     assert wide.euler_iterations(EvalSettings(), 0.5) == CPSAM.euler_iterations(EvalSettings(), 0.5)
     image = np.zeros((8, 8), np.float32)
     assert wide.eval_arguments((image,), {"bsize": 320})["bsize"] == 320
+    assert wide.eval_arguments((image,), {})["bsize"] == 384
     FAMILIES[wide.name] = wide
     try:
         assert family_for_manifest({"cellpose_generation": 4, "architecture": "wide_test"}) is wide

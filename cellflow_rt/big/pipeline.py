@@ -105,9 +105,10 @@ def default_overlap(diameter: float, settings: EvalSettings, spatial_ndim: int) 
 
 
 def _diameter_before_estimate(model, settings: EvalSettings) -> float:
-    from ..pipeline import rescale_for
+    from ..family import family_of
 
-    return float(model.diam_mean / rescale_for(model, settings))
+    family = family_of(model)
+    return float(family.diameter_at(model, family.rescale_for(model, settings)))
 
 
 def _estimate_diameter(src: ImageSource, model, settings: EvalSettings, norm: GlobalNormalization) -> float:

@@ -96,8 +96,11 @@ class ModelFamily:
         return self.default_tile if self.tile_fixed else None
 
     def tile_side(self, settings) -> int:
-        """The side of the tiles the network runs on for ``settings`` (``bsize`` where it may change)."""
-        return self.default_tile if self.tile_fixed else int(settings.bsize)
+        """The side of the tiles the network runs on for ``settings``: ``bsize`` where it may change
+        (None: :attr:`default_tile`), else :attr:`default_tile`."""
+        if self.tile_fixed or settings.bsize is None:
+            return self.default_tile
+        return int(settings.bsize)
 
     def pad_to(self, settings) -> Optional[int]:
         """Pad planes shorter than this up to it (:func:`cellflow_rt.tiles.pad_amounts`); None: no."""

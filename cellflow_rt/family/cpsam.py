@@ -105,8 +105,8 @@ class CellposeSAM(ModelFamily):
         bsize = arguments.pop("bsize")
         if bsize is not None and self.tile_fixed and bsize != self.default_tile:
             raise ValueError(f"bsize={bsize}: {self.title} models run tiles of {self.default_tile} only")
-        if bsize is not None and not self.tile_fixed:
-            arguments["bsize"] = int(bsize)
+        if not self.tile_fixed:  # a family whose tiles may change: bsize, else its own default
+            arguments["bsize"] = self.default_tile if bsize is None else int(bsize)
         if isinstance(arguments["flow3D_smooth"], (list, tuple, np.ndarray)):
             raise ValueError("flow3D_smooth: one sigma for all axes is supported (per-axis sigmas are not)")
         return arguments

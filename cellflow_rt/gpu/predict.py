@@ -12,6 +12,7 @@ from typing import Dict, Optional
 import numpy as np
 from numba import cuda
 
+from ..family import family_of
 from ..results import Prediction
 from ..settings import EvalSettings
 from .flows import device_flows
@@ -49,7 +50,7 @@ def predict_on_device(x: np.ndarray, model, settings: EvalSettings, rescale, dia
     planes = cuda.to_device(np.ascontiguousarray(x, dtype=np.float32))
     flows, styles = device_flows(model.net).run(planes, rescale=rescale, augment=settings.augment,
                                                 batch_size=settings.batch_size, tile_overlap=settings.tile_overlap,
-                                                bsize=settings.bsize)
+                                                bsize=family_of(model).tile_side(settings))
     if settings.resample and rescale != 1.0:
         full = cuda.device_array((3, nimg, Ly, Lx), np.float32)
         for n in range(nimg):
@@ -59,7 +60,7 @@ def predict_on_device(x: np.ndarray, model, settings: EvalSettings, rescale, dia
     timings["network"] = time.perf_counter() - tic
     return Prediction(dP=flows[:2], cellprob=flows[2], styles=styles, shape=(Ly, Lx), rescale=rescale,
                       diameter=diameter, settings=settings, timings=timings,
-                      providers=tuple(model.net.providers), family=getattr(model, "family", None))
+                      providers=tuple(model.net.providers), family=family_of(model))
 
 
 def prediction_to_host(prediction):
