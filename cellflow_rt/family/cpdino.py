@@ -32,8 +32,10 @@ class CellposeDINO(CellposeSAM):
     pads_to_tile = True
 
     def tile_side(self, settings) -> int:
-        bsize = int(settings.bsize)
-        return self.default_tile if bsize == BSIZE else bsize
+        """``bsize``, except None or the settings' default (224, Cellpose 3's): then 384."""
+        if settings.bsize is None or int(settings.bsize) == BSIZE:
+            return self.default_tile
+        return int(settings.bsize)
 
     def eval_arguments(self, args: tuple, kwargs: dict) -> dict:
         """Cellpose-SAM's arguments, with ``bsize`` free: None gives 384; it must be a positive
