@@ -80,12 +80,10 @@ def test_gate_refuses_a_graph_that_differs(tmp_path, monkeypatch):
     from cellflow_rt.export import export_checkpoint
     from cellflow_rt.export.parity import ParityError
 
-    real = cpdino_graph._CPDINOGraph.gelu
     monkeypatch.setattr(cpdino_graph._CPDINOGraph, "gelu", lambda self, x: self.g.op("Relu", [x]))
     with pytest.raises(ParityError, match="nothing was written"):
         export_checkpoint(TINY, name="broken", out_dir=tmp_path, echo=None)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
-    monkeypatch.setattr(cpdino_graph._CPDINOGraph, "gelu", real)
 
 
 def test_refusals(tmp_path):
