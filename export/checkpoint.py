@@ -2,13 +2,15 @@
 
 A Cellpose 3 checkpoint is ``torch.save(state_dict)`` of a CPnet (313 entries for the standard
 ``nbase = [2, 32, 64, 128, 256]``, ``nout = 3``). A Cellpose 4 checkpoint is the state dict of a
-CPSAM (Cellpose-SAM: ``W2`` and SAM encoder entries, :mod:`.cpsam`). Anything else (random bytes,
-a truncated file, Cellpose 4's DINOv3 variant, another network's weights) is refused with
-:class:`CheckpointError`.
+CPSAM (Cellpose-SAM: ``W2`` and SAM encoder entries, :mod:`.cpsam`) or, since Cellpose 4.2, of a
+CPDINO (``W2`` and a DINOv3 encoder with ``encoder.cls_token``, :mod:`.cpdino`). Anything else
+(random bytes, a truncated file, another network's weights) is refused with :class:`CheckpointError`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +24,7 @@ DIAMETER_KEYS = ("diam_mean", "diam_labels")
 #: ``Checkpoint.architecture`` values.
 CPNET = "cpnet"
 CPSAM = "cpsam"
+CPDINO = "cpdino"
 
 
 class CheckpointError(ValueError):
@@ -45,7 +48,7 @@ class Checkpoint:
     has_diameters : bool
         Whether the checkpoint stores ``diam_mean`` and ``diam_labels`` itself.
     architecture : str
-        ``"cpnet"`` (Cellpose 3) or ``"cpsam"`` (Cellpose 4).
+        ``"cpnet"`` (Cellpose 3), ``"cpsam"`` or ``"cpdino"`` (Cellpose 4).
     """
 
     path: Path
@@ -58,8 +61,8 @@ class Checkpoint:
 
     @property
     def generation(self) -> int:
-        """The Cellpose generation the checkpoint belongs to: 3 (CPnet) or 4 (CPSAM)."""
-        return 4 if self.architecture == CPSAM else 3
+        """The Cellpose generation the checkpoint belongs to: 3 (CPnet) or 4 (CPSAM, CPDINO)."""
+        return 4 if self.architecture in (CPSAM, CPDINO) else 3
 
 
 def load_checkpoint(path) -> Checkpoint:
@@ -162,13 +165,52 @@ def detect_spec(state: dict, source="checkpoint"):
     return spec
 
 
+def _cpdino_checkpoint(state: dict, path: Path) -> Checkpoint:
+    import torch
+
+    from cellflow_rt.convert.errors import CheckpointError as ConvertCheckpointError
+    from cellflow_rt.convert.specs import detect_cpdino_spec
+
+    from .cpdino import cpdino_state
+
+    state = {k: v for k, v in state.items()}
+    try:
+        spec = detect_cpdino_spec(_numpy_shapes(state), source=path)
+        state = cpdino_state(state)
+    except (ConvertCheckpointError, KeyError, IndexError, ValueError) as err:
+        raise CheckpointError(str(err)) from None
+    has_diameters = all(k in state for k in DIAMETER_KEYS)
+    for key in DIAMETER_KEYS:
+        state.setdefault(key, torch.full((1,), DEFAULT_DIAMETER))
+    return Checkpoint(path=path, spec=spec, state_dict=state, diam_mean=_stored_float(state["diam_mean"]),
+                      diam_labels=_stored_float(state["diam_labels"]), has_diameters=has_diameters,
+                      architecture=CPDINO)
+
+
+class _Shape:
+    # what the torch-free spec detection reads of a tensor: its shape, ndim and dtype kind
+    def __init__(self, tensor):
+        self.shape = tuple(tensor.shape)
+        self.ndim = len(self.shape)
+        self.dtype = np.dtype("float32") if tensor.is_floating_point() else np.dtype("int64")
+
+
+def _numpy_shapes(state: dict) -> dict:
+    from cellflow_rt.convert.specs import strip_module_prefix
+
+    return {k: _Shape(v) for k, v in strip_module_prefix(state).items()}
+
+
 def _cpsam_checkpoint(state: dict, path: Path) -> Checkpoint:
+    from cellflow_rt.convert.specs import is_cpdino_state
+
     from .cpsam import cpsam_state, is_cpsam_state
 
+    if is_cpdino_state(state):
+        return _cpdino_checkpoint(state, path)
     if not is_cpsam_state(state):
-        kind = "a DINOv3 encoder (Cellpose 4's CPDINO)" if any("cls_token" in k for k in state) else "no SAM encoder"
-        raise CheckpointError(f"{path} is a Cellpose 4 checkpoint with {kind}; cellflow-rt exports Cellpose 4's "
-                              "CPSAM (Cellpose-SAM) networks and Cellpose 3's CPnets")
+        raise CheckpointError(f"{path} is a Cellpose 4 checkpoint with no SAM or DINOv3 encoder; cellflow-rt exports "
+                              "Cellpose 4's CPSAM (Cellpose-SAM) and CPDINO networks and Cellpose 3's CPnets")
     state = cpsam_state(state)
     spec = detect_cpsam_spec(state, source=path)
     has_diameters = all(k in state for k in DIAMETER_KEYS)

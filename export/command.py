@@ -24,7 +24,7 @@ from .parity import ParityError
               help="For a Cellpose 3 restoration checkpoint (one input channel, one output): what it restores. "
                    "Default: from Cellpose's name (denoise_cyto3, upsample_nuclei, ...).")
 def export_command(checkpoint, size_model, name, out_dir, fp16, description, channels, restore_type):
-    """Export a Cellpose 3 CPnet or Cellpose 4 CPSAM (Cellpose-SAM) CHECKPOINT (a path, or a built-in
+    """Export a Cellpose 3 CPnet or Cellpose 4 CPSAM (Cellpose-SAM) / CPDINO CHECKPOINT (a path, or a built-in
     name such as cyto3 or denoise_cyto3 found in Cellpose's model folder) to ONNX with a JSON
     manifest, after checking that ONNX Runtime reproduces the torch network. Segmentation and
     restoration nets are told apart by their shapes. Needs the export extra:

@@ -56,7 +56,7 @@ def export_checkpoint(
     parity_tiles: int = CPSAM_PARITY_TILES,
     echo: Optional[Callable[[str], None]] = print,
 ) -> Path:
-    """Export a Cellpose 3 CPnet or Cellpose 4 CPSAM (Cellpose-SAM) checkpoint to ONNX with its manifest.
+    """Export a Cellpose 3 CPnet or Cellpose 4 CPSAM (Cellpose-SAM) / CPDINO checkpoint to ONNX with its manifest.
 
     Parameters
     ----------
@@ -191,9 +191,18 @@ def _export_cellpose4(ckpt, size_model, channels, *, name, out_dir, fp16, descri
         raise ValueError("channels: Cellpose 4 (Cellpose-SAM) models take the image's first 3 channels; "
                          "default channels apply to Cellpose 3 models only")
     spec = ckpt.spec
+    source_sha256 = sha256_file(ckpt.path) if ckpt.path.is_file() else None
+    if ckpt.architecture == "cpdino":
+        from .cpdino_export import export_cpdino
+
+        say(f"checkpoint {ckpt.path}: Cellpose 4.2 CPDINO ({spec.backbone}), width {spec.embed_dim}, depth "
+            f"{spec.depth}, {spec.num_heads} heads, MLP {spec.mlp_dim}")
+        if description is None:
+            description = f"Cellpose 4.2 CPDINO (DINOv3 {spec.backbone}) exported by cellflow-rt from {ckpt.path.name}"
+        return export_cpdino(ckpt, name=name, out_dir=out_dir, fp16=fp16, description=description,
+                             source_sha256=source_sha256, opset=opset, parity_tiles=parity_tiles, echo=say)
     say(f"checkpoint {ckpt.path}: Cellpose 4 CPSAM, width {spec.embed_dim}, depth {spec.depth}, "
         f"{spec.num_heads} heads, MLP {spec.mlp_dim}, neck {spec.neck_dim}")
-    source_sha256 = sha256_file(ckpt.path) if ckpt.path.is_file() else None
     if description is None:
         description = f"Cellpose 4 CPSAM (Cellpose-SAM) exported by cellflow-rt from {ckpt.path.name}"
     return export_cpsam(ckpt, name=name, out_dir=out_dir, fp16=fp16, description=description,

@@ -104,6 +104,40 @@ def cpsam_model_facts(
     }
 
 
+def cpdino_model_facts(
+    *,
+    name: str,
+    description: str,
+    source_file: str,
+    source_sha256: str,
+    exporter_version: str,
+    opset: int,
+    spec,
+    diam_mean: float,
+    diam_labels: float,
+) -> dict:
+    """Return the manifest entries of a Cellpose 4.2 CPDINO model (DINOv3 backbone), in key order.
+
+    ``architecture`` is ``"cpdino"``; ``cpdino`` holds the spec (``backbone``: ``vitl``, ``vitb`` or
+    ``custom``; ``tile``: the default tile side, 384; ``tile_multiple``: sides the graph takes are
+    multiples of 8). The graph's tile side is not fixed.
+    """
+    return {
+        **_source_facts(name, description, source_file, source_sha256, exporter_version, opset),
+        "cellpose_generation": 4,
+        "architecture": "cpdino",
+        "nchan": int(spec.nchan),
+        "nout": int(spec.nout),
+        "cpdino": spec.as_json(),
+        "diam_mean": float(diam_mean),
+        "diam_labels": float(diam_labels),
+        "builtin_name": None,
+        "size_model": None,
+        "parity": None,
+        "fp16": None,
+    }
+
+
 def onnx_metadata_entries(facts: dict, precision: str = "fp32") -> dict:
     """The ``cellflow_rt.*`` metadata keys and JSON values for a model file."""
     entries = {k: v for k, v in facts.items() if k not in _NOT_IN_METADATA}

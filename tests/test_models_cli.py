@@ -114,7 +114,6 @@ def test_models_commands(env, server, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["models", "pull", "cyto4"], "'cyto4' is not a model Cellpose publishes"),
-    (["models", "pull", "cpdino"], "CPDINO"),
     (["run", CYTO_IMAGE, "--pretrained_model", "transformer_cp3"], "transformer"),
     (["run", CYTO_IMAGE, "--pretrained_model", "cyto4"], "not found"),
 ])

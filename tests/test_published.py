@@ -76,7 +76,7 @@ def test_catalog_uses_cellposes_file_names_and_locations():
 
 
 @pytest.mark.parametrize("name, network", [("transformer_cp3", "transformer"), ("neurips_cellpose_transformer",
-                                           "transformer"), ("cpdino", "CPDINO"), ("cpdino-vitb", "CPDINO")])
+                                           "transformer")])
 def test_unsupported_networks_are_named(name, network):
     with pytest.raises(UnsupportedModelError, match=network):
         lookup(name)

@@ -16,14 +16,14 @@ from typing import Callable, Optional, Sequence
 
 from cellflow_rt import __version__
 from cellflow_rt.export.exporter import cpnet_model_facts
-from cellflow_rt.export.manifest import (METADATA_PREFIX, cpsam_model_facts, onnx_metadata_entries,
-                                         write_manifest)
+from cellflow_rt.export.manifest import (METADATA_PREFIX, cpdino_model_facts, cpsam_model_facts,
+                                         onnx_metadata_entries, write_manifest)
 from cellflow_rt.export.sources import check_model_name, default_model_name, locate_checkpoint
 from cellflow_rt.checksum import sha256_file
 
 from .self_check import self_check
-from .specs import (DIAMETER_KEYS, NSTYLE, TILE, detect_cpnet_spec, detect_cpsam_spec, is_cpsam_state,
-                    stored_diameter, strip_module_prefix)
+from .specs import (DIAMETER_KEYS, DINO_TILE, NSTYLE, PATCH, TILE, detect_cpdino_spec, detect_cpnet_spec,
+                    detect_cpsam_spec, is_cpdino_state, is_cpsam_state, stored_diameter, strip_module_prefix)
 from .torch_checkpoint import read_state_dict
 
 #: ``converter`` entry of the manifests this module writes.
@@ -36,7 +36,7 @@ _CPNET_CHECK = (2, 48, 80)
 def convert_checkpoint(checkpoint, size_model=None, *, name, out_dir, description: Optional[str] = None,
                        channels: Optional[Sequence[int]] = None, restore_type: Optional[str] = None,
                        echo: Optional[Callable[[str], None]] = None) -> Path:
-    """Convert a Cellpose 3 CPnet or Cellpose 4 CPSAM checkpoint to ONNX and a manifest, without torch.
+    """Convert a Cellpose 3 CPnet or Cellpose 4 CPSAM / CPDINO checkpoint to ONNX and a manifest, without torch.
 
     Parameters
     ----------
@@ -82,6 +82,9 @@ def convert_checkpoint(checkpoint, size_model=None, *, name, out_dir, descriptio
     name = check_model_name(name if name is not None else default_model_name(source))
     out_dir = Path(out_dir)
     state = read_state_dict(source)
+    if is_cpdino_state(state):
+        return _convert_cpdino(strip_module_prefix(state), source, size_model, channels, restore_type,
+                               name=name, out_dir=out_dir, description=description, say=say)
     if is_cpsam_state(state):
         return _convert_cpsam(strip_module_prefix(state), source, size_model, channels, restore_type,
                               name=name, out_dir=out_dir, description=description, say=say)
@@ -119,6 +122,28 @@ def _convert_cpsam(state, source: Path, size_model, channels, restore_type, *, n
 
     return _write(facts, build_cpsam_graph(spec, state), out_dir, say, check_input=(1, spec.nchan, TILE, TILE),
                   check_outputs={"flows": (1, spec.nout, TILE, TILE), "style": (1, NSTYLE)})
+
+
+def _convert_cpdino(state, source: Path, size_model, channels, restore_type, *, name, out_dir, description, say):
+    for option, value in (("size_model", size_model), ("channels", channels), ("restore_type", restore_type)):
+        if value is not None:
+            raise ValueError(f"{option}: Cellpose 4 (CPDINO) checkpoints take no {option} "
+                             "(segmentation on the image's first 3 channels, no size model)")
+    spec = detect_cpdino_spec(state, source)
+    say(f"checkpoint {source}: Cellpose 4.2 CPDINO ({spec.backbone}), width {spec.embed_dim}, depth {spec.depth}, "
+        f"{spec.num_heads} heads, MLP {spec.mlp_dim}")
+    if description is None:
+        description = f"Cellpose 4.2 CPDINO (DINOv3 {spec.backbone}) exported by cellflow-rt from {source.name}"
+    facts = cpdino_model_facts(name=name, description=description, source_file=source.name,
+                               source_sha256=sha256_file(source), exporter_version=__version__, opset=OPSET,
+                               spec=spec, diam_mean=stored_diameter(state, "diam_mean"),
+                               diam_labels=stored_diameter(state, "diam_labels"))
+    from .cpdino_graph import build_cpdino_graph
+
+    # a batch of 2 at a side that is neither the default tile nor square: the graph's sizes are not fixed
+    height, width = DINO_TILE // 2 + 2 * PATCH, DINO_TILE // 2
+    return _write(facts, build_cpdino_graph(spec, state), out_dir, say, check_input=(2, spec.nchan, height, width),
+                  check_outputs={"flows": (2, spec.nout, height, width), "style": (2, NSTYLE)})
 
 
 def _write(facts: dict, graph, out_dir: Path, say, *, check_input, check_outputs) -> Path:

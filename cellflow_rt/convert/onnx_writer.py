@@ -53,8 +53,16 @@ class GraphBuilder:
         return names[0] if outputs == 1 else names
 
     def output(self, value: str, name: str) -> str:
-        """Give a value the graph output's name (an Identity node)."""
-        self.nodes.append(helper.make_node("Identity", [value], [name]))
+        """Give a value the graph output's name: the node that computes it writes ``name`` instead.
+
+        Renamed rather than copied by an Identity node: OpenVINO folds an Identity away and may then
+        report the inner value's name for the graph's output.
+        """
+        for node in self.nodes:
+            for names in (node.output, node.input):
+                for i, existing in enumerate(names):
+                    if existing == value:
+                        names[i] = name
         return name
 
     def model(self, inputs, outputs, opset: int, metadata: dict, producer: str, version: str, doc: str):

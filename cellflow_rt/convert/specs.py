@@ -1,4 +1,4 @@
-"""Recognising a CPnet (Cellpose 3) or CPSAM (Cellpose 4) from a state dict of numpy arrays.
+"""Recognising a CPnet (Cellpose 3), CPSAM or CPDINO (Cellpose 4) from a state dict of numpy arrays.
 
 The torch-free counterpart of :mod:`cellflow_rt.export.checkpoint`: the same detection rules (sizes
 read from a few tensors, then every key and shape compared with the network they imply), but the
@@ -96,6 +96,67 @@ class CPSAMSpec:
                 "patch_size": PATCH, "tile": TILE, "rel_pos_lengths": list(self.rel_pos_lengths)}
 
 
+#: CPDINO's fixed sizes: the patch embedding's kernel (DINOv3's 16) run at stride PATCH with
+#: padding PATCH // 2, the default tile side (Cellpose 4.2.1.1's ``bsize`` for it), prefix tokens.
+DINO_KERNEL, DINO_TILE = 16, 384
+DINO_ROPE_BASE = 100.0
+#: Backbone names by token width, as Cellpose 4.2.1.1's ``get_backbone`` tells them apart.
+DINO_BACKBONES = {1024: "vitl", 768: "vitb"}
+
+
+@dataclass(frozen=True)
+class CPDINOSpec:
+    """What a CPDINO (Cellpose 4.2's DINOv3 network) checkpoint fixes about the network.
+
+    Attributes
+    ----------
+    embed_dim : int
+        Token width (1024 for ViT-L/16, 768 for ViT-B/16).
+    depth : int
+        Number of transformer blocks (24 ViT-L, 12 ViT-B).
+    num_heads : int
+        Attention heads, read from the rotary embedding's periods (``head_dim // 4`` of them).
+    mlp_dim : int
+        Hidden width of each block's MLP.
+    n_storage : int
+        Storage (register) tokens after the class token (4 in DINOv3).
+    nout : int
+        Output channels (3: dY, dX, cellprob).
+    """
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    n_storage: int
+    nout: int
+
+    @property
+    def nchan(self) -> int:
+        return NCHAN
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def n_prefix(self) -> int:
+        """Tokens before the patch tokens: the class token and the storage tokens."""
+        return 1 + self.n_storage
+
+    @property
+    def backbone(self) -> str:
+        """``vitl``, ``vitb`` (by width, as Cellpose tells them apart) or ``custom``."""
+        return DINO_BACKBONES.get(self.embed_dim, "custom")
+
+    def as_json(self) -> dict:
+        """The spec as manifest numbers."""
+        return {"backbone": self.backbone, "embed_dim": self.embed_dim, "depth": self.depth,
+                "num_heads": self.num_heads, "mlp_dim": self.mlp_dim, "n_storage": self.n_storage,
+                "nout": self.nout, "patch_size": PATCH, "patch_kernel": DINO_KERNEL, "tile": DINO_TILE,
+                "tile_multiple": PATCH}
+
+
 def _bn(prefix: str, channels: int) -> dict:
     return {f"{prefix}.weight": (channels,), f"{prefix}.bias": (channels,), f"{prefix}.running_mean": (channels,),
             f"{prefix}.running_var": (channels,), f"{prefix}.num_batches_tracked": ()}
@@ -155,10 +216,110 @@ def cpsam_expected_shapes(spec: CPSAMSpec) -> dict:
     return shapes
 
 
+#: CPDINO keys a checkpoint may lack: Cellpose loads with ``strict=False`` and keeps DINOv3's
+#: defaults for them (see :func:`cpdino_defaults`); ``mask_token`` is never used at inference.
+CPDINO_OPTIONAL = ("encoder.mask_token", "encoder.rope_embed.periods")
+
+
+def cpdino_expected_shapes(spec: CPDINOSpec) -> dict:
+    """The state-dict key -> shape of a CPDINO of ``spec`` (Cellpose 4.2.1.1's module, key for key)."""
+    e, m = spec.embed_dim, spec.mlp_dim
+    shapes = {"encoder.cls_token": (1, 1, e), "encoder.storage_tokens": (1, spec.n_storage, e),
+              "encoder.mask_token": (1, e), "encoder.patch_embed.proj.weight": (e, NCHAN, DINO_KERNEL, DINO_KERNEL),
+              "encoder.patch_embed.proj.bias": (e,), "encoder.rope_embed.periods": (spec.head_dim // 4,)}
+    for i in range(spec.depth):
+        p = f"encoder.blocks.{i}"
+        shapes.update({f"{p}.norm1.weight": (e,), f"{p}.norm1.bias": (e,),
+                       f"{p}.attn.qkv.weight": (3 * e, e), f"{p}.attn.qkv.bias": (3 * e,),
+                       f"{p}.attn.qkv.bias_mask": (3 * e,),
+                       f"{p}.attn.proj.weight": (e, e), f"{p}.attn.proj.bias": (e,), f"{p}.ls1.gamma": (e,),
+                       f"{p}.norm2.weight": (e,), f"{p}.norm2.bias": (e,),
+                       f"{p}.mlp.fc1.weight": (m, e), f"{p}.mlp.fc1.bias": (m,),
+                       f"{p}.mlp.fc2.weight": (e, m), f"{p}.mlp.fc2.bias": (e,), f"{p}.ls2.gamma": (e,)})
+    n = spec.nout * PATCH * PATCH
+    shapes.update({"encoder.norm.weight": (e,), "encoder.norm.bias": (e,), "out.weight": (n, e), "out.bias": (n,),
+                   "W2": (n, spec.nout, PATCH, PATCH)})
+    shapes.update({key: (1,) for key in DIAMETER_KEYS})
+    return shapes
+
+
+def cpdino_defaults(spec: CPDINOSpec) -> dict:
+    """DINOv3's values for the optional keys a checkpoint may lack (what Cellpose's module keeps).
+
+    The rotary periods are ``100 ** (2 * i / (head_dim / 2))``; each block's ``qkv.bias_mask`` is
+    ones with the key third zeroed (DINOv3 has no key bias).
+    """
+    quarter = spec.head_dim // 4
+    periods = (np.float32(DINO_ROPE_BASE) ** (2 * np.arange(quarter, dtype=np.float32)
+                                              / np.float32(spec.head_dim // 2))).astype(np.float32)
+    mask = np.ones(3 * spec.embed_dim, np.float32)
+    mask[spec.embed_dim:2 * spec.embed_dim] = 0
+    defaults = {"encoder.rope_embed.periods": periods}
+    defaults.update({f"encoder.blocks.{i}.attn.qkv.bias_mask": mask for i in range(spec.depth)})
+    return defaults
+
+
+def is_cpdino_state(state: dict) -> bool:
+    """Whether a state dict is a Cellpose 4.2 CPDINO's (``W2`` and a DINOv3 ``encoder.cls_token``).
+
+    Cellpose 4.2.1.1's ``get_backbone`` makes the same call: a class token means DINOv3.
+    """
+    keys = strip_module_prefix(state)
+    return "W2" in keys and "encoder.cls_token" in keys
+
+
+def read_cpdino_spec(state: dict) -> CPDINOSpec:
+    """Read a CPDINO's sizes from its (prefix-stripped) state dict; numpy arrays or torch tensors alike.
+
+    The head count comes from the rotary periods (``head_dim // 4`` of them); a checkpoint without
+    them has DINOv3's 64-wide heads.
+
+    Raises
+    ------
+    KeyError, IndexError, ValueError
+        When a tensor the sizes are read from is missing or has an unexpected shape.
+    """
+    patch = state["encoder.patch_embed.proj.weight"]
+    if patch.ndim != 4 or tuple(patch.shape[1:]) != (NCHAN, DINO_KERNEL, DINO_KERNEL):
+        raise ValueError(f"patch embedding has shape {tuple(patch.shape)}, expected (embed_dim, 3, 16, 16)")
+    embed_dim = int(patch.shape[0])
+    depth = 1 + max((int(m.group(1)) for k in state if (m := _BLOCK_KEY.match(k))), default=-1)
+    if depth == 0:
+        raise ValueError("no transformer blocks (encoder.blocks.N.*)")
+    periods = state.get("encoder.rope_embed.periods")
+    head_dim = 4 * int(periods.shape[0]) if periods is not None else 64
+    if head_dim == 0 or embed_dim % head_dim:
+        raise ValueError(f"rotary periods for heads of width {head_dim} do not divide the width {embed_dim}")
+    nout = int(state["W2"].shape[1])
+    return CPDINOSpec(embed_dim=embed_dim, depth=depth, num_heads=embed_dim // head_dim,
+                      mlp_dim=int(state["encoder.blocks.0.mlp.fc1.weight"].shape[0]),
+                      n_storage=int(state["encoder.storage_tokens"].shape[1]) if "encoder.storage_tokens" in state
+                      else 0, nout=nout)
+
+
+def detect_cpdino_spec(state: dict, source) -> CPDINOSpec:
+    """Recognise a CPDINO from its (prefix-stripped) state dict: :func:`read_cpdino_spec`, then every key compared.
+
+    Raises
+    ------
+    CheckpointError
+        With a message naming what does not fit.
+    """
+    try:
+        spec = read_cpdino_spec(state)
+    except (KeyError, IndexError, ValueError) as err:
+        raise CheckpointError(f"{source} looks like a Cellpose 4.2 CPDINO (DINOv3) checkpoint but its tensors are "
+                              f"unusable: {type(err).__name__}: {err}") from None
+    _compare_keys(state, cpdino_expected_shapes(spec), source,
+                  f"a CPDINO with width {spec.embed_dim}, depth {spec.depth}, {spec.num_heads} heads",
+                  optional=set(CPDINO_OPTIONAL) | {k for k in cpdino_defaults(spec)})
+    return spec
+
+
 def is_cpsam_state(state: dict) -> bool:
     """Whether a state dict is a Cellpose 4 CPSAM's (``W2`` and SAM encoder keys, maybe ``module.``-prefixed)."""
     keys = strip_module_prefix(state)
-    return "W2" in keys and "encoder.patch_embed.proj.weight" in keys
+    return "W2" in keys and "encoder.patch_embed.proj.weight" in keys and "encoder.cls_token" not in keys
 
 
 def strip_module_prefix(state: dict) -> dict:
@@ -248,8 +409,8 @@ def detect_cpsam_spec(state: dict, source) -> CPSAMSpec:
     return spec
 
 
-def _compare_keys(state: dict, expected: dict, source, what: str) -> None:
-    missing = sorted(set(expected) - set(state) - set(DIAMETER_KEYS))
+def _compare_keys(state: dict, expected: dict, source, what: str, optional=frozenset()) -> None:
+    missing = sorted(set(expected) - set(state) - set(DIAMETER_KEYS) - set(optional))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
     nonnumeric = sorted(k for k in set(expected) & set(state) if state[k].dtype.kind not in "fiub")

@@ -10,7 +10,10 @@ family      network                          tiles   reference
 ==========  ===============================  ======  =================================
 ``cpnet``   CPnet (cyto3, nuclei, ...)       224     Cellpose 3.1.1.1
 ``cpsam``   Cellpose-SAM (cpsam, cpsam_v2)   256     Cellpose 4.2.1.1
+``cpdino``  CPDINO (cpdino, cpdino-vitb)     384 (*) Cellpose 4.2.1.1
 ==========  ===============================  ======  =================================
+
+(*) changeable (``bsize``); Cellpose 4.2.1.1's command line passes 256.
 
 Adding a family: a module here with a :class:`~.base.ModelFamily` subclass and its instance, listed
 in :data:`FAMILIES`, plus the network export that writes its manifest.
@@ -20,14 +23,15 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 from .base import ModelFamily, channels_for, per_image_value
+from .cpdino import CPDINO
 from .cpnet import CPNET
 from .cpsam import CPSAM
 
-__all__ = ["ModelFamily", "CPNET", "CPSAM", "FAMILIES", "DEFAULT_FAMILY", "family_for_manifest", "family_named",
+__all__ = ["ModelFamily", "CPNET", "CPSAM", "CPDINO", "FAMILIES", "DEFAULT_FAMILY", "family_for_manifest", "family_named",
            "family_of", "UnknownFamilyError", "channels_for", "per_image_value"]
 
 #: Every family, by name (the manifest's ``architecture``).
-FAMILIES: Dict[str, ModelFamily] = {family.name: family for family in (CPNET, CPSAM)}
+FAMILIES: Dict[str, ModelFamily] = {family.name: family for family in (CPNET, CPSAM, CPDINO)}
 #: The family of a manifest without ``architecture`` or ``cellpose_generation`` (exports before Cellpose 4).
 DEFAULT_FAMILY = CPNET
 #: A manifest's ``cellpose_generation`` -> the family of manifests that do not name their ``architecture``.

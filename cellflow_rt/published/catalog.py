@@ -12,7 +12,8 @@ from typing import Optional, Tuple
 
 #: Where Cellpose 3.1.1.1 downloads its models (``models._MODEL_URL``).
 CELLPOSE3_URL = "https://www.cellpose.org/models"
-#: Where Cellpose 4.2.1.1 downloads Cellpose-SAM (``models._MODEL_URL``).
+#: Where Cellpose 4.2.1.1 downloads its models, Cellpose-SAM and CPDINO alike (``models._MODEL_URL``;
+#: ``cache_model_path(name)`` fetches ``_MODEL_URL + name``).
 CELLPOSE4_URL = "https://huggingface.co/mouseland/cellpose-sam/resolve/main"
 
 
@@ -52,7 +53,9 @@ class PublishedModel:
     size_model : PublishedFile or None
         The size model Cellpose pairs with it (cyto, cyto2, cyto3, nuclei only).
     generation : int
-        3 (CPnet, Cellpose 3) or 4 (Cellpose-SAM).
+        3 (CPnet, Cellpose 3) or 4 (Cellpose-SAM, CPDINO).
+    architecture : str
+        The network: ``"cpnet"``, ``"cpsam"`` or ``"cpdino"`` (DINOv3 encoder, Cellpose 4.2).
     kind : str
         ``"segmentation"`` or ``"restoration"``.
     restore_type : str or None
@@ -73,6 +76,7 @@ class PublishedModel:
     restore_type: Optional[str] = None
     unsupported: Optional[str] = None
     diam_mean: Optional[float] = None
+    architecture: str = "cpnet"
 
     @property
     def files(self) -> Tuple[PublishedFile, ...]:
@@ -101,7 +105,8 @@ _LEGACY_TORCH = ("cyto", "cyto2", "nuclei")
 _RESTORE_KINDS = ("denoise", "deblur", "upsample", "oneclick")
 _RESTORE_LOSSES = ("per", "seg", "rec")
 # Cellpose 4.2.1.1 models.MODEL_NAMES: CPSAM networks (cpsam_v2 is loaded by the same CPSAM class:
-# models.get_backbone picks CPDINO only for checkpoints with an encoder.cls_token) and CPDINO ones.
+# models.get_backbone picks CPDINO only for checkpoints with an encoder.cls_token) and CPDINO ones
+# (DINOv3 ViT-L/16 for cpdino, ViT-B/16 for cpdino-vitb; get_backbone tells them apart by width).
 _CELLPOSE4_CPSAM = ("cpsam", "cpsam_v2")
 _CELLPOSE4_DINO = ("cpdino", "cpdino-vitb")
 
@@ -140,10 +145,9 @@ def _build() -> dict:
         catalog[name] = PublishedModel(name, PublishedFile(name, CELLPOSE3_URL), kind="restoration",
                                        restore_type=kind, diam_mean=17.0 if "nuclei" in name else 30.0)
     for name in _CELLPOSE4_CPSAM:
-        catalog[name] = PublishedModel(name, PublishedFile(name, CELLPOSE4_URL), generation=4)
+        catalog[name] = PublishedModel(name, PublishedFile(name, CELLPOSE4_URL), generation=4, architecture="cpsam")
     for name in _CELLPOSE4_DINO:
-        catalog[name] = PublishedModel(name, PublishedFile(name, CELLPOSE4_URL), generation=4,
-                                       unsupported="its network is Cellpose 4's CPDINO (DINOv3 encoder), not CPSAM")
+        catalog[name] = PublishedModel(name, PublishedFile(name, CELLPOSE4_URL), generation=4, architecture="cpdino")
     return catalog
 
 
@@ -168,8 +172,8 @@ def lookup(name: str) -> PublishedModel:
     model = CATALOG.get(name)
     if model is None:
         raise UnknownModelError(f"{name!r} is not a model Cellpose publishes (`cellflow-rt models list` "
-                                "lists them: cyto3, nuclei, cyto2, cyto, tissuenet_cp3, ..., denoise_cyto3, ..., cpsam)")
+                                "lists them: cyto3, nuclei, cyto2, cyto, tissuenet_cp3, ..., denoise_cyto3, ..., cpsam, cpdino)")
     if model.unsupported:
         raise UnsupportedModelError(f"model {name!r} cannot be run by cellflow-rt: {model.unsupported}; "
-                                    "cellflow-rt runs CPnet (Cellpose 1-3) and CPSAM (Cellpose 4) networks")
+                                    "cellflow-rt runs CPnet (Cellpose 1-3), CPSAM and CPDINO (Cellpose 4) networks")
     return model
