@@ -211,6 +211,10 @@ def run(ctx, files, inputs, models, channels, normalization, segmentation, volum
                 settings = settings.with_(diameter=float(model.diam_labels))
     except (ProviderUnavailableError, DynamicsUnavailableError) as exc:
         raise click.ClickException(str(exc))
+    except OptionError as exc:  # a flag the model's family refuses (--bsize)
+        if exc.option:
+            raise click.BadParameter(str(exc), param_hint=f"'--{exc.option}'") from None
+        raise click.ClickException(str(exc)) from None
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc))
     options = OutputOptions(savedir=savedir, save_npy=not outputs.no_npy, save_png=outputs.save_png,

@@ -103,6 +103,9 @@ FLAGS: Dict[str, Tuple[Flag, ...]] = {
         _F("augment", ("--augment",), "flag", False, "Test-time augmentation (flipped overlapping tiles)."),
         _F("tile_overlap", ("--tile_overlap",), "float", 0.1, "Overlap between tiles.", True),
         _F("batch_size", ("--batch_size",), "int", 8, "Tiles per network call.", True),
+        _F("bsize", ("--bsize",), "int", None,
+           "Tile side in pixels (default: the model's: 224 for Cellpose 3 models; 256 for Cellpose-SAM, which takes "
+           "no other; 256 for CPDINO, as Cellpose 4.2.1.1's command line, whose Python API uses 384)."),
     ),
     "volume": (
         _F("do_3D", ("--do_3D",), "flag", False, "3D segmentation of Z-stacks."),
@@ -257,6 +260,9 @@ def settings_from_flags(values: Mapping[str, Any], given: Optional[Collection[st
         fields["interp"] = not values["no_interp"]
     fields["niter"] = values.get("niter") or None
     diameter = values.get("diameter", flag_default("diameter"))
+    refused = family.check_tile_side(values.get("bsize")) if family is not None else None
+    if refused:  # (checked against the model's family only: before a model is loaded the family is unknown)
+        raise OptionError(refused, option="bsize")
     family = family or DEFAULT_FAMILY
     settings = family.command_line_settings(_settings(diameter=diameter or None, **fields), "diameter" in given)
     unused = tuple(name for name in family.unused_flags if name in given)

@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from .family import CPNET  # restoration nets are CPnets
 from .flows import run_network
 from .loaded_model import LoadedModel
 from .normalize import NormalizeOptions, normalize_img
@@ -114,7 +115,7 @@ def _restore_channel(net, channel: np.ndarray, settings: EvalSettings, rescale) 
     planes = normalize_img(np.array(channel, np.float32), settings.normalization)
     Ly, Lx = channel.shape[1:3]
     restored, _ = run_network(net, planes, rescale=rescale, augment=False, batch_size=settings.batch_size,
-                              tile_overlap=settings.tile_overlap, bsize=settings.bsize)
+                              tile_overlap=settings.tile_overlap, bsize=CPNET.tile_side(settings))
     return np.stack([resize_bilinear(plane, Ly, Lx) for plane in restored])[..., 0]
 
 

@@ -73,8 +73,9 @@ class EvalSettings:
         Test-time augmentation: overlapping flipped tiles averaged.
     tile_overlap : float
         Fraction of overlap between tiles.
-    bsize : int
-        Tile side (keep 224).
+    bsize : int or None
+        Tile side; None: the model family's (224 for CPnet, 256 for Cellpose-SAM, 384 for CPDINO:
+        :meth:`cellflow_rt.family.ModelFamily.tile_side`).
     interp : bool
         Bilinear interpolation of the flows during 2D Euler integration.
     do_3D : bool
@@ -116,7 +117,7 @@ class EvalSettings:
     niter: Optional[int] = None
     augment: bool = False
     tile_overlap: float = 0.1
-    bsize: int = BSIZE
+    bsize: Optional[int] = None
     interp: bool = True
     do_3D: bool = False
     anisotropy: Optional[float] = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .family import family_of
 from .flows import rescaled_size, run_network
 from .resize import resize_bilinear
 
@@ -69,13 +70,13 @@ def volume_flows(x: np.ndarray, model, settings, rescale, bsize=None, pad_to=Non
     """do_3D flows of a normalised (Z, Y, X, C) volume: dP (3, Z, Y, X), cellprob (Z, Y, X), styles.
 
     With ``resample`` the field comes back at the volume's own size, else at the rescaled size.
-    ``bsize`` (default ``settings.bsize``), ``pad_to`` and ``styles``: the tiling, as in
+    ``bsize`` (default: the model family's tile side for ``settings``), ``pad_to`` and ``styles``: the tiling, as in
     :func:`~cellflow_rt.flows.run_network`.
     """
     Lz, Ly, Lx = x.shape[:3]
     xr = resize_volume(x, rescale, settings.anisotropy)
     yf, view_styles = run_network_3d(model.net, xr, settings.augment, settings.batch_size, settings.tile_overlap,
-                                     bsize or settings.bsize, net_ortho=getattr(model, "net_ortho", None),
+                                     bsize or family_of(model).tile_side(settings), net_ortho=getattr(model, "net_ortho", None),
                                      pad_to=pad_to, styles=styles)
     del xr
     if settings.resample:

@@ -133,3 +133,24 @@ def test_command_line_runs_256_tiles_as_cellpose_does(tiny_model, tmp_path):
     ours = tifffile.imread(tmp_path / "img_cp_masks.tif")
     assert np.array_equal(ours, tiny_model.eval(image, bsize=256, flow_threshold=0.0)[0])
     assert not np.array_equal(ours, tiny_model.eval(image, flow_threshold=0.0)[0])  # 384 tiles differ
+
+
+@pytest.mark.slow
+def test_command_line_bsize_is_honoured_and_checked(tiny_model, tmp_path):
+    """``run --bsize 384`` runs 384 tiles on a CPDINO model; a side that is not a multiple of 8 is a usage error."""
+    import tifffile
+    from click.testing import CliRunner
+
+    from cellflow_rt.cli import main
+
+    image = np.load(DATA / "gray_420x200_b384_flow0.npz")["image"]
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    onnx_path = str(tiny_model.model.info.onnx_path)
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "img.tif"), "--pretrained_model", onnx_path,
+                                       "--flow_threshold", "0", "--save_tif", "--bsize", "384"])
+    assert result.exit_code == 0, result.output
+    ours = tifffile.imread(tmp_path / "img_cp_masks.tif")
+    assert np.array_equal(ours, tiny_model.eval(image, flow_threshold=0.0)[0])  # eval's default: 384
+    refused = CliRunner().invoke(main, ["run", str(tmp_path / "img.tif"), "--pretrained_model", onnx_path,
+                                        "--bsize", "300"])
+    assert refused.exit_code == 2 and "bsize must be a positive multiple of 8" in refused.output

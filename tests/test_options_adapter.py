@@ -100,7 +100,7 @@ def test_rules_come_from_the_model():
     assert plain.default_tile == 224 and not plain.tile_fixed and plain.restoration_fits
     sam = family_of(_cellpose4_model())
     assert sam.default_tile == 256 and sam.tile_fixed and not sam.restoration_fits
-    assert CPNET.default_tile == EvalSettings().bsize and not CPNET.tile_fixed
+    assert CPNET.tile_side(EvalSettings()) == 224 and not CPNET.tile_fixed  # bsize None: the family's side
 
 
 def test_run_takes_option_groups_built_from_the_adapter():
@@ -180,3 +180,24 @@ def test_the_same_options_give_the_same_settings_from_the_cli_and_serve(monkeypa
         flags += [f"--{name}"] if value == "true" else [f"--{name}", value]
     served = {"nuclei_demo": SimpleNamespace(info=resolve_model("nuclei_demo"), size_model=None)}
     assert _cli_settings(monkeypatch, tmp_path, flags) == parse_query(query, served, "nuclei_demo").settings
+
+
+def test_bsize_is_checked_by_the_models_family():
+    """``--bsize``: Cellpose-SAM's tiles are fixed at 256; other families take multiples of 8."""
+    assert settings_from_flags({"bsize": 256}, family=CPSAM).settings.bsize == 256
+    with pytest.raises(OptionError, match="bsize must be 256") as err:
+        settings_from_flags({"bsize": 384}, family=CPSAM)
+    assert err.value.option == "bsize"
+    with pytest.raises(OptionError, match="multiple of 8"):
+        settings_from_flags({"bsize": 100}, family=CPNET)
+    assert settings_from_flags({}, family=CPNET).settings.bsize is None
+    assert CPNET.tile_side(settings_from_flags({"bsize": 160}, family=CPNET).settings) == 160
+
+
+def test_cli_refuses_a_tile_side_the_model_does_not_take(tmp_path):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "img.tif", np.zeros((40, 40), np.uint8))
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "img.tif"), "--pretrained_model", "nuclei_demo",
+                                       "--bsize", "100"])
+    assert result.exit_code == 2 and "multiple of 8" in result.output

@@ -39,6 +39,8 @@ class ModelFamily:
         The tile side Cellpose uses by default (``bsize``).
     tile_fixed : bool
         The tile side cannot be changed (the network's position embedding fixes it).
+    tile_multiple : int
+        A tile side must be a multiple of this (CPnet: its three 2x poolings; CPDINO: its patch stride).
     pads_to_tile : bool
         Planes smaller than a tile are padded up to one (Cellpose 4) rather than to a multiple of 16.
     has_styles : bool
@@ -72,6 +74,7 @@ class ModelFamily:
     max_channels: Optional[int] = None
     default_tile: int = 224
     tile_fixed: bool = False
+    tile_multiple: int = 8
     pads_to_tile: bool = False
     has_styles: bool = True
     may_have_size_model: bool = True
@@ -105,6 +108,18 @@ class ModelFamily:
         if self.tile_fixed or settings.bsize is None:
             return self.default_tile
         return int(settings.bsize)
+
+    def check_tile_side(self, bsize) -> Optional[str]:
+        """What is wrong with ``bsize`` as this family's tile side, in words (None: nothing, or not
+        given): a fixed side must be :attr:`default_tile`; others a positive multiple of
+        :attr:`tile_multiple`."""
+        if bsize is None:
+            return None
+        if self.tile_fixed and bsize != self.default_tile:
+            return f"bsize must be {self.default_tile} for {self.title} models (their tiles are fixed), got {bsize}"
+        if isinstance(bsize, bool) or not isinstance(bsize, (int, np.integer)) or bsize <= 0 or bsize % self.tile_multiple:
+            return f"bsize must be a positive multiple of {self.tile_multiple} for {self.title} models, got {bsize!r}"
+        return None
 
     def pad_to(self, settings) -> Optional[int]:
         """Pad planes shorter than this up to it (:func:`cellflow_rt.tiles.pad_amounts`); None: no."""
