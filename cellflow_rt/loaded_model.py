@@ -45,7 +45,7 @@ class LoadedModel:
         def network(path):
             return open_network(path, providers=providers, strict_provider=strict_provider, num_threads=num_threads,
                                 precision=precision, batch_size=batch_size, nchan=int(info.nchan),
-                                fixed_tile=info.fixed_tile)
+                                tile_sides=info.family.tile_profile)
 
         net_ortho = None
         if ortho is not None:

@@ -114,16 +114,16 @@ class Network:
         Most tiles per run: the TensorRT profile's largest batch (larger requests are split).
     nchan : int
         Input channels, for the TensorRT profile (every Cellpose CPnet has 2).
-    fixed_tile : int, optional
-        The tile side of a graph with fixed spatial axes (Cellpose-SAM: 256), for the TensorRT
-        profile; None for CPnet's dynamic tiles.
+    tile_sides : (int, int, int), optional
+        The model family's smallest, usual and largest tile side, for the TensorRT profile
+        (:attr:`cellflow_rt.family.ModelFamily.tile_profile`); None: CPnet's.
 
     Provider options are built by :mod:`.provider_options`.
     """
 
     def __init__(self, onnx_path: Union[str, Path], providers=None, strict_provider: bool = False,
                  num_threads: Optional[int] = None, cache_dir: Optional[Union[str, Path]] = None,
-                 precision: str = "fp32", batch_size: int = 8, nchan: int = 2, fixed_tile: Optional[int] = None):
+                 precision: str = "fp32", batch_size: int = 8, nchan: int = 2, tile_sides: Optional[tuple] = None):
         import onnxruntime as ort
 
         if precision not in ("fp32", "fp16", "tf32"):
@@ -146,7 +146,7 @@ class Network:
         if chosen[0] in GPU_PROVIDERS and hasattr(ort, "preload_dlls"):
             # CUDA and cuDNN from the nvidia-* pip packages, when that is where they are
             ort.preload_dlls()
-        options_per_provider = [self._provider_options(p, cache_dir, precision, batch_size, nchan, fixed_tile)
+        options_per_provider = [self._provider_options(p, cache_dir, precision, batch_size, nchan, tile_sides)
                                 for p in chosen]
         #: The options each requested provider was given (:mod:`.provider_options`).
         self.session_provider_options = dict(zip(chosen, options_per_provider))
@@ -189,14 +189,14 @@ class Network:
         return {"providers": tuple(self.providers), "precision": self.precision}
 
     def _provider_options(self, provider: str, cache_dir, precision: str, batch_size: int, nchan: int,
-                          fixed_tile: Optional[int] = None) -> dict:
+                          tile_sides: Optional[tuple] = None) -> dict:
         if provider == provider_options.CUDA:
             return provider_options.cuda_options(precision)
         if provider == provider_options.TENSORRT:
             from .checksum import sha256_file
             return provider_options.tensorrt_options(sha256_file(self.onnx_path), nchan, precision=precision,
                                                      batch_size=batch_size, cache_dir=cache_dir,
-                                                     fixed_tile=fixed_tile)
+                                                     tile_sides=tile_sides)
         return {}
 
     def run(self, tiles: np.ndarray, batch_size: int = 8) -> Tuple[np.ndarray, np.ndarray]:
@@ -271,12 +271,12 @@ def _device_buffer(array, name: str) -> Tuple[int, list]:
 def open_network(onnx_path: Union[str, Path], providers=None, strict_provider: bool = False,
                  num_threads: Optional[int] = None, precision: str = "fp32",
                  cache_dir: Optional[Union[str, Path]] = None, batch_size: int = 8, nchan: int = 2,
-                 fixed_tile: Optional[int] = None):
+                 tile_sides: Optional[tuple] = None):
     """The network for a precision: :class:`Network` (ONNX Runtime) or an OpenVINO network (bf16).
 
     Parameters
     ----------
-    onnx_path, providers, strict_provider, num_threads, cache_dir, batch_size, nchan, fixed_tile
+    onnx_path, providers, strict_provider, num_threads, cache_dir, batch_size, nchan, tile_sides
         As in :class:`Network`; ``providers`` must be the CPU (or None) for bf16.
     precision : {"fp32", "fp16", "bf16", "tf32"}
         See :data:`PRECISIONS`.
@@ -291,7 +291,7 @@ def open_network(onnx_path: Union[str, Path], providers=None, strict_provider: b
     if precision != "bf16":
         return Network(onnx_path, providers=providers, strict_provider=strict_provider, num_threads=num_threads,
                        cache_dir=cache_dir, precision=precision, batch_size=batch_size, nchan=nchan,
-                       fixed_tile=fixed_tile)
+                       tile_sides=tile_sides)
     wanted = [] if providers is None else [providers] if isinstance(providers, str) else list(providers)
     if any(_canonical(p) != "CPUExecutionProvider" for p in wanted):
         raise ValueError(f"precision bf16 runs on the CPU (OpenVINO); it cannot run on {wanted}: "

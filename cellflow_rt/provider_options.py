@@ -98,15 +98,17 @@ def cuda_options(precision: str = "fp32") -> dict:
     return {**CUDA_BASE_OPTIONS, "use_tf32": "1" if precision == "tf32" else "0"}
 
 
-def trt_profile_shapes(nchan: int, batch_size: int, fixed_tile: Optional[int] = None) -> Tuple[str, str, str]:
+def trt_profile_shapes(nchan: int, batch_size: int,
+                       tile_sides: Optional[Tuple[int, int, int]] = None) -> Tuple[str, str, str]:
     """``trt_profile_min_shapes``, ``..._opt_shapes``, ``..._max_shapes`` for the input ``image``.
 
-    ``fixed_tile``: the side of a graph with a fixed tile size (Cellpose-SAM: 256); None for CPnet's
-    dynamic tiles (MIN_TILE to TILE).
+    ``tile_sides``: the model family's (smallest, usual, largest) tile side
+    (:attr:`cellflow_rt.family.ModelFamily.tile_profile`: Cellpose-SAM 256 only, CPDINO 256 to 512);
+    None: CPnet's (MIN_TILE, TILE, TILE).
     """
     batch_size = max(1, int(batch_size))
-    low, high = (fixed_tile, fixed_tile) if fixed_tile else (MIN_TILE, TILE)
-    return (f"image:1x{nchan}x{low}x{low}", f"image:{batch_size}x{nchan}x{high}x{high}",
+    low, usual, high = tile_sides or (MIN_TILE, TILE, TILE)
+    return (f"image:1x{nchan}x{low}x{low}", f"image:{batch_size}x{nchan}x{usual}x{usual}",
             f"image:{batch_size}x{nchan}x{high}x{high}")
 
 
@@ -120,7 +122,7 @@ def trt_cache_dirs(model_sha256: str, precision: str, batch_size: int, gpu: GpuI
 
 def tensorrt_options(model_sha256: str, nchan: int, precision: str = "fp32", batch_size: int = 8,
                      gpu: Optional[GpuIdentity] = None, cache_dir: Optional[Union[str, Path]] = None,
-                     create: bool = True, fixed_tile: Optional[int] = None) -> dict:
+                     create: bool = True, tile_sides: Optional[Tuple[int, int, int]] = None) -> dict:
     """TensorRT provider options: the explicit profile, keyed caches, fp16 (see the module docstring).
 
     Parameters
@@ -139,8 +141,8 @@ def tensorrt_options(model_sha256: str, nchan: int, precision: str = "fp32", bat
         Default: :func:`default_cache_dir`.
     create : bool
         Create the cache folders (TensorRT does not).
-    fixed_tile : int, optional
-        The tile side of a graph with fixed spatial axes (Cellpose-SAM: 256).
+    tile_sides : (int, int, int), optional
+        The model family's smallest, usual and largest tile side (:func:`trt_profile_shapes`).
     """
     gpu = gpu or current_gpu()
     engines, timing = trt_cache_dirs(model_sha256, "fp16" if precision == "fp16" else "fp32", batch_size, gpu,
@@ -148,7 +150,7 @@ def tensorrt_options(model_sha256: str, nchan: int, precision: str = "fp32", bat
     if create:
         engines.mkdir(parents=True, exist_ok=True)
         timing.mkdir(parents=True, exist_ok=True)
-    min_shapes, opt_shapes, max_shapes = trt_profile_shapes(nchan, batch_size, fixed_tile)
+    min_shapes, opt_shapes, max_shapes = trt_profile_shapes(nchan, batch_size, tile_sides)
     return {
         "device_id": "0",
         "trt_fp16_enable": "True" if precision == "fp16" else "False",

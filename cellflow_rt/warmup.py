@@ -22,15 +22,16 @@ class NoGpuError(RuntimeError):
     """No GPU execution provider or no CUDA device: nothing to warm up."""
 
 
-def warmup_shapes(nchan: int, batch_size: int, fixed_tile: Optional[int] = None) -> List[Tuple[int, int, int, int]]:
-    """Tile batches run once each: the TensorRT profile's corners (largest first, the usual shape).
+def warmup_shapes(nchan: int, batch_size: int,
+                  tile_sides: Optional[Tuple[int, int, int]] = None) -> List[Tuple[int, int, int, int]]:
+    """Tile batches run once each: the TensorRT profile's corners (the usual shape first).
 
-    ``fixed_tile``: the tile side of a graph with fixed spatial axes (Cellpose-SAM).
+    ``tile_sides``: the model family's (smallest, usual, largest) tile side; None: CPnet's.
     """
-    if fixed_tile:
-        return [(batch_size, nchan, fixed_tile, fixed_tile), (1, nchan, fixed_tile, fixed_tile)]
-    tile, small = provider_options.TILE, provider_options.MIN_TILE
-    return [(batch_size, nchan, tile, tile), (1, nchan, tile, tile), (1, nchan, small, small)]
+    small, usual, large = tile_sides or (provider_options.MIN_TILE, provider_options.TILE, provider_options.TILE)
+    shapes = [(batch_size, nchan, usual, usual), (1, nchan, usual, usual)]
+    shapes += [(1, nchan, side, side) for side in dict.fromkeys((large, small)) if side != usual]
+    return shapes
 
 
 def _gpu_providers(provider: Optional[str]) -> List[str]:
@@ -103,7 +104,7 @@ def warmup(model_name, precision: str = "fp32", batch_size: int = 8, provider: O
              + (f", engines in {report['engine_cache']}" if "engine_cache" in report else ""))
 
     rng = np.random.default_rng(0)
-    for shape in warmup_shapes(model.nchan, batch_size, model.info.fixed_tile):
+    for shape in warmup_shapes(model.nchan, batch_size, model.family.tile_profile):
         tic = time.perf_counter()
         model.net.run(rng.random(shape, dtype=np.float32), batch_size=batch_size)
         key = "x".join(map(str, shape))

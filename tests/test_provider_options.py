@@ -75,6 +75,6 @@ def test_gpu_key_is_file_name_safe():
 
 def test_tensorrt_profile_of_a_fixed_tile_graph_is_that_tile_at_every_batch():
     # Cellpose-SAM graphs take 256 x 256 tiles only: a profile reaching 32 x 32 would not build
-    options = po.tensorrt_options(SHA, nchan=3, batch_size=4, gpu=H200, create=False, fixed_tile=256)
+    options = po.tensorrt_options(SHA, nchan=3, batch_size=4, gpu=H200, create=False, tile_sides=(256, 256, 256))
     assert options["trt_profile_min_shapes"] == "image:1x3x256x256"
     assert options["trt_profile_opt_shapes"] == options["trt_profile_max_shapes"] == "image:4x3x256x256"

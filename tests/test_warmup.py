@@ -24,6 +24,16 @@ def test_warmup_runs_the_corners_of_the_tensorrt_profile():
 
 
 def test_warmup_of_a_fixed_tile_graph_runs_only_that_tile():
-    shapes = warmup_shapes(3, 4, fixed_tile=256)
+    shapes = warmup_shapes(3, 4, tile_sides=(256, 256, 256))
     assert {s[2:] for s in shapes} == {(256, 256)}
     assert {s[0] for s in shapes} == {1, 4}
+
+
+def test_tensorrt_profile_and_warmup_of_a_changeable_tile_family():
+    """CPDINO runs 256 (command line) and 384 (Python API) tiles: both inside the profile, both warmed up."""
+    from cellflow_rt.family import FAMILIES
+
+    sides = FAMILIES["cpdino"].tile_profile
+    low, usual, high = (int(s.split("x")[-1]) for s in po.trt_profile_shapes(3, 4, sides))
+    assert low <= 256 and usual == 384 and high >= 384
+    assert {(256, 256), (384, 384)} <= {s[2:] for s in warmup_shapes(3, 4, sides)}

@@ -109,6 +109,12 @@ class ModelFamily:
             return self.default_tile
         return int(settings.bsize)
 
+    @property
+    def tile_profile(self) -> Optional[tuple]:
+        """(smallest, usual, largest) tile side the network runs, for TensorRT's optimisation profile
+        and the warm-up; None: CPnet's (32 to 224, :mod:`cellflow_rt.provider_options`)."""
+        return (self.default_tile,) * 3 if self.tile_fixed else None
+
     def check_tile_side(self, bsize) -> Optional[str]:
         """What is wrong with ``bsize`` as this family's tile side, in words (None: nothing, or not
         given): a fixed side must be :attr:`default_tile`; others a positive multiple of

@@ -29,6 +29,10 @@ class CellposeDINO(CellposeSAM):
     tile_multiple = 8  # the patch embedding's stride
     pads_to_tile = True
 
+    #: TensorRT's profile: the command line's 256 and the Python API's 384 (planes are padded up to a
+    #: tile, so these are the sides run), up to 512.
+    tile_profile = (COMMAND_LINE_BSIZE, 384, 512)
+
     def eval_arguments(self, args: tuple, kwargs: dict) -> dict:
         """Cellpose-SAM's arguments, with ``bsize`` free: None gives 384; it must be a positive
         multiple of 8."""
