@@ -94,6 +94,15 @@ def cpsam_tiny(tmp_path_factory):
     return manifest
 
 
+@pytest.fixture(scope="session")
+def cpsam_converted(tmp_path_factory):
+    """Manifest of the Cellpose-SAM demo converted without torch (``cellflow_rt.convert``), once per session."""
+    require_shared()
+    from cellflow_rt.convert import convert_checkpoint
+
+    return convert_checkpoint(CPSAM_TINY, name="cpsam_demo", out_dir=tmp_path_factory.mktemp("cpsam-converted"))
+
+
 # --------------------------------------------------------------------------------------------------
 # fuzzing (tests/test_fuzz_*.py, Hypothesis): a short "ci" profile by default; the long campaign runs
 # the same targets with CELLFLOW_RT_FUZZ=campaign (bench/fuzz.py does, and reports the statistics).
