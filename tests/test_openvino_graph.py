@@ -33,6 +33,7 @@ def _reference(onnx_path, tiles):
     return ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"image": tiles})[0]
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("producer", ["torch exporter", "converter"])
 def test_rewritten_attention_gives_the_exported_graphs_outputs(producer, cpsam_tiny, converted_tiny):
     import openvino as ov
@@ -70,6 +71,7 @@ def test_key_position_onehots_pick_each_keys_row_and_column():
     assert onehot[6, 1] == 1 and onehot[6, 4 + 2] == 1  # token 6 = row 1, column 2
 
 
+@pytest.mark.torch
 def test_a_second_network_loads_the_cached_graph_and_gives_the_same_outputs(cpsam_tiny, tmp_path):
     from cellflow_rt.network_openvino import OpenVINONetwork
 
