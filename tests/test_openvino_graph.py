@@ -89,6 +89,7 @@ def test_a_second_network_loads_the_cached_graph_and_gives_the_same_outputs(cpsa
         np.testing.assert_allclose(uncached.run(tiles)[0], first.run(tiles)[0], atol=1e-5)
 
 
+@pytest.mark.torch
 def test_a_changed_model_file_replaces_its_cached_graph(cpsam_tiny, tmp_path):
     import os
     import shutil
@@ -106,6 +107,7 @@ def test_a_changed_model_file_replaces_its_cached_graph(cpsam_tiny, tmp_path):
     assert len(before) == len(after) == 1 and before != after
 
 
+@pytest.mark.torch
 def test_streams_give_the_one_at_a_time_outputs(cpsam_tiny):
     from cellflow_rt.network_openvino import OpenVINONetwork
 
@@ -121,6 +123,7 @@ def test_streams_give_the_one_at_a_time_outputs(cpsam_tiny):
     assert styles.shape == (3, 256) and not styles.any()
 
 
+@pytest.mark.torch
 def test_cellpose_sam_tiles_run_four_per_inference_in_their_places(cpsam_tiny):
     from cellflow_rt.network_openvino import OpenVINONetwork
     from cellflow_rt.registry import resolve_model
