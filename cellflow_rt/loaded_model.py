@@ -112,7 +112,7 @@ def automatic_precision(family, providers=None) -> str:
 
     Cellpose 4 itself runs bfloat16 by default; on such CPUs our bf16 Cellpose-SAM is several times
     faster than fp32 with masks as close to Cellpose's bfloat16 masks as Cellpose's own float32 ones
-    (the README's precision table). CPnets (Cellpose 3) stay fp32: their bf16 gain is smaller, and
+    (docs/precision.md). CPnets (Cellpose 3) stay fp32: their bf16 gain is smaller, and
     fp32 gives Cellpose's masks exactly. Without bfloat16 instructions OpenVINO would run float32,
     no faster than ONNX Runtime: fp32.
     """

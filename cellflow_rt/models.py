@@ -65,7 +65,7 @@ class CellposeModel:
         CPU threads for the network.
     precision : {"fp32", "fp16", "bf16", "auto"}
         fp32 (default) gives Cellpose's masks; fp16 (TensorRT) and bf16 (CPU, needs OpenVINO) are
-        faster and approximate (see the README's precision table); auto: bf16 for Cellpose 4 models
+        faster and approximate (see docs/precision.md); auto: bf16 for Cellpose 4 models
         on CPUs with bfloat16 instructions, else fp32.
     pretrained_model_ortho : str or path, optional
         A model for do_3D's ZY and ZX views (the YX view uses ``pretrained_model``), as in Cellpose.

@@ -3,7 +3,7 @@
 ONNX Runtime's CPU kernels have no bfloat16 convolutions, and in float32 they already run CPnet's
 convolutions near the cores' peak (about 185 GFLOP/s on 2 Zen 4 cores), so float32 cannot go much
 faster. CPUs with bfloat16 dot products (AVX512_BF16, AMX) run the same convolutions about twice as
-fast in OpenVINO, at bfloat16's 8-bit mantissa: masks differ slightly from Cellpose's (see the README's
+fast in OpenVINO, at bfloat16's 8-bit mantissa: masks differ slightly from Cellpose's (see docs/precision.md's
 precision table for the AP against Cellpose). On a CPU without those instructions OpenVINO runs
 float32 and :attr:`OpenVINONetwork.precision` says so.
 

@@ -10,7 +10,7 @@ Without ``--watch`` the "microscope" is the bundled example image, shifted and w
 every frame. With ``--watch DIR`` each new ``.tif``/``.png`` file in DIR is sent as it appears (the
 file's own bytes: the service reads the format) and, with ``--save``, its label image is written
 beside the others. Each frame prints one line: cells found and the time the service took.
-Non-Python software does the same with one HTTP request per frame (see the README's curl example).
+Non-Python software does the same with one HTTP request per frame (see the curl example in docs/serve.md).
 """
 from __future__ import annotations
 

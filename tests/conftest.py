@@ -94,6 +94,29 @@ def cpsam_tiny(tmp_path_factory):
     return manifest
 
 
+@pytest.fixture(scope="session")
+def cpsam_converted(tmp_path_factory):
+    """Manifest of the Cellpose-SAM demo converted without torch (``cellflow_rt.convert``), once per session."""
+    require_shared()
+    from cellflow_rt.convert import convert_checkpoint
+
+    return convert_checkpoint(CPSAM_TINY, name="cpsam_demo", out_dir=tmp_path_factory.mktemp("cpsam-converted"))
+
+
+@pytest.fixture(autouse=True)
+def _one_heavy_test_at_a_time(request, tmp_path_factory):
+    """Under pytest-xdist, the ``heavy`` tests take turns (each full-size ViT-L one peaks at about 5 GiB)."""
+    if request.node.get_closest_marker("heavy") is None or "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
+        return
+    import fcntl
+
+    # the workers' base temporary folders are siblings: their parent belongs to this run alone
+    with open(tmp_path_factory.getbasetemp().parent / "heavy-tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 # --------------------------------------------------------------------------------------------------
 # fuzzing (tests/test_fuzz_*.py, Hypothesis): a short "ci" profile by default; the long campaign runs
 # the same targets with CELLFLOW_RT_FUZZ=campaign (bench/fuzz.py does, and reports the statistics).

@@ -24,6 +24,8 @@ from conftest import REFERENCE_2D, SHARED, cellpose_python
 
 WEIGHTS = SHARED / "weights"
 
+pytestmark = pytest.mark.heavy  # runs Cellpose 3.1.1.1 itself (the oracle)
+
 #: name -> (image case in ../shared/reference/2d, checkpoint for Cellpose, bundled model for us, arguments).
 #: "docs" is ``python -m cellpose --dir ~/images_cyto/test/ --pretrained_model cyto --chan 2 --chan2 3
 #: --save_png`` from Cellpose's documentation ("Command line"); the others add the outputs of 3.x.

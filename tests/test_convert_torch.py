@@ -118,6 +118,7 @@ def test_reader_reads_nested_containers(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_full_size_vit_l_converts_at_parity_with_the_exporter(tmp_path):
     """A ViT-L Cellpose-SAM (305 M parameters, random weights drawn with numpy, written by torch.save):
     converted and exported, then one tile through both graphs. Prints times and the diff."""

@@ -143,6 +143,7 @@ def test_dataparallel_prefix_is_stripped(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_full_size_random_cpsam_exports_at_parity(tmp_path):
     """ViT-L Cellpose-SAM (305 M parameters) with random weights: export, then ONNX Runtime against
     torch on one tile (the gate runs it at batch 2). Prints its time and the process's peak RSS."""

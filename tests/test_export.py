@@ -256,6 +256,7 @@ _CELLPOSE_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.torch
+@pytest.mark.heavy
 def test_onnx_matches_cellpose_cpnet(nuclei_export, tmp_path):
     """Oracle: Cellpose 3.1.1.1's CPnet (plain and mkldnn, as its CPU path runs) on the same inputs."""
     python = sys.executable if importlib.util.find_spec("cellpose") is not None else cellpose_python()

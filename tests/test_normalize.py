@@ -59,6 +59,7 @@ def test_normalize_case_matches_cellpose(case):
 
 # --- the arithmetic ---------------------------------------------------------------------------------
 
+@pytest.mark.torch
 def test_torch_linspace_is_reproduced_bit_for_bit():
     torch = pytest.importorskip("torch")
     from cellflow_rt.normalize import _torch_linspace

@@ -33,6 +33,7 @@ def _reference(onnx_path, tiles):
     return ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"image": tiles})[0]
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("producer", ["torch exporter", "converter"])
 def test_rewritten_attention_gives_the_exported_graphs_outputs(producer, cpsam_tiny, converted_tiny):
     import openvino as ov
@@ -70,6 +71,7 @@ def test_key_position_onehots_pick_each_keys_row_and_column():
     assert onehot[6, 1] == 1 and onehot[6, 4 + 2] == 1  # token 6 = row 1, column 2
 
 
+@pytest.mark.torch
 def test_a_second_network_loads_the_cached_graph_and_gives_the_same_outputs(cpsam_tiny, tmp_path):
     from cellflow_rt.network_openvino import OpenVINONetwork
 
@@ -87,6 +89,7 @@ def test_a_second_network_loads_the_cached_graph_and_gives_the_same_outputs(cpsa
         np.testing.assert_allclose(uncached.run(tiles)[0], first.run(tiles)[0], atol=1e-5)
 
 
+@pytest.mark.torch
 def test_a_changed_model_file_replaces_its_cached_graph(cpsam_tiny, tmp_path):
     import os
     import shutil
@@ -104,6 +107,7 @@ def test_a_changed_model_file_replaces_its_cached_graph(cpsam_tiny, tmp_path):
     assert len(before) == len(after) == 1 and before != after
 
 
+@pytest.mark.torch
 def test_streams_give_the_one_at_a_time_outputs(cpsam_tiny):
     from cellflow_rt.network_openvino import OpenVINONetwork
 
@@ -119,6 +123,7 @@ def test_streams_give_the_one_at_a_time_outputs(cpsam_tiny):
     assert styles.shape == (3, 256) and not styles.any()
 
 
+@pytest.mark.torch
 def test_cellpose_sam_tiles_run_four_per_inference_in_their_places(cpsam_tiny):
     from cellflow_rt.network_openvino import OpenVINONetwork
     from cellflow_rt.registry import resolve_model

@@ -148,6 +148,7 @@ def test_bf16_path_imports_no_torch():
     assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr
 
 
+@pytest.mark.torch
 def test_auto_precision_is_bf16_only_for_cellpose4_models_on_bf16_cpus(cpsam_tiny):
     from cellflow_rt.family import CPNET, CPSAM
     from cellflow_rt.loaded_model import LoadedModel, automatic_precision

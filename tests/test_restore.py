@@ -49,6 +49,7 @@ def _case(case):
     return json.loads((d / "params.json").read_text()), tifffile.imread(d / "image.tif"), np.load(d / "outputs.npz")
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_restore_case_matches_cellpose(case, restore_models):
@@ -77,6 +78,7 @@ def test_restore_case_matches_cellpose(case, restore_models):
     np.testing.assert_allclose(flows[1], ref["dP"], atol=1e-4)
 
 
+@pytest.mark.torch
 def test_denoise_model_restores_like_cellpose(restore_models):
     from cellflow_rt import models
 
@@ -88,6 +90,7 @@ def test_denoise_model_restores_like_cellpose(restore_models):
     assert np.abs(restored - ref["img_restore"]).max() <= 1e-4 * span
 
 
+@pytest.mark.torch
 def test_exported_manifest_says_restoration(restore_models):
     onnx = pytest.importorskip("onnx")
     from cellflow_rt.export.manifest import read_onnx_metadata
@@ -115,6 +118,7 @@ def test_restore_type_comes_from_cellpose_names():
     assert builtin_restoration_of("cyto3") is None
 
 
+@pytest.mark.torch
 def test_export_refuses_a_mismatched_restore_type(tmp_path):
     pytest.importorskip("torch")
     require_shared()
@@ -145,6 +149,7 @@ def test_split_normalization_follows_cellpose():
     assert restore.invert and seg.invert
 
 
+@pytest.mark.torch
 def test_models_refuse_each_others_kind(restore_models):
     from cellflow_rt import models
 
@@ -161,6 +166,7 @@ def test_models_refuse_each_others_kind(restore_models):
         models.DenoiseModel(pretrained_model=restoration, nchan=2)
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 def test_cli_restores_and_writes_the_restored_image(restore_models, tmp_path):
     params, image, ref = _case("denoise_256")
@@ -178,6 +184,7 @@ def test_cli_restores_and_writes_the_restored_image(restore_models, tmp_path):
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "noisy_cp_masks.tif"), ref["masks"])
 
 
+@pytest.mark.torch
 def test_cli_refuses_models_of_the_wrong_kind(restore_models, tmp_path):
     tifffile.imwrite(tmp_path / "img.tif", np.zeros((32, 32), np.uint16))
     env = {"CELLFLOW_RT_MODELS": str(restore_models)}
@@ -191,6 +198,7 @@ def test_cli_refuses_models_of_the_wrong_kind(restore_models, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img.tif"]
 
 
+@pytest.mark.torch
 def test_stack_is_restored_plane_by_plane(restore_models):
     from cellflow_rt import models
 
