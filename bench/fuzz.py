@@ -33,7 +33,7 @@ def main() -> int:
         env["CELLFLOW_RT_FUZZ_EXAMPLES"] = str(args.examples)
     # every test_fuzz_*.py, and the HTTP framing target of the hostile-client tests (marked fuzz)
     targets = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_fuzz_*.py"))
-    targets.append("tests/test_serve_hostile.py")
+    targets.append("tests/serve/test_serve_hostile.py")
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "fuzz",
                "--hypothesis-show-statistics", *targets] + (["-k", args.k] if args.k else [])
     tic = time.perf_counter()

@@ -2,7 +2,7 @@
 
 Front ends: ``cellflow-rt run`` on a file, ``run --dir`` over a folder, blockwise on Dask (``run
 --blocksize`` with one block covering the image) and ``serve`` (the napari panel:
-tests/test_frontends_napari.py). Families: the bundled CPnet demo and the Cellpose-SAM demo, converted
+tests/napari/test_frontends_napari.py). Families: the bundled CPnet demo and the Cellpose-SAM demo, converted
 without torch. The reference is ``CellposeModel(...).eval`` (tests/frontend_helpers.py).
 """
 from __future__ import annotations

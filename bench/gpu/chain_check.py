@@ -9,7 +9,7 @@ Steps, most important first:
 
 - ``env``: GPU, driver, CUDA, package versions; whether the GPU dynamics (part A) are present.
 - ``iobinding``: :meth:`~cellflow_rt.network.Network.run_on_device` on the CUDA provider with real
-  numba device arrays (the tests reach it only through fakes, ``tests/test_gpu_flows.py``): its
+  numba device arrays (the tests reach it only through fakes, ``tests/gpu/test_gpu_flows.py``): its
   outputs against :meth:`~cellflow_rt.network.Network.run` (host arrays) on the same tiles, and that
   the device-resident chain calls it (counted during one segmentation).
 - ``e2e``: 2048^2 nuclei and cyto images, one per model, CUDA provider in fp32 (TF32 off) and tf32:
@@ -17,7 +17,7 @@ Steps, most important first:
   the same from the raw image in memory (what Cellpose is timed on).
 - ``ap``: the shared 2D reference cases on the GPU chain, AP@0.5/0.75/0.9 against the CPU fp32
   path's masks. Those are the reference masks carried in the payload: the CPU fp32 path gives them
-  exactly (``tests/test_parity_2d.py``), so they stand in for running the CPU path here.
+  exactly (``tests/parity/test_parity_2d.py``), so they stand in for running the CPU path here.
 - ``cellpose``: Cellpose 3.1.1.1 on this GPU (torch CUDA, same checkpoints, same settings) on the
   same 2048^2 images, warm, median; ratio against ours (raw image in on both sides); AP of its
   masks against ours.

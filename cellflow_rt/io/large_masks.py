@@ -6,7 +6,7 @@ ever holding the whole image:
 
 - **TIFF**: BigTIFF (no 4 GB limit), 256 x 256 tiles, Deflate, one page per Z plane; read one row of
   tiles at a time, in spans about one zarr chunk wide. Memory: a few chunks, whatever the image size
-  (2.3 MiB for a 4096^2 canvas in 512^2 chunks, ``tests/test_large_masks.py``).
+  (2.3 MiB for a 4096^2 canvas in 512^2 chunks, ``tests/io/test_large_masks.py``).
 - **PNG** (16-bit gray, Cellpose's format): written :data:`PNG_BAND_ROWS` rows at a time, so memory
   grows with the image's *width*: the band (8 bytes per pixel: the uint32 read, the uint16 rows, the
   encoder's copy) plus the zarr chunks it crosses (15 MiB measured for that canvas; by that rate an

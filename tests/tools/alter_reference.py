@@ -31,9 +31,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 #: the tests whose parametrisation names a case (end to end) or a case and call (dynamics)
-TESTS = ["tests/test_parity_2d.py::test_end_to_end_matches_cellpose", "tests/test_parity_3d.py",
-         "tests/test_dynamics.py::test_reference_calls_2d", "tests/test_dynamics.py::test_stitch_planes_are_2d_calls",
-         "tests/test_dynamics_3d.py::test_reference_do_3D", "tests/test_dynamics_3d.py::test_stitch_reference_case"]
+TESTS = ["tests/parity/test_parity_2d.py::test_end_to_end_matches_cellpose", "tests/parity/test_parity_3d.py",
+         "tests/dynamics/test_dynamics.py::test_reference_calls_2d", "tests/dynamics/test_dynamics.py::test_stitch_planes_are_2d_calls",
+         "tests/dynamics/test_dynamics_3d.py::test_reference_do_3D", "tests/dynamics/test_dynamics_3d.py::test_stitch_reference_case"]
 
 
 def shrink_cells(masks: np.ndarray, n_cells: int) -> tuple:

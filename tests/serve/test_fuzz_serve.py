@@ -25,7 +25,7 @@ from cellflow_rt.serve.decode import (CONTENT_TYPES, BadImageError, ImageTooLarg
 from cellflow_rt.serve.options import OptionError, all_options, parse_query  # noqa: E402
 from fuzz_helpers import within_contract  # noqa: E402
 from hostile_files import png_claiming, tiff_claiming  # noqa: E402
-from test_fuzz_images import JPEGS, NPYS, PNGS, TIFFS, _mutated  # noqa: E402
+from fuzz_corpus import JPEGS, NPYS, PNGS, TIFFS, mutated as _mutated  # noqa: E402
 
 pytestmark = pytest.mark.fuzz
 

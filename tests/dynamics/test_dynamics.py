@@ -17,7 +17,7 @@ from cellflow_rt.dynamics import _euler, _sort
 from conftest import REFERENCE
 from label_helpers import assert_same_labels, relabelling_problems
 
-FIXTURES = Path(__file__).resolve().parent / "data" / "dynamics_fixtures.npz"
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "dynamics_fixtures.npz"
 
 
 def require_shared():

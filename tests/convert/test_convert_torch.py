@@ -23,7 +23,7 @@ from cellflow_rt.convert.torch_checkpoint import read_state_dict, read_torch_che
 from cellflow_rt.export import export_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.torch
-WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights"
+WEIGHTS = Path(__file__).resolve().parents[2].parent / "shared" / "weights"
 TOLERANCE = 1e-5
 # What a conversion writes differently from an export of the same checkpoint, and why: the ONNX bytes
 # (hash), the gate (a self-check instead of torch parity: no torch), the converter's own mark.

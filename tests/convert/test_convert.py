@@ -17,7 +17,7 @@ from cellflow_rt.convert.converter import CONVERTER
 from cellflow_rt.convert.torch_checkpoint import read_state_dict
 from convert_helpers import save_legacy_state, save_zip_state
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = ROOT.parent / "shared" / "weights"
 BUNDLED = ROOT / "models"
 pytestmark = pytest.mark.skipif(not (WEIGHTS / "cellflow_nuclei_demo").is_file(), reason="../shared/weights is absent")

@@ -3,14 +3,13 @@
 Each case starts from a valid small file and mutates it where decoders look: TIFF tag types, counts
 and values; PNG IHDR fields (with a correct CRC, so the decoder gets past the checksum) and the
 compressed data; the JPEG frame header; the ``.npy`` header's shape, dtype and order; plus random
-byte edits and truncations of any of them. The contract: :func:`~cellflow_rt.io.imread_bytes` returns
+byte EDITS and truncations of any of them. The contract: :func:`~cellflow_rt.io.imread_bytes` returns
 a non-empty array within the ceiling or raises :class:`~cellflow_rt.io.ImageReadError`;
 :func:`~cellflow_rt.io.peek_shape` returns a tuple of ints or raises it; nothing else, within the
 deadline and bounded memory (:mod:`fuzz_helpers`).
 """
 from __future__ import annotations
 
-import io
 import struct
 import zlib
 
@@ -22,6 +21,7 @@ from hypothesis import example, given, strategies as st  # noqa: E402
 
 from cellflow_rt.io import ImageReadError, imread_bytes, peek_shape  # noqa: E402
 from cellflow_rt.io.limits import ENV_VAR  # noqa: E402
+from fuzz_corpus import EDITS, JPEGS, NPYS, PNGS, TIFFS, mutated as _mutated  # noqa: E402
 from fuzz_helpers import overwrite, within_contract  # noqa: E402
 from hostile_files import png_claiming, tiff_claiming  # noqa: E402
 
@@ -45,58 +45,6 @@ def _small_ceiling():
         os.environ[ENV_VAR] = old
 
 
-def _tiffs():
-    import tifffile
-
-    rng = np.random.default_rng(0)
-    arrays = [
-        (rng.integers(0, 255, (24, 20), dtype=np.uint8), {}),
-        (rng.integers(0, 4000, (3, 16, 16), dtype=np.uint16), {"compression": "zlib"}),
-        (rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), {"tile": (16, 16), "photometric": "rgb"}),
-        (rng.random((16, 16), dtype=np.float32), {"compression": "packbits" if False else None}),
-    ]
-    files = []
-    for array, options in arrays:
-        fh = io.BytesIO()
-        tifffile.imwrite(fh, array, **{k: v for k, v in options.items() if v is not None})
-        data = fh.getvalue()
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            entries = [tag.offset for tag in tif.pages[0].tags.values()]
-        files.append((data, entries))
-    return files
-
-
-def _pillow(mode_arrays, fmt, **options):
-    from PIL import Image
-
-    out = []
-    for mode, array in mode_arrays:
-        fh = io.BytesIO()
-        Image.fromarray(array).convert(mode).save(fh, fmt, **options)
-        out.append(fh.getvalue())
-    return out
-
-
-_GRAY = (np.arange(20 * 24) % 251).astype(np.uint8).reshape(20, 24)
-_RGB = np.stack([_GRAY, _GRAY[::-1], _GRAY.T[:20, :24] if False else 255 - _GRAY], -1)
-TIFFS = _tiffs()
-PNGS = _pillow([("L", _GRAY), ("RGB", _RGB), ("RGBA", _RGB), ("P", _RGB), ("1", _GRAY)], "PNG") + \
-    [png_claiming(4, 4)]
-JPEGS = _pillow([("L", _GRAY), ("RGB", _RGB)], "JPEG", quality=90)
-
-
-def _npys():
-    out = []
-    for array in (_GRAY, _GRAY.astype(np.float32), np.zeros((2, 5, 6), np.int16)):
-        fh = io.BytesIO()
-        np.save(fh, array)
-        out.append(fh.getvalue())
-    return out
-
-
-NPYS = _npys()
-
-
 def _check_image(data: bytes, fmt: str):
     result, error = within_contract(lambda: imread_bytes(data, fmt), (ImageReadError,), lambda r: r.nbytes)
     if result is not None:
@@ -112,18 +60,7 @@ def _check_peek(data: bytes, fmt: str):
 
 
 # --------------------------------------------------------------------------------------------------
-# generic mutations: byte edits and truncation, on every base file
-
-edits = st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), max_size=8)
-
-
-def _mutated(bases):
-    base = st.sampled_from(bases)
-    return st.one_of(
-        st.builds(overwrite, base, edits),
-        st.builds(lambda data, n: data[:n % (len(data) + 1)], base, st.integers(0, 1 << 20)),
-        st.builds(lambda data, extra: data + extra, base, st.binary(max_size=64)),
-    )
+# generic mutations (fuzz_corpus.mutated): byte edits and truncation, on every base file
 
 
 @given(data=_mutated([t[0] for t in TIFFS]))
@@ -163,7 +100,7 @@ numbers = st.one_of(st.sampled_from(INTERESTING), st.integers(0, 2**32 - 1))
 
 
 @given(which=st.integers(0, len(TIFFS) - 1), tag=st.integers(0, 63), field=st.sampled_from(["type", "count", "value"]),
-       value=numbers, more=edits)
+       value=numbers, more=EDITS)
 def test_fuzz_tiff_tags(which, tag, field, value, more):
     data, entries = TIFFS[which]
     at = entries[tag % len(entries)]
@@ -195,7 +132,7 @@ def test_fuzz_png_header(which, width, height, depth, colour, methods, idat):
 
 
 @given(which=st.integers(0, len(JPEGS) - 1), height=st.integers(0, 65535), width=st.integers(0, 65535),
-       components=st.sampled_from([0, 1, 2, 3, 4, 255]), precision=st.sampled_from([0, 8, 12, 16]), more=edits)
+       components=st.sampled_from([0, 1, 2, 3, 4, 255]), precision=st.sampled_from([0, 8, 12, 16]), more=EDITS)
 def test_fuzz_jpeg_frame(which, height, width, components, precision, more):
     data = bytearray(JPEGS[which])
     sof = next(i for i in range(2, len(data) - 1) if data[i] == 0xFF and data[i + 1] in (0xC0, 0xC1, 0xC2))

@@ -18,7 +18,7 @@ from cellflow_rt.io.flows import cellprob_to_uint8, flow_to_rgb, normalize99
 from cellflow_rt.io.outlines import masks_to_outlines, outlines_list
 from cellflow_rt.percentile import percentile, percentiles
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 DSB = SHARED / "data" / "dsb2018_sample"
 
 

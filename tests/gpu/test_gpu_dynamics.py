@@ -27,8 +27,8 @@ from cellflow_rt.settings import EvalSettings  # noqa: E402
 
 from conftest import REFERENCE_2D, REFERENCE_3D, require_shared  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parent / "data" / "dynamics_fixtures.npz"
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "dynamics_fixtures.npz"
 
 
 def recorded_call(root, case, window):

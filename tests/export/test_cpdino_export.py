@@ -13,7 +13,7 @@ import pytest
 pytestmark = pytest.mark.torch
 torch = pytest.importorskip("torch")
 
-DATA = Path(__file__).parent / "data" / "cpdino"
+DATA = Path(__file__).resolve().parents[1] / "data" / "cpdino"
 TINY = DATA / "cpdino_tiny"
 TOLERANCE = 1e-4
 #: DINOv3's ViT-B/16 and ViT-L/16 as Cellpose 4.2.1.1 builds them (dinov3_vitb16 / dinov3_vitl16).

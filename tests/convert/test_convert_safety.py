@@ -14,7 +14,7 @@ from cellflow_rt.export.size_model import SizeModelError
 from convert_helpers import (Global, PersId, Reduce, copy_zip, npy_with_pickle, pickle_bytes, save_zip_state,
                              state_pickle, tensor, write_zip_checkpoint)
 
-WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights"
+WEIGHTS = Path(__file__).resolve().parents[2].parent / "shared" / "weights"
 NUCLEI = WEIGHTS / "cellflow_nuclei_demo"
 pytestmark = pytest.mark.skipif(not NUCLEI.is_file(), reason="../shared/weights is absent")
 

@@ -1,5 +1,5 @@
 """Cellpose's published names in the napari panel: offered in the model list, fetched by the run's
-worker (never by the GUI thread). Skips as tests/test_napari_widget.py does without napari or a display."""
+worker (never by the GUI thread). Skips as tests/napari/test_napari_widget.py does without napari or a display."""
 import sys
 
 import pytest

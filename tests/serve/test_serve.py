@@ -27,7 +27,7 @@ from serve_helpers import ServerProcess, metric_value
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 #: Settings shared by the HTTP requests and the reference ``cellflow-rt run`` (not all defaults).
 QUERY = "model=nuclei_demo&diameter=17&flow_threshold=0.6&cellprob_threshold=-0.5&min_size=20"
 RUN_FLAGS = ["--model", "nuclei_demo", "--diameter", "17", "--flow_threshold", "0.6", "--cellprob_threshold",

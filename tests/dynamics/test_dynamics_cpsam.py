@@ -12,7 +12,7 @@ from cellflow_rt.dynamics import _euler, _flow_check
 from cellflow_rt.dynamics import _euler_grid2d as _euler_cp4
 from cellflow_rt.dynamics import v4 as cp4
 
-FIXTURES = np.load(Path(__file__).resolve().parent / "data" / "dynamics_cp4_fixtures.npz")
+FIXTURES = np.load(Path(__file__).resolve().parents[1] / "data" / "dynamics_cp4_fixtures.npz")
 
 
 def test_euler_steps_are_torch_grid_sample_bit_for_bit():

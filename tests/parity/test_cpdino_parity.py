@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-DATA = Path(__file__).parent / "data" / "cpdino"
+DATA = Path(__file__).resolve().parents[1] / "data" / "cpdino"
 FLOWS_TOLERANCE = 1e-3
 CASES = sorted(p.stem for p in DATA.glob("*.npz") if not p.name.startswith("network_tile"))
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import REFERENCE_2D, cellpose_python  # $CELLFLOW_RT_REFERENCE or ../shared's
 from label_helpers import assert_same_labels
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 WEIGHTS = SHARED / "weights"
 NUCLEI = WEIGHTS / "cellflow_nuclei_demo"
 CYTO = WEIGHTS / "cellflow_cyto_demo"

@@ -15,7 +15,7 @@ from pillow_codecs import jpeg_bytes, png_bytes
 from cellflow_rt.io import (FORMATS, ImageReadError, OutputWriteError, atomic_write, find_images, image_stem,
                             imread, imread_bytes, peek_shape)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 DSB = SHARED / "data" / "dsb2018_sample"
 
 

@@ -13,7 +13,7 @@ import tifffile
 from conftest import REFERENCE_3D, require_shared
 from cellflow_rt.volume import run_network_3d
 
-REFERENCE = Path(__file__).parent / "data" / "ortho_reference.npz"
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "ortho_reference.npz"
 
 
 class _RecordingNet:

@@ -170,7 +170,7 @@ def test_nothing_outside_the_plugin_imports_napari_or_the_plugin():
     import sys
     from pathlib import Path
 
-    package = Path(__file__).resolve().parents[1] / "cellflow_rt"
+    package = Path(__file__).resolve().parents[2] / "cellflow_rt"
     pattern = re.compile(r"^\s*(from|import)\s+(napari|qtpy|PyQt\d|cellflow_rt\.napari|\.+napari)\b", re.M)
     offenders = [str(p.relative_to(package)) for p in package.rglob("*.py")
                  if "napari" not in p.relative_to(package).parts and pattern.search(p.read_text())]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-DATA = Path(__file__).parent / "data" / "cpdino"
+DATA = Path(__file__).resolve().parents[1] / "data" / "cpdino"
 TINY = DATA / "cpdino_tiny"
 TOLERANCE = 1e-4
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "gpu"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "gpu"))
 import payload  # noqa: E402
 
 MiB = 2**20
@@ -84,7 +84,7 @@ def test_a_missed_or_damaged_slice_is_refused(tmp_path, small_limit):
 
 
 def test_checkout_is_counted_without_the_bundled_onnx_models():
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     if not (repo / ".git").exists():
         pytest.skip("not a git checkout")
     counted = payload.checkout_bytes(repo)
