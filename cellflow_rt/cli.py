@@ -394,7 +394,7 @@ def info():
     from .family import FAMILIES
     bf16_families = [f for f in FAMILIES.values() if f.bf16_by_default]
     click.echo(f"--precision auto: {bf16_families[0].automatic_precision()} for "
-               f"{', '.join(f.title for f in bf16_families)} models, fp32 for others (default: fp32)")
+               f"{' and '.join(f.title + ' models' for f in bf16_families)}, fp32 for others (default: fp32)")
     click.echo(f"GPU dynamics (--dynamics gpu): {cuda_status() or 'available'}")
     click.echo(f"numba cache: {_numba.CACHE_DIR}")
     click.echo(f"numba threading layer: {numba.config.THREADING_LAYER} ({numba.config.NUMBA_NUM_THREADS} threads)")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 # Approximate download sizes by network (Cellpose publishes none): a CPnet checkpoint, CPSAM's ViT-L.
-_APPROX_SIZE = {3: "~26 MB", 4: "~1.2 GB"}
+#: Download sizes by network (ViT-L encoders), and for names whose network is smaller.
+_APPROX_SIZE = {"cpnet": "~26 MB", "cpsam": "~1.2 GB", "cpdino": "~1.2 GB", "cpdino-vitb": "~350 MB"}
 
 
 @click.group("models")
@@ -31,13 +32,13 @@ def list_command():
         click.echo(f"  {info.name:28s} {info.source:8s} {size:8.1f} MB  {info.onnx_path}")
     click.echo("published by Cellpose (download size approximate):")
     for name, model in CATALOG.items():
-        what = model.restore_type if model.kind == "restoration" else ("cpsam" if model.generation == 4 else "cpnet")
+        what = model.restore_type if model.kind == "restoration" else model.architecture
         if model.unsupported:
             state, what = f"not supported: {model.unsupported}", "-"
         else:
             state = "downloaded" if is_cached(name) else "not downloaded"
         size_model = " + size model" if model.size_model else ""
-        click.echo(f"  {name:28s} {what:9s} {_APPROX_SIZE[model.generation]:>8s}{size_model:13s}  {state}")
+        click.echo(f"  {name:28s} {what:9s} {_APPROX_SIZE.get(name, _APPROX_SIZE[model.architecture]):>8s}{size_model:13s}  {state}")
 
 
 @models_command.command("pull")

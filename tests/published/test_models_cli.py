@@ -96,6 +96,8 @@ def test_models_commands(env, server, tmp_path):
     assert listing.returncode == 0
     assert "cyto3" in listing.stdout and "not downloaded" in listing.stdout and "cyto_demo" in listing.stdout
     assert "transformer_cp3" in listing.stdout and "not supported" in listing.stdout
+    networks = {line.split()[0]: line.split()[1] for line in listing.stdout.splitlines() if line.startswith("  ")}
+    assert (networks["cpsam_v2"], networks["cpdino"], networks["cpdino-vitb"]) == ("cpsam", "cpdino", "cpdino")
     missing = cli(["models", "path", "nuclei"], env, tmp_path)
     assert missing.returncode != 0 and "models pull nuclei" in missing.stderr
     pulled = cli(["models", "pull", "-q", "nuclei"], env, tmp_path)
