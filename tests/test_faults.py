@@ -81,6 +81,7 @@ def _kill_when(proc: subprocess.Popen, folder: Path, ready, timeout: float = 120
     proc.wait()
 
 
+@pytest.mark.heavy  # over 5 s on 2 cores: out of the fast suite, in CI
 def test_batch_killed_at_random_points_leaves_complete_or_absent_outputs(tmp_path, reference):
     names, expected, _ = reference
     rng = random.Random(26)
@@ -186,6 +187,7 @@ def _big_input(folder: Path) -> Path:
 BLOCKWISE = ["--blocksize", "128", "--scheduler", "threads"]
 
 
+@pytest.mark.heavy  # over 5 s on 2 cores: out of the fast suite, in CI
 def test_blockwise_run_killed_while_writing_never_leaves_a_partial_zarr(tmp_path):
     zarr = pytest.importorskip("zarr")
     pytest.importorskip("dask")

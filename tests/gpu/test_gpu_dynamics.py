@@ -213,6 +213,7 @@ def test_cli_gpu_dynamics_without_a_device_fails_clearly(tmp_path):
     assert "--dynamics gpu" in run.stderr and "Traceback" not in run.stderr
 
 
+@pytest.mark.heavy  # over 5 s on 2 cores: out of the fast suite, in CI
 def test_gpu_dynamics_check_script_runs(tmp_path):
     # bench/gpu/dynamics_check.py: --prepare from ../shared, then the check on a small crop and a
     # small synthetic case (in the simulator here; on a GPU machine it is step 1 of the GPU check)
@@ -237,6 +238,7 @@ def test_gpu_dynamics_check_script_runs(tmp_path):
     assert raw["cases"][1]["masks_cpu"] >= 2
 
 
+@pytest.mark.heavy  # over 5 s on 2 cores: out of the fast suite, in CI
 def test_kernels_compile_for_the_gpu_without_fused_multiply_adds():
     # bench/gpu/ptx_check.py: numba-cuda's real CUDA target (not the simulator, which checks neither
     # numba's typing nor the rounding) compiles every kernel of cellflow_rt.gpu (dynamics and the

@@ -57,6 +57,7 @@ def segment(image: Path, model: str, out: Path, env, cwd, *flags):
     return masks_of(out, image.stem)
 
 
+@pytest.mark.heavy  # over 5 s on 2 cores: out of the fast suite, in CI
 def test_run_cyto3_by_name_gives_the_bundled_export_masks(env, server, tmp_path):
     # cyto_demo.onnx was exported by torch from the checkpoint served here as "cyto3"; Cellpose's built-in
     # rule gives cyto3 diam_mean 30, the demo's own value, so the masks must be identical (the diameter

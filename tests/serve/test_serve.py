@@ -312,6 +312,7 @@ def _hammer(server, body, n_clients, n_requests, answers):
         t.join()
 
 
+@pytest.mark.heavy  # over 5 s on 2 cores: out of the fast suite, in CI
 def test_load_16_clients_bounded_queue_no_leak(server, reference):
     """16 concurrent clients sending 16 x 25 requests of a 512^2 image (between 50 and 50 more, 500
     in all): only 200 or 503 with Retry-After, every 200 equal to ``run``'s masks; RSS after 500
@@ -433,6 +434,7 @@ def test_is_loopback():
     check_exposure("0.0.0.0", None, True)
 
 
+@pytest.mark.heavy  # over 5 s on 2 cores: out of the fast suite, in CI
 def test_shutdown_lets_requests_in_flight_finish(tmp_path, reference):
     _, files, masks = reference
     proc = ServerProcess(["--model", "nuclei_demo", "--max-queue", "4"], tmp_path)
