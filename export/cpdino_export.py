@@ -24,6 +24,7 @@ import numpy as np
 from cellflow_rt import __version__
 from cellflow_rt.checksum import sha256_file
 
+from .cpsam_export import temporary_path
 from .manifest import append_onnx_metadata, cpdino_model_facts, write_manifest
 from .parity import (FLOWS_TOLERANCE, STYLE_TOLERANCE, check_parity, format_report, parity_images, runtime_versions,
                      torch_outputs)
@@ -104,7 +105,7 @@ def export_cpdino(ckpt, *, name: str, out_dir: Path, fp16: bool, description: st
                                diam_mean=ckpt.diam_mean, diam_labels=ckpt.diam_labels)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / facts["onnx_file"]
-    temporary = onnx_path.with_name(f".{onnx_path.name}.{os.getpid()}.tmp")
+    temporary = temporary_path(onnx_path)
     try:
         net = build_cpdino(spec, ckpt.state_dict)
         images = cpdino_gate_images(parity_tiles)

@@ -59,7 +59,7 @@ def export_cpsam(ckpt, *, name: str, out_dir: Path, fp16: bool, description: str
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / facts["onnx_file"]
     half_path = out_dir / f"{name}{FP16_SUFFIX}.onnx"
-    temporary = [_temporary(onnx_path)] + ([_temporary(half_path)] if fp16 else [])
+    temporary = [temporary_path(onnx_path)] + ([temporary_path(half_path)] if fp16 else [])
     try:
         net = build_cpsam(spec, ckpt.state_dict)
         images = cpsam_parity_images(parity_tiles)
@@ -100,6 +100,6 @@ def export_cpsam(ckpt, *, name: str, out_dir: Path, fp16: bool, description: str
     return manifest_path
 
 
-def _temporary(path: Path) -> Path:
+def temporary_path(path: Path) -> Path:
     # beside the destination, so that the final rename is atomic
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 from pathlib import Path
 
 from cellflow_rt.registry import MANIFEST_FORMAT
@@ -71,8 +72,9 @@ def model_facts(
     }
 
 
-def cpsam_model_facts(
+def cellpose4_model_facts(
     *,
+    architecture: str,
     name: str,
     description: str,
     source_file: str,
@@ -83,18 +85,21 @@ def cpsam_model_facts(
     diam_mean: float,
     diam_labels: float,
 ) -> dict:
-    """Return the manifest entries of a Cellpose 4 CPSAM model, in the manifest's key order.
+    """Return the manifest entries of a Cellpose 4 ViT model, in the manifest's key order.
 
-    ``diam_mean`` and ``diam_labels`` are the checkpoint's stored values, for information: Cellpose 4
-    resizes by ``30 / diameter`` and never reads them.
+    ``architecture`` is ``"cpsam"`` (Cellpose-SAM) or ``"cpdino"`` (Cellpose 4.2's DINOv3 CPDINO); the
+    key of that name holds the spec (CPDINO's: ``backbone`` ``vitl``, ``vitb`` or ``custom``; ``tile``
+    the default side, 384; ``tile_multiple`` 8: its graph's tile side is not fixed). ``diam_mean`` and
+    ``diam_labels`` are the checkpoint's stored values, for information: Cellpose 4 resizes by
+    ``30 / diameter`` and never reads them.
     """
     return {
         **_source_facts(name, description, source_file, source_sha256, exporter_version, opset),
         "cellpose_generation": 4,
-        "architecture": "cpsam",
+        "architecture": architecture,
         "nchan": int(spec.nchan),
         "nout": int(spec.nout),
-        "cpsam": spec.as_json(),
+        architecture: spec.as_json(),
         "diam_mean": float(diam_mean),
         "diam_labels": float(diam_labels),
         "builtin_name": None,
@@ -104,38 +109,9 @@ def cpsam_model_facts(
     }
 
 
-def cpdino_model_facts(
-    *,
-    name: str,
-    description: str,
-    source_file: str,
-    source_sha256: str,
-    exporter_version: str,
-    opset: int,
-    spec,
-    diam_mean: float,
-    diam_labels: float,
-) -> dict:
-    """Return the manifest entries of a Cellpose 4.2 CPDINO model (DINOv3 backbone), in key order.
-
-    ``architecture`` is ``"cpdino"``; ``cpdino`` holds the spec (``backbone``: ``vitl``, ``vitb`` or
-    ``custom``; ``tile``: the default tile side, 384; ``tile_multiple``: sides the graph takes are
-    multiples of 8). The graph's tile side is not fixed.
-    """
-    return {
-        **_source_facts(name, description, source_file, source_sha256, exporter_version, opset),
-        "cellpose_generation": 4,
-        "architecture": "cpdino",
-        "nchan": int(spec.nchan),
-        "nout": int(spec.nout),
-        "cpdino": spec.as_json(),
-        "diam_mean": float(diam_mean),
-        "diam_labels": float(diam_labels),
-        "builtin_name": None,
-        "size_model": None,
-        "parity": None,
-        "fp16": None,
-    }
+#: The manifest entries of a Cellpose-SAM / a CPDINO model (:func:`cellpose4_model_facts`).
+cpsam_model_facts = partial(cellpose4_model_facts, architecture="cpsam")
+cpdino_model_facts = partial(cellpose4_model_facts, architecture="cpdino")
 
 
 def onnx_metadata_entries(facts: dict, precision: str = "fp32") -> dict:

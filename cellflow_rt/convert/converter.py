@@ -104,11 +104,16 @@ def convert_checkpoint(checkpoint, size_model=None, *, name, out_dir, descriptio
                   check_outputs={"flows": (batch, spec.nout, height, width), "style": (batch, spec.nstyle)})
 
 
-def _convert_cpsam(state, source: Path, size_model, channels, restore_type, *, name, out_dir, description, say):
-    for option, value in (("size_model", size_model), ("channels", channels), ("restore_type", restore_type)):
+def _refuse_cellpose3_options(what: str, **options) -> None:
+    """A Cellpose 4 checkpoint takes none of Cellpose 3's size model, channels or restoration type."""
+    for option, value in options.items():
         if value is not None:
-            raise ValueError(f"{option}: Cellpose 4 (Cellpose-SAM) checkpoints take no {option} "
+            raise ValueError(f"{option}: {what} checkpoints take no {option} "
                              "(segmentation on the image's first 3 channels, no size model)")
+
+
+def _convert_cpsam(state, source: Path, size_model, channels, restore_type, *, name, out_dir, description, say):
+    _refuse_cellpose3_options("Cellpose 4 (Cellpose-SAM)", size_model=size_model, channels=channels, restore_type=restore_type)
     spec = detect_cpsam_spec(state, source)
     say(f"checkpoint {source}: Cellpose 4 CPSAM, width {spec.embed_dim}, depth {spec.depth}, {spec.num_heads} "
         f"heads, MLP {spec.mlp_dim}, neck {spec.neck_dim}")
@@ -125,10 +130,7 @@ def _convert_cpsam(state, source: Path, size_model, channels, restore_type, *, n
 
 
 def _convert_cpdino(state, source: Path, size_model, channels, restore_type, *, name, out_dir, description, say):
-    for option, value in (("size_model", size_model), ("channels", channels), ("restore_type", restore_type)):
-        if value is not None:
-            raise ValueError(f"{option}: Cellpose 4 (CPDINO) checkpoints take no {option} "
-                             "(segmentation on the image's first 3 channels, no size model)")
+    _refuse_cellpose3_options("Cellpose 4 (CPDINO)", size_model=size_model, channels=channels, restore_type=restore_type)
     spec = detect_cpdino_spec(state, source)
     say(f"checkpoint {source}: Cellpose 4.2 CPDINO ({spec.backbone}), width {spec.embed_dim}, depth {spec.depth}, "
         f"{spec.num_heads} heads, MLP {spec.mlp_dim}")

@@ -305,11 +305,7 @@ def detect_cpdino_spec(state: dict, source) -> CPDINOSpec:
     CheckpointError
         With a message naming what does not fit.
     """
-    try:
-        spec = read_cpdino_spec(state)
-    except (KeyError, IndexError, ValueError) as err:
-        raise CheckpointError(f"{source} looks like a Cellpose 4.2 CPDINO (DINOv3) checkpoint but its tensors are "
-                              f"unusable: {type(err).__name__}: {err}") from None
+    spec = _read_vit_spec(read_cpdino_spec, state, source, "a Cellpose 4.2 CPDINO (DINOv3)")
     _compare_keys(state, cpdino_expected_shapes(spec), source,
                   f"a CPDINO with width {spec.embed_dim}, depth {spec.depth}, {spec.num_heads} heads",
                   optional=set(CPDINO_OPTIONAL) | {k for k in cpdino_defaults(spec)})
@@ -399,14 +395,19 @@ def detect_cpsam_spec(state: dict, source) -> CPSAMSpec:
     CheckpointError
         With a message naming what does not fit.
     """
-    try:
-        spec = read_cpsam_spec(state)
-    except (KeyError, IndexError, ValueError) as err:
-        raise CheckpointError(f"{source} looks like a Cellpose-SAM (Cellpose 4) checkpoint but its tensors are "
-                              f"unusable: {type(err).__name__}: {err}") from None
+    spec = _read_vit_spec(read_cpsam_spec, state, source, "a Cellpose-SAM (Cellpose 4)")
     _compare_keys(state, cpsam_expected_shapes(spec), source,
                   f"a Cellpose-SAM with width {spec.embed_dim}, depth {spec.depth}, {spec.num_heads} heads")
     return spec
+
+
+def _read_vit_spec(read, state: dict, source, what: str):
+    """``read(state)``, its KeyError/IndexError/ValueError turned into a CheckpointError naming ``what``."""
+    try:
+        return read(state)
+    except (KeyError, IndexError, ValueError) as err:
+        raise CheckpointError(f"{source} looks like {what} checkpoint but its tensors are unusable: "
+                              f"{type(err).__name__}: {err}") from None
 
 
 def _compare_keys(state: dict, expected: dict, source, what: str, optional=frozenset()) -> None:
