@@ -1,25 +1,29 @@
 """Cellpose-SAM (Cellpose 4) without torch against Cellpose 4.2.1.1: speed, memory, and masks by precision.
 
-Three measurements, each side in its own process (peak RSS = that side's alone):
+Four measurements, each side in its own process (peak RSS = that side's alone):
 
 ``--tile``
     One 256 x 256 tile through a full-size Cellpose-SAM (ViT-L, 305 M parameters, random weights
-    from a seed: published weights cannot be downloaded here): ONNX Runtime fp32 and OpenVINO bf16
-    against Cellpose 4's torch network in float32 and in its bfloat16 default. Median of
+    from a seed: published weights cannot be downloaded here): ONNX Runtime fp32, OpenVINO bf16 and
+    int8 against Cellpose 4's torch network in float32 and in its bfloat16 default. Median of
     ``--repeats`` after a first call.
 ``--image``
     A 1024 x 1024 synthetic nuclei image end to end (``CellposeModel.eval``, default arguments) with
-    the same full-size network, the same four ways, ``--repeats`` runs (median).
+    the same full-size network, ``--image-precisions`` (Cellpose runs the fp32 and bf16 ones; it has
+    no int8), ``--repeats`` runs (median).
 ``--startup``
     From process start to the first masks of a 512 x 512 image with the full-size network (import,
     model load, ``eval``, masks saved), measured by the parent around the whole child process: ours
-    in fp32 and bf16, bf16 twice (an empty OpenVINO cache, then the cache the first process filled),
-    and Cellpose 4 in float32 and bfloat16.
+    in fp32, bf16 and int8, bf16 and int8 twice (an empty OpenVINO cache, then the cache the first
+    process filled), and Cellpose 4 in float32 and bfloat16.
 ``--precision-table``
-    The reference cases (``shared/reference/cpsam``) with the tiny demo network: our fp32 and bf16
-    masks against Cellpose 4's fp32 masks (stored) and its bfloat16 default (computed here), AP at
-    IoU 0.5 / 0.75 / 0.9.
+    The reference cases (``shared/reference/cpsam``) with the tiny demo network: our fp32, bf16 and
+    int8 masks against Cellpose 4's fp32 masks (stored) and its bfloat16 default (computed here), AP
+    at IoU 0.5 / 0.75 / 0.9.
 
+The int8 networks are made by ``cellflow-rt quantize`` calibrated on the DSB2018 sample images
+(``shared/data/dsb2018_sample``: real nuclei, none of them a reference case), 32 tiles for the
+full-size network and 64 for the demo.
 The full-size checkpoint is written once to ``bench/out/cpsam_random_vitl.pth`` and exported to
 ``bench/out/models/`` (1.2 GB each; ``bench/out`` is not in git). Cellpose 4.2.1.1 runs in its own
 environment (``--reference-python``, default ``/work/ref/cp4/bin/python``; see
@@ -90,6 +94,26 @@ def full_size_model() -> Path:
                     str(CHECKPOINT), str(MODELS)], check=True)
     print(f"exported in {time.perf_counter() - tic:.0f} s", file=sys.stderr)
     return onnx_path
+
+
+#: Calibration images for the int8 networks: real nuclei, none of them a reference case.
+CALIBRATION = sorted((SHARED / "data" / "dsb2018_sample").glob("*_image.tif"))
+
+
+def int8_network(onnx_path: Path, tiles: int = 32) -> None:
+    """Quantise ``onnx_path`` (``cellflow-rt quantize``) unless its int8 network is there and current."""
+    from cellflow_rt.int8_model import Int8ModelError, find_int8_model
+    from cellflow_rt.registry import cached_sha256
+
+    try:
+        find_int8_model(onnx_path, cached_sha256(onnx_path))
+        return
+    except Int8ModelError:
+        pass
+    tic = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "cellflow_rt.cli", "quantize", str(onnx_path), "--images",
+                    str(CALIBRATION[0].parent), "--img_filter", "_image", "--tiles", str(tiles)], check=True)
+    print(f"quantised in {time.perf_counter() - tic:.0f} s", file=sys.stderr)
 
 
 def bench_tile() -> np.ndarray:
@@ -187,10 +211,11 @@ def measure_tile(args) -> dict:
     tile_path = OUT / "tile.npy"
     np.save(tile_path, bench_tile())
     warm_openvino_cache(onnx_path, args.threads)
+    int8_network(onnx_path)
     rows = {}
-    # rounds interleave the four runtimes, so that a change of load on a shared machine hits all alike
+    # rounds interleave the five runtimes, so that a change of load on a shared machine hits all alike
     for _ in range(args.rounds):
-        for name, precision in (("cellflow fp32", "fp32"), ("cellflow bf16", "bf16")):
+        for name, precision in (("cellflow fp32", "fp32"), ("cellflow bf16", "bf16"), ("cellflow int8", "int8")):
             _merge(rows, name, run_ours(dict(mode="tile", onnx=str(onnx_path), precision=precision,
                                              threads=args.threads, repeats=args.repeats, tile=str(tile_path),
                                              out=str(OUT / f"tile_{precision}.npy")), args.threads))
@@ -201,17 +226,19 @@ def measure_tile(args) -> dict:
                                              args.reference_python, args.threads))
     reference = np.load(OUT / "tile_cellpose_fp32.npy")
     for name in rows:
-        key = {"cellflow fp32": "fp32", "cellflow bf16": "bf16", "cellpose fp32": "cellpose_fp32",
+        key = {"cellflow fp32": "fp32", "cellflow bf16": "bf16", "cellflow int8": "int8", "cellpose fp32": "cellpose_fp32",
                "cellpose bf16": "cellpose_bf16"}[name]
         rows[name]["max_abs_error_vs_cellpose_fp32"] = float(np.abs(np.load(OUT / f"tile_{key}.npy") - reference).max())
     print(f"\nfull-size Cellpose-SAM, one 256^2 tile, {args.threads} threads per side, median of {args.rounds} "
           f"round(s) x {args.repeats}")
-    print("| runtime | s per tile | speed-up vs cellpose fp32 | first call [s] | peak RSS [MiB] | max abs error vs cellpose fp32 |")
-    print("|---|---|---|---|---|---|")
+    print("| runtime | s per tile | speed-up vs cellpose fp32 | vs cellpose bf16 | first call [s] | peak RSS [MiB] | "
+          "max abs error vs cellpose fp32 |")
+    print("|---|---|---|---|---|---|---|")
     base = statistics.median(rows["cellpose fp32"]["seconds"])
+    base_bf16 = statistics.median(rows["cellpose bf16"]["seconds"])
     for name, r in rows.items():
         s = statistics.median(r["seconds"])
-        print(f"| {name} | {s:.2f} | {base / s:.2f}x | {r['first_s']:.2f} | {r['peak_rss_mib']:.0f} | "
+        print(f"| {name} | {s:.2f} | {base / s:.2f}x | {base_bf16 / s:.2f}x | {r['first_s']:.2f} | {r['peak_rss_mib']:.0f} | "
               f"{r['max_abs_error_vs_cellpose_fp32']:.2g} |")
     return rows
 
@@ -235,12 +262,15 @@ def measure_image(args) -> dict:
     onnx_path = full_size_model()
     image = image_path(CASES["nuclei_1024"])
     warm_openvino_cache(onnx_path, args.threads)
+    int8_network(onnx_path)
     rows = {}
     # each precision's pair back to back, so that both sides of a ratio see the same load
-    for precision in ("fp32", "bf16"):
+    for precision in args.image_precisions.split(","):
         rows[f"cellflow {precision}"] = run_ours(dict(mode="image", onnx=str(onnx_path), precision=precision,
                                                       threads=args.threads, repeats=args.repeats, image=str(image),
                                                       out=str(OUT / f"image_{precision}.npy")), args.threads)
+        if precision == "int8":  # Cellpose has no int8: its bf16 default is the row to compare with
+            continue
         rows[f"cellpose {precision}"] = run_reference(dict(mode="image", weights=str(CHECKPOINT),
                                                            bfloat16=precision == "bf16", threads=args.threads,
                                                            repeats=args.repeats, image=str(image),
@@ -249,13 +279,14 @@ def measure_image(args) -> dict:
     shape = tifffile.imread(image).shape
     print(f"\nfull-size Cellpose-SAM (random weights), {shape[0]}x{shape[1]} end to end (eval, default arguments), "
           f"{args.threads} threads per side, median of {args.repeats}")
-    print("| runtime | s | speed-up vs cellpose fp32 | peak RSS [MiB] | masks |")
+    print("| runtime | s | speed-up vs cellpose bf16 | peak RSS [MiB] | masks |")
     print("|---|---|---|---|---|")
-    base = statistics.median(rows["cellpose fp32"]["seconds"])
-    for name in ("cellpose fp32", "cellflow fp32", "cellpose bf16", "cellflow bf16"):
-        r = rows[name]
-        s = statistics.median(r["seconds"])
-        print(f"| {name} | {s:.1f} | {base / s:.2f}x | {r['peak_rss_mib']:.0f} | {r['n_masks']} |")
+    base = statistics.median(rows["cellpose bf16"]["seconds"])
+    for name in ("cellpose fp32", "cellflow fp32", "cellpose bf16", "cellflow bf16", "cellflow int8"):
+        if name in rows:
+            r = rows[name]
+            s = statistics.median(r["seconds"])
+            print(f"| {name} | {s:.1f} | {base / s:.2f}x | {r['peak_rss_mib']:.0f} | {r['n_masks']} |")
     return rows
 
 
@@ -271,6 +302,11 @@ def measure_startup(args) -> dict:
         rows["cellflow bf16, empty OpenVINO cache"] = run_ours(dict(spec, precision="bf16",
                                                                     out=str(OUT / "startup_bf16.npy")), args.threads, env)
         rows["cellflow bf16, cached"] = run_ours(dict(spec, precision="bf16", out=str(OUT / "startup_bf16.npy")),
+                                                 args.threads, env)
+        int8_network(onnx_path)
+        rows["cellflow int8, empty OpenVINO cache"] = run_ours(dict(spec, precision="int8",
+                                                                    out=str(OUT / "startup_int8.npy")), args.threads, env)
+        rows["cellflow int8, cached"] = run_ours(dict(spec, precision="int8", out=str(OUT / "startup_int8.npy")),
                                                  args.threads, env)
     rows["cellflow fp32"] = run_ours(dict(spec, precision="fp32", out=str(OUT / "startup_fp32.npy")), args.threads)
     for precision in ("fp32", "bf16"):
@@ -298,11 +334,12 @@ def precision_table(args) -> dict:
     cases = sorted(p for p in REFERENCE.iterdir() if p.is_dir())
     with tempfile.TemporaryDirectory() as tmp:
         manifest = export_checkpoint(TINY, name="cpsam_tiny", out_dir=tmp, echo=None)
+        int8_network(manifest.with_suffix(".onnx"), tiles=64)
         bf16_dir = Path(tmp) / "cellpose_bf16"
         run_reference(dict(mode="cases", weights=str(TINY), bfloat16=True, threads=args.threads,
                            cases=[str(c) for c in cases], outdir=str(bf16_dir)), args.reference_python, args.threads)
         ours = {p: CellposeModel(pretrained_model=str(manifest.with_suffix(".onnx")), precision=p)
-                for p in ("fp32", "bf16")}
+                for p in ("fp32", "bf16", "int8")}
         rows = {}
         for case in cases:
             kwargs = json.loads((case / "params.json").read_text())["eval"]
@@ -318,7 +355,7 @@ def precision_table(args) -> dict:
             s = matching_summary(references["fp32"], references["bf16"])
             rows[(case.name, "cellpose bf16", "fp32")] = (s["n_true"], s["n_pred"], s["ap_0.5"], s["ap_0.75"],
                                                           s["ap_0.9"])
-    print("\nAP against Cellpose 4.2.1.1 (demo network, reference cases): ours fp32 / bf16 against Cellpose fp32 "
+    print("\nAP against Cellpose 4.2.1.1 (demo network, reference cases): ours fp32 / bf16 / int8 against Cellpose fp32 "
           "and its bf16 default; last rows: Cellpose bf16 against Cellpose fp32")
     print("| case | ours | against Cellpose | masks (Cellpose / ours) | AP@0.5 | AP@0.75 | AP@0.9 |")
     print("|---|---|---|---|---|---|---|")
@@ -336,6 +373,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per worker (after a first call for --tile)")
     parser.add_argument("--rounds", type=int, default=1, help="--tile: times each runtime is started, interleaved")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--image-precisions", default="bf16,int8,fp32",
+                        help="--image: precisions to run, comma-separated (int8 has no Cellpose row)")
     parser.add_argument("--reference-python", default="/work/ref/cp4/bin/python")
     parser.add_argument("--json", help="write the measurements here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

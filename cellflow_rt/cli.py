@@ -297,8 +297,9 @@ def _load_restoration(name, providers, provider, threads, precision):
     from .registry import ModelNotFoundError
 
     try:
+        # a restoration net has no int8 network of its own: bfloat16 beside an int8 segmentation
         model = LoadedModel.load(name, providers=providers, strict_provider=provider is not None,
-                                 num_threads=threads or None, precision=precision)
+                                 num_threads=threads or None, precision="bf16" if precision == "int8" else precision)
     except ModelNotFoundError as exc:
         raise ModelNotFoundError(f"--restore_type: {exc}") from None
     return model.require_kind("restoration", "--restore_type")
@@ -377,7 +378,7 @@ def info():
     from .gpu import cuda_status
     from .network import available_providers
     from .provider_options import GPU_PROVIDERS
-    from .network_openvino import bf16_status
+    from .network_openvino import bf16_status, int8_status
     from .published import cache_dir
     from .registry import list_models, user_model_dir
 
@@ -391,6 +392,7 @@ def info():
         count, no_device = cuda_devices()
         click.echo(f"CUDA devices: {count}" + (f" ({no_device})" if no_device else ""))
     click.echo(f"bf16 (--precision bf16): {bf16_status()}")
+    click.echo(f"int8 (--precision int8): {int8_status()}")
     from .family import FAMILIES
     bf16_families = [f for f in FAMILIES.values() if f.bf16_by_default]
     click.echo(f"--precision auto: {bf16_families[0].automatic_precision()} for "
@@ -423,7 +425,7 @@ def info():
 @click.option("--use_gpu", is_flag=True, help="Use TensorRT/CUDA if onnxruntime offers them (falls back to CPU).")
 @click.option("--provider", default=None, help="Execution provider to require (cpu, cuda, tensorrt); fails if missing.")
 @click.option("--threads", default=0, type=int, help="CPU threads for the network (0 = onnxruntime's choice).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default="fp32", show_default=True,
               help="Network precision (as for run).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
               help="Segmentations run at once (threads sharing the models).")
@@ -487,10 +489,11 @@ def serve(host, port, model_names, use_gpu, provider, threads, precision, worker
 
 def _add_export_command():
     try:
-        from .export.command import export_command
+        from .export.command import export_command, quantize_command
     except ImportError:  # the exporter module is not installed
         return
     main.add_command(export_command, name="export")
+    main.add_command(quantize_command, name="quantize")
 
 
 _add_export_command()

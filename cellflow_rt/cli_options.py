@@ -107,11 +107,12 @@ runtime = option_group("runtime", [
     click.option("--provider", default=None,
                  help="Execution provider to require (cpu, cuda, tensorrt); fails if missing."),
     click.option("--threads", default=0, type=int, help="CPU threads for the network (0 = onnxruntime's choice)."),
-    click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "tf32", "auto"]), default="fp32",
+    click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "tf32", "int8", "auto"]), default="fp32",
                  show_default=True,
-                 help="Network precision: fp32 gives Cellpose's masks; fp16 (TensorRT), tf32 (CUDA) and bf16 (CPU, "
-                      "needs the openvino extra) are faster and approximate; auto = bf16 for Cellpose 4 models on "
-                      "CPUs with bfloat16 instructions (Cellpose 4's own default), else fp32."),
+                 help="Network precision: fp32 gives Cellpose's masks; fp16 (TensorRT), tf32 (CUDA), bf16 and int8 "
+                      "(CPU, need the openvino extra; int8 needs the model's int8 network: cellflow-rt quantize) are "
+                      "faster and approximate; auto = bf16 for Cellpose 4 models on CPUs with bfloat16 instructions "
+                      "(Cellpose 4's own default), else fp32."),
 ])
 
 outputs = option_group("outputs", [

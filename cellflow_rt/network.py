@@ -30,8 +30,9 @@ _ALIASES = {
 
 #: Network precisions: fp32 = the exported float32 model as is (Cellpose's numbers); fp16 = TensorRT
 #: builds float16 engines; bf16 = OpenVINO on the CPU in bfloat16; tf32 = the CUDA provider's
-#: convolutions in TensorFloat-32 (see :mod:`.provider_options`).
-PRECISIONS = ("fp32", "fp16", "bf16", "tf32")
+#: convolutions in TensorFloat-32 (see :mod:`.provider_options`); int8 = OpenVINO on the CPU with the
+#: linear layers in int8, from the network ``cellflow-rt quantize`` made (:mod:`.int8_model`).
+PRECISIONS = ("fp32", "fp16", "bf16", "tf32", "int8")
 
 
 class ProviderUnavailableError(RuntimeError):
@@ -272,29 +273,36 @@ def open_network(onnx_path: Union[str, Path], providers=None, strict_provider: b
                  num_threads: Optional[int] = None, precision: str = "fp32",
                  cache_dir: Optional[Union[str, Path]] = None, batch_size: int = 8, nchan: int = 2,
                  tile_sides: Optional[tuple] = None):
-    """The network for a precision: :class:`Network` (ONNX Runtime) or an OpenVINO network (bf16).
+    """The network for a precision: :class:`Network` (ONNX Runtime) or an OpenVINO network (bf16, int8).
 
     Parameters
     ----------
     onnx_path, providers, strict_provider, num_threads, cache_dir, batch_size, nchan, tile_sides
         As in :class:`Network`; ``providers`` must be the CPU (or None) for bf16.
-    precision : {"fp32", "fp16", "bf16", "tf32"}
+    precision : {"fp32", "fp16", "bf16", "tf32", "int8"}
         See :data:`PRECISIONS`.
 
     Raises
     ------
     ValueError
-        Unknown precision, bf16 with a GPU provider, or bf16 without OpenVINO installed.
+        Unknown precision, bf16 or int8 with a GPU provider, bf16 or int8 without OpenVINO installed,
+        int8 without the model's int8 network (:class:`~cellflow_rt.int8_model.Int8ModelError`).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision != "bf16":
+    if precision not in ("bf16", "int8"):
         return Network(onnx_path, providers=providers, strict_provider=strict_provider, num_threads=num_threads,
                        cache_dir=cache_dir, precision=precision, batch_size=batch_size, nchan=nchan,
                        tile_sides=tile_sides)
     wanted = [] if providers is None else [providers] if isinstance(providers, str) else list(providers)
     if any(_canonical(p) != "CPUExecutionProvider" for p in wanted):
-        raise ValueError(f"precision bf16 runs on the CPU (OpenVINO); it cannot run on {wanted}: "
+        raise ValueError(f"precision {precision} runs on the CPU (OpenVINO); it cannot run on {wanted}: "
                          "use fp16 (TensorRT) or fp32 on a GPU")
     from .network_openvino import OpenVINONetwork
+    if precision == "int8":
+        from .int8_model import find_int8_model
+        from .registry import cached_sha256
+
+        ir_path, _ = find_int8_model(onnx_path, cached_sha256(Path(onnx_path)))
+        return OpenVINONetwork(ir_path, num_threads=num_threads, precision="int8")
     return OpenVINONetwork(onnx_path, num_threads=num_threads, precision="bf16")

@@ -39,7 +39,7 @@ def _import_openvino():
         import openvino
     except ImportError as exc:
         raise OpenVINOUnavailableError(
-            "precision bf16 runs on OpenVINO, which is not installed: pip install 'cellflow-rt[openvino]' "
+            "precisions bf16 and int8 run on OpenVINO, which is not installed: pip install 'cellflow-rt[openvino]' "
             f"({exc})") from None
     return openvino
 
@@ -61,6 +61,22 @@ def bf16_status() -> str:
         return "unavailable (pip install 'cellflow-rt[openvino]')"
     native = "this CPU has bf16 instructions" if cpu_supports_bf16() else "no bf16 instructions: runs fp32"
     return f"OpenVINO {ov.__version__}, {native}"
+
+
+def int8_status() -> str:
+    """One line for ``cellflow-rt info``: how ``--precision int8`` runs here."""
+    try:
+        ov = _import_openvino()
+    except OpenVINOUnavailableError:
+        return "unavailable (pip install 'cellflow-rt[openvino]')"
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").is_file() else set()
+    if "amx_int8" in flags:
+        kind = "AMX int8 tiles"
+    elif flags & {"avx512_vnni", "avx_vnni"}:
+        kind = "VNNI int8 dot products"
+    else:
+        kind = "no int8 dot-product instructions found"
+    return f"OpenVINO {ov.__version__}, {kind}; needs the model's int8 network (cellflow-rt quantize)"
 
 
 #: Bump when :mod:`.openvino_graph` changes what it writes: cached graphs of older versions are not reused.
@@ -94,6 +110,10 @@ def _compile(ov, core, onnx_path: Path, config: dict, cache_dir: Optional[Path],
     """
     from .openvino_graph import prepare_model
 
+    if onnx_path.suffix == ".xml":  # an int8 network (cellflow-rt quantize): rewritten and quantised already
+        compiled_dir = None if cache_dir is None else _compiled_folder(cache_dir, onnx_path)
+        return core.compile_model(str(onnx_path), "CPU",
+                                  config if compiled_dir is None else dict(config, CACHE_DIR=str(compiled_dir))), True
     if cache_dir is not None:
         ir = cache_dir / "graphs" / _graph_key(onnx_path, ov.__version__, half_weights) / "model.xml"
         if ir.is_file():
@@ -110,6 +130,21 @@ def _compile(ov, core, onnx_path: Path, config: dict, cache_dir: Optional[Path],
             del model  # its float32 weights: the IR file holds them now
             return core.compile_model(str(ir), "CPU", dict(config, CACHE_DIR=str(ir.parent / "compiled"))), True
     return core.compile_model(model, "CPU", config), True
+
+
+def _compiled_folder(cache_dir: Path, ir_path: Path) -> Optional[Path]:
+    """OpenVINO's compiled-model cache for an IR file (one folder per file; earlier versions' removed)."""
+    folder = cache_dir / "int8" / _graph_key(ir_path, _import_openvino().__version__, False)
+    source = str(ir_path.resolve())
+    try:
+        for other in folder.parent.glob("*/source.txt"):
+            if other.parent != folder and other.read_text() == source:
+                shutil.rmtree(other.parent, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "source.txt").write_text(source)
+    except OSError:
+        return None  # a read-only or full cache: compile without one
+    return folder
 
 
 def _save_atomically(ov, model, xml_path: Path, onnx_path: Path, half_weights: bool) -> None:
@@ -148,8 +183,11 @@ class OpenVINONetwork:
         Exported CPnet (input ``image`` [B, C, H, W]; outputs ``flows``, ``style``).
     num_threads : int, optional
         Inference threads (default: OpenVINO's choice, all cores).
-    precision : {"bf16", "fp32"}
+    precision : {"bf16", "fp32", "int8"}
         Inference precision hint; bf16 falls back to float32 on CPUs without bf16 instructions.
+        "int8": ``onnx_path`` is the int8 IR that ``cellflow-rt quantize`` wrote
+        (:func:`~cellflow_rt.int8_model.find_int8_model`); its linear layers run in int8, the rest
+        in bfloat16 where the CPU has it.
     cache_dir : path or False, optional
         Where rewritten graphs and compiled models are kept (default :func:`default_cache_dir`);
         False: no cache.
@@ -162,7 +200,7 @@ class OpenVINONetwork:
                  cache_dir: Union[str, Path, None, bool] = None, streams: Optional[int] = None):
         ov = _import_openvino()
         self.onnx_path = Path(onnx_path)
-        config = {"INFERENCE_PRECISION_HINT": {"bf16": "bf16", "fp32": "f32"}[precision],
+        config = {"INFERENCE_PRECISION_HINT": {"bf16": "bf16", "fp32": "f32", "int8": "bf16"}[precision],
                   "PERFORMANCE_HINT": "LATENCY"}
         #: Tiles in flight at once (OpenVINO streams).
         self.streams = max(1, int(streams or os.environ.get("CELLFLOW_RT_OPENVINO_STREAMS", "1")))
@@ -195,7 +233,7 @@ class OpenVINONetwork:
         self.nout = nout.get_length() if nout.is_static else 3
         used = self._compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type
         #: The precision OpenVINO actually runs in: "bf16", or "fp32" on CPUs without bf16.
-        self.precision = "bf16" if used == ov.Type.bf16 else "fp32"
+        self.precision = "int8" if precision == "int8" else "bf16" if used == ov.Type.bf16 else "fp32"
         self.providers = [PROVIDER_NAME]
         self._local = threading.local()  # one infer request per thread: requests are not thread-safe
         #: Tiles per inference. CPnet: 1, as fast as eight and less than half the memory. Cellpose-SAM:
@@ -206,7 +244,7 @@ class OpenVINONetwork:
     def reload_args(self) -> dict:
         """``providers`` and ``precision`` for :func:`~cellflow_rt.network.open_network` that open this
         network again (workers): bf16 as asked, even where this CPU made OpenVINO fall back to fp32."""
-        return {"providers": (), "precision": "bf16"}
+        return {"providers": (), "precision": "int8" if self.precision == "int8" else "bf16"}
 
     def _request(self):
         request = getattr(self._local, "request", None)

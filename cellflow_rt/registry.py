@@ -276,7 +276,7 @@ def read_manifest(path) -> dict:
 _SHA256_CACHE: dict = {}
 
 
-def _cached_sha256(path: Path) -> str:
+def cached_sha256(path: Path) -> str:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _SHA256_CACHE:
@@ -295,7 +295,7 @@ def _load(manifest_path: Path, onnx_path: Optional[Path], source: str) -> ModelI
         expected, precision = fp16.get("onnx_sha256"), "fp16"
     if not onnx_path.is_file():
         raise ModelFileError(f"manifest {manifest_path} names {onnx_path.name}, which is missing")
-    actual = _cached_sha256(onnx_path)
+    actual = cached_sha256(onnx_path)
     if actual != expected:
         raise ModelFileError(
             f"{onnx_path}: sha256 {actual} does not match its manifest {manifest_path.name} ({expected}); "

@@ -1,6 +1,8 @@
 """``cellflow-rt export``: the exporter as a click command (importable without torch)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from cellflow_rt.registry import RESTORE_TYPES
@@ -41,4 +43,42 @@ def export_command(checkpoint, size_model, name, out_dir, fp16, description, cha
         raise click.ClickException(str(err)) from None
 
 
-__all__ = ["export_command", "INSTALL_HINT"]
+@click.command("quantize")
+@click.argument("model")
+@click.option("--images", "images", required=True, type=click.Path(exists=True),
+              help="Calibration images: a folder (its images, not masks) or one image file. Use images like the "
+                   "ones the model will segment, not the ones you judge it on.")
+@click.option("--img_filter", default=None,
+              help="With a folder: only images whose name ends with this before the extension (as run's).")
+@click.option("--tiles", "max_tiles", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Most network tiles used to measure activation ranges.")
+@click.option("--diameter", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Diameter the images will be segmented at (default: the model's own default).")
+@click.option("--threads", default=0, type=int, help="CPU threads for the float32 runs (0 = all).")
+def quantize_command(model, images, img_filter, max_tiles, diameter, threads):
+    """Write MODEL's int8 network (MODEL.int8.xml/.bin/.json beside its ONNX file) for --precision int8:
+    its linear layers in int8 (AMX/VNNI), ranges measured on tiles of the calibration images.
+    Needs the export extra (NNCF) and the openvino extra; the runs that use it need only OpenVINO."""
+    from cellflow_rt.io import find_images
+
+    try:
+        import nncf  # noqa: F401
+        import openvino  # noqa: F401
+    except ImportError as exc:
+        raise click.ClickException(f"quantize needs NNCF and OpenVINO: pip install 'cellflow-rt[export,openvino]' "
+                                   f"({exc})") from None
+    from .quantize import quantize_model
+
+    path = Path(images)
+    try:
+        paths = [Path(p) for p in find_images(path, img_filter=img_filter)] if path.is_dir() else [path]
+    except ValueError as exc:  # find_images: a folder without images, with its reasons
+        raise click.ClickException(f"--images: {exc}") from None
+    try:
+        quantize_model(model, paths, max_tiles=max_tiles, diameter=diameter, num_threads=threads or None,
+                       echo=click.echo)
+    except (FileNotFoundError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+
+
+__all__ = ["export_command", "quantize_command", "INSTALL_HINT"]
