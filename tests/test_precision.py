@@ -42,7 +42,7 @@ def test_cpu_network_runs_one_tile_per_call_with_the_batched_outputs():
 def test_unknown_precision_is_refused():
     from cellflow_rt.network import open_network
     with pytest.raises(ValueError, match="precision must be one of"):
-        open_network(_onnx(), precision="int8")
+        open_network(_onnx(), precision="int4")
 
 
 def test_fp16_without_tensorrt_warns_and_runs_fp32():

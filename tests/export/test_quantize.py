@@ -153,3 +153,24 @@ def test_quantize_refuses_a_folder_without_images(demo_onnx, tmp_path):
     result = CliRunner().invoke(main, ["quantize", str(demo_onnx), "--images", str(tmp_path)])
     assert result.exit_code != 0
     assert "no images" in result.output
+
+
+def test_running_int8_imports_neither_nncf_nor_torch(quantized):
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from cellflow_rt.models import CellposeModel; "
+            f"m = CellposeModel(pretrained_model={str(quantized)!r}, precision='int8'); "
+            "m.eval(np.random.default_rng(0).random((64, 64), dtype=np.float32)); "
+            "print(sorted(k for k in ('torch', 'nncf') if k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_info_says_how_int8_runs_here():
+    from cellflow_rt.cli import main
+
+    result = CliRunner().invoke(main, ["info"])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("int8 (--precision int8):"))
+    assert "OpenVINO" in line and "cellflow-rt quantize" in line
