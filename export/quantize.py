@@ -99,7 +99,6 @@ def quantize_network(onnx_path: Path, tiles: np.ndarray):
 
     from cellflow_rt.openvino_graph import prepare_model
 
-    nncf.set_log_level(logging.ERROR)  # not one line per layer left in float
     model = ov.Core().read_model(str(onnx_path))
     fused = prepare_model(model)
     linear = set(linear_layers(model))
@@ -109,12 +108,20 @@ def quantize_network(onnx_path: Path, tiles: np.ndarray):
             if op.get_type_name() in ("MatMul", "Convolution", "ConvolutionBackpropData", "GroupConvolution")
             and op.get_friendly_name() not in linear]
     dataset = nncf.Dataset([tiles[i:i + 1] for i in range(len(tiles))])
-    quantized = nncf.quantize(
-        model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE, model_type=nncf.ModelType.TRANSFORMER,
-        subset_size=len(tiles), fast_bias_correction=True,
-        ignored_scope=nncf.IgnoredScope(names=kept, types=["ScaledDotProductAttention"], validate=False),
-        advanced_parameters=AdvancedQuantizationParameters(
-            smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1, convolution=-1)))
+    # NNCF logs one line per layer it leaves in float. Its logger only, and only for this call
+    # (nncf.set_log_level also sets the level of whatever handlers that logger holds).
+    nncf_logger = logging.getLogger("nncf")
+    level = nncf_logger.level
+    nncf_logger.setLevel(logging.ERROR)
+    try:
+        quantized = nncf.quantize(
+            model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE, model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(tiles), fast_bias_correction=True,
+            ignored_scope=nncf.IgnoredScope(names=kept, types=["ScaledDotProductAttention"], validate=False),
+            advanced_parameters=AdvancedQuantizationParameters(
+                smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1, convolution=-1)))
+    finally:
+        nncf_logger.setLevel(level)
     return quantized, {"attention_fused": fused, "linear_layers_int8": len(linear), "kept_in_bf16": len(kept)}
 
 
