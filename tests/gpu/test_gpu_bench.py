@@ -78,7 +78,8 @@ def test_a_missed_or_damaged_slice_is_refused(tmp_path, small_limit):
     damaged = tmp_path / "damaged"
     _machine(gpu_dir, damaged, range(1, n + 1))
     part = next((damaged / "parts").glob("stream.part02"))
-    part.write_bytes(b"x" + part.read_bytes()[1:])
+    data = part.read_bytes()
+    part.write_bytes(bytes([data[0] ^ 0xFF]) + data[1:])  # always a change (writing b"x" was none when it was "x")
     with pytest.raises(SystemExit, match="sha256"):
         payload.unpack(damaged)
 
