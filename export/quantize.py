@@ -29,8 +29,9 @@ from cellflow_rt.int8_model import RECIPE_VERSION, int8_files
 DEFAULT_TILES = 64
 
 
-def calibration_tiles(model, images: Sequence[np.ndarray], settings, max_tiles: int = DEFAULT_TILES) -> np.ndarray:
-    """The tiles ``model``'s network is given when it segments ``images`` with ``settings``.
+def calibration_tiles(model, images: Sequence[np.ndarray], settings, max_tiles: int = DEFAULT_TILES) -> list:
+    """The tiles ``model``'s network is given when it segments ``images`` with ``settings``, each
+    (1, C, ly, lx) float32 (sizes may differ between images: a small image gives smaller tiles).
 
     Normalisation, resizing and tiling are the pipeline's own: its network is replaced by one that
     records what it is given and answers zeros (the network's answers are not needed, and running
@@ -48,9 +49,9 @@ def calibration_tiles(model, images: Sequence[np.ndarray], settings, max_tiles: 
         model.net = recorder.net
     if not recorder.tiles:
         raise ValueError("the calibration images gave the network no tiles")
-    tiles = np.concatenate(recorder.tiles)
+    tiles = [batch[i:i + 1] for batch in recorder.tiles for i in range(len(batch))]
     pick = np.unique(np.linspace(0, len(tiles) - 1, min(max_tiles, len(tiles))).round().astype(int))
-    return tiles[pick]
+    return [tiles[i] for i in pick]
 
 
 class _TileRecorder:
@@ -83,8 +84,9 @@ def linear_layers(model) -> list:
     return names
 
 
-def quantize_network(onnx_path: Path, tiles: np.ndarray):
-    """The OpenVINO model of ``onnx_path`` (attention fused), its linear layers quantised on ``tiles``.
+def quantize_network(onnx_path: Path, tiles: Sequence[np.ndarray]):
+    """The OpenVINO model of ``onnx_path`` (attention fused), its linear layers quantised on ``tiles``
+    (network inputs, each (1, C, ly, lx)).
 
     Returns
     -------
@@ -107,7 +109,7 @@ def quantize_network(onnx_path: Path, tiles: np.ndarray):
     kept = [op.get_friendly_name() for op in model.get_ordered_ops()
             if op.get_type_name() in ("MatMul", "Convolution", "ConvolutionBackpropData", "GroupConvolution")
             and op.get_friendly_name() not in linear]
-    dataset = nncf.Dataset([tiles[i:i + 1] for i in range(len(tiles))])
+    dataset = nncf.Dataset(list(tiles))
     # NNCF logs one line per layer it leaves in float. Its logger only, and only for this call
     # (nncf.set_log_level also sets the level of whatever handlers that logger holds).
     nncf_logger = logging.getLogger("nncf")
@@ -156,6 +158,10 @@ def quantize_model(name_or_path, images: Sequence[Path], max_tiles: int = DEFAUL
     from cellflow_rt.settings import EvalSettings
 
     model = LoadedModel.load(name_or_path, num_threads=num_threads).require_kind("segmentation", "quantize")
+    if not model.family.int8_linear_layers:
+        raise ValueError(f"{model.name} is a {model.family.title} model: its work is in convolutions, and int8 "
+                         "networks are made for the Cellpose 4 ViTs' linear layers (Cellpose-SAM, CPDINO); "
+                         "use --precision bf16 for a faster CPU run")
     if not images:
         raise ValueError("quantize needs calibration images")
     settings = EvalSettings() if diameter is None else EvalSettings(diameter=float(diameter))

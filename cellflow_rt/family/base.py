@@ -58,6 +58,9 @@ class ModelFamily:
         The numba CUDA pipeline (flows left on the GPU, GPU dynamics) reproduces this family.
     bf16_by_default : bool
         ``precision="auto"`` picks bfloat16 on CPUs that run it natively (Cellpose 4 itself runs bf16).
+    int8_linear_layers : bool
+        The network's work is in linear layers that ``cellflow-rt quantize`` can put in int8 (the
+        ViTs); CPnet's is in convolutions (its few linear layers act on the style vector only).
     percentile_rule : str
         The percentile arithmetic of the image normalisation (:func:`cellflow_rt.normalize.normalize_img`):
         ``"numpy2.0"`` (Cellpose 3's reference environment) or ``"numpy2.1"`` (Cellpose 4's).
@@ -83,6 +86,7 @@ class ModelFamily:
     restoration_fits: bool = True
     gpu_path: bool = True
     bf16_by_default: bool = False
+    int8_linear_layers: bool = False
     percentile_rule: str = "numpy2.0"
     flow_picture_rule: str = "numpy2.0"
 

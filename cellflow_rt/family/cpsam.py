@@ -58,6 +58,7 @@ class CellposeSAM(ModelFamily):
     restoration_fits = False
     gpu_path = False
     bf16_by_default = True
+    int8_linear_layers = True
     percentile_rule = "numpy2.1"
     flow_picture_rule = "numpy2.1"
     eval_signature = staticmethod(eval_signature)

@@ -107,8 +107,8 @@ def test_calibration_tiles_are_the_networks_own_and_spread(demo_onnx):
     every = calibration_tiles(model, images, EvalSettings(), max_tiles=10_000)
     some = calibration_tiles(model, images, EvalSettings(), max_tiles=3)
     assert model.net is net  # the recorder is taken off again
-    assert every.shape[1:] == (3, 256, 256) and every.dtype == np.float32
-    assert len(some) == 3
+    assert all(t.shape == (1, 3, 256, 256) and t.dtype == np.float32 for t in every)
+    assert len(every) > 3 and len(some) == 3
     np.testing.assert_array_equal(some[0], every[0])
     np.testing.assert_array_equal(some[-1], every[-1])
 
@@ -174,3 +174,18 @@ def test_info_says_how_int8_runs_here():
     assert result.exit_code == 0, result.output
     line = next(line for line in result.output.splitlines() if line.startswith("int8 (--precision int8):"))
     assert "OpenVINO" in line and "cellflow-rt quantize" in line
+
+
+def test_a_cpnet_is_not_quantised(tmp_path):
+    from cellflow_rt.cli import main
+    from cellflow_rt.registry import resolve_model
+
+    bundled = resolve_model("nuclei_demo").onnx_path
+    model = tmp_path / bundled.name
+    shutil.copy(bundled, model)
+    shutil.copy(bundled.with_suffix(".json"), model.with_suffix(".json"))
+    result = CliRunner().invoke(main, ["quantize", str(model), "--images", str(CALIBRATION), "--img_filter", "_image",
+                                       "--tiles", "2"])
+    assert result.exit_code != 0
+    assert "convolutions" in result.output and "bf16" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([model.name, model.with_suffix(".json").name])
