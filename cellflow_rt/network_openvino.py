@@ -137,14 +137,20 @@ def _compiled_folder(cache_dir: Path, ir_path: Path) -> Optional[Path]:
     folder = cache_dir / "int8" / _graph_key(ir_path, _import_openvino().__version__, False)
     source = str(ir_path.resolve())
     try:
-        for other in folder.parent.glob("*/source.txt"):
-            if other.parent != folder and other.read_text() == source:
-                shutil.rmtree(other.parent, ignore_errors=True)
+        _remove_other_versions(folder, source)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "source.txt").write_text(source)
     except OSError:
         return None  # a read-only or full cache: compile without one
     return folder
+
+
+def _remove_other_versions(folder: Path, source: str) -> None:
+    """Remove the sibling cache folders of ``folder`` made for the same ``source`` file (its earlier versions)."""
+    for other in folder.parent.glob("*/source.txt"):
+        # (not another process's folder in the making: it is renamed or removed by that process)
+        if other.parent != folder and not other.parent.name.endswith(".tmp") and other.read_text() == source:
+            shutil.rmtree(other.parent, ignore_errors=True)
 
 
 def _save_atomically(ov, model, xml_path: Path, onnx_path: Path, half_weights: bool) -> None:
@@ -156,10 +162,7 @@ def _save_atomically(ov, model, xml_path: Path, onnx_path: Path, half_weights: b
     """
     folder = xml_path.parent
     source = str(onnx_path.resolve())
-    for other in folder.parent.glob("*/source.txt"):
-        # (not another process's folder in the making: it is renamed or removed by that process)
-        if other.parent != folder and not other.parent.name.endswith(".tmp") and other.read_text() == source:
-            shutil.rmtree(other.parent, ignore_errors=True)
+    _remove_other_versions(folder, source)
     tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     try:
