@@ -54,8 +54,7 @@ def export_command(checkpoint, size_model, name, out_dir, fp16, description, cha
               help="Most network tiles used to measure activation ranges.")
 @click.option("--diameter", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Diameter the images will be segmented at (default: the model's own default).")
-@click.option("--threads", default=0, type=int, help="CPU threads for the float32 runs (0 = all).")
-def quantize_command(model, images, img_filter, max_tiles, diameter, threads):
+def quantize_command(model, images, img_filter, max_tiles, diameter):
     """Write MODEL's int8 network (MODEL.int8.xml/.bin/.json beside its ONNX file) for --precision int8:
     its linear layers in int8 (AMX/VNNI), ranges measured on tiles of the calibration images.
     Needs the export extra (NNCF) and the openvino extra; the runs that use it need only OpenVINO."""
@@ -75,8 +74,7 @@ def quantize_command(model, images, img_filter, max_tiles, diameter, threads):
     except ValueError as exc:  # find_images: a folder without images, with its reasons
         raise click.ClickException(f"--images: {exc}") from None
     try:
-        quantize_model(model, paths, max_tiles=max_tiles, diameter=diameter, num_threads=threads or None,
-                       echo=click.echo)
+        quantize_model(model, paths, max_tiles=max_tiles, diameter=diameter, echo=click.echo)
     except (FileNotFoundError, ValueError) as err:
         raise click.ClickException(str(err)) from None
 

@@ -40,13 +40,13 @@ def calibration_tiles(model, images: Sequence[np.ndarray], settings, max_tiles: 
     """
     from cellflow_rt.pipeline import predict
 
-    recorder = _TileRecorder(model.net)
-    model.net = recorder
+    recorder = _TileRecorder(int(model.info.nchan), int(model.info.nout))
+    network, model.net = model.net, recorder
     try:
         for image in images:
             predict(image, model, settings)
     finally:
-        model.net = recorder.net
+        model.net = network
     if not recorder.tiles:
         raise ValueError("the calibration images gave the network no tiles")
     tiles = [batch[i:i + 1] for batch in recorder.tiles for i in range(len(batch))]
@@ -55,18 +55,19 @@ def calibration_tiles(model, images: Sequence[np.ndarray], settings, max_tiles: 
 
 
 class _TileRecorder:
-    """A network that keeps a copy of every tile it is asked to run and answers zeros."""
+    """A CPU network that keeps a copy of every tile it is asked to run and answers zeros."""
 
-    def __init__(self, net):
-        self.net = net
+    providers = ("CPUExecutionProvider",)
+    on_gpu = False
+
+    def __init__(self, nchan: int, nout: int):
+        self.nchan = nchan  # the network's input channels: the pipeline pads the image's up to these
+        self.nout = nout
         self.tiles = []
-
-    def __getattr__(self, name):
-        return getattr(self.net, name)
 
     def run(self, tiles, batch_size: int = 8):
         self.tiles.append(np.array(tiles, dtype=np.float32))
-        return (np.zeros((len(tiles), self.net.nout) + tuple(tiles.shape[2:]), np.float32),
+        return (np.zeros((len(tiles), self.nout) + tuple(tiles.shape[2:]), np.float32),
                 np.zeros((len(tiles), 256), np.float32))
 
 
@@ -128,7 +129,7 @@ def quantize_network(onnx_path: Path, tiles: Sequence[np.ndarray]):
 
 
 def quantize_model(name_or_path, images: Sequence[Path], max_tiles: int = DEFAULT_TILES, diameter=None,
-                   num_threads: Optional[int] = None, echo: Optional[Callable[[str], None]] = print) -> Path:
+                   echo: Optional[Callable[[str], None]] = print) -> Path:
     """Write the int8 network of a model beside its ONNX file (``NAME.int8.xml/.bin/.json``).
 
     Parameters
@@ -141,8 +142,6 @@ def quantize_model(name_or_path, images: Sequence[Path], max_tiles: int = DEFAUL
         Most network tiles used for the activation ranges.
     diameter : float, optional
         The diameter the images will be segmented at (default: the model's own default).
-    num_threads : int, optional
-        Threads for the float32 runs.
 
     Returns
     -------
@@ -154,10 +153,11 @@ def quantize_model(name_or_path, images: Sequence[Path], max_tiles: int = DEFAUL
 
     from cellflow_rt.io.read import imread
     from cellflow_rt.loaded_model import LoadedModel
-    from cellflow_rt.registry import cached_sha256
+    from cellflow_rt.registry import cached_sha256, resolve_model
     from cellflow_rt.settings import EvalSettings
 
-    model = LoadedModel.load(name_or_path, num_threads=num_threads).require_kind("segmentation", "quantize")
+    # no network session: calibration only records tiles, and NNCF reads the graph itself
+    model = LoadedModel(resolve_model(name_or_path), net=None).require_kind("segmentation", "quantize")
     if not model.family.int8_linear_layers:
         raise ValueError(f"{model.name} is a {model.family.title} model: its work is in convolutions, and int8 "
                          "networks are made for the Cellpose 4 ViTs' linear layers (Cellpose-SAM, CPDINO); "
