@@ -55,10 +55,9 @@ def _mean_3x3(T, T_next, inside, ly, lx):
             out[x] = ninth * total * ins[x]
 
 
-@numba.njit(**NUMBA_OPTS)
-def _mask_flow(order, a, b, Lx):
-    """Heat-diffusion unit flow (n, 2) [dY, dX] of one mask, pixels ``order[a:b]`` in that order."""
-    n = b - a
+@numba.njit(inline="always")
+def pixel_box(order, a, b, Lx):
+    """(ymin, ymax, xmin, xmax) of the flat pixel indices ``order[a:b]`` (``b > a``) in rows of ``Lx``."""
     ymin = 2**62
     ymax = -1
     xmin = 2**62
@@ -70,6 +69,14 @@ def _mask_flow(order, a, b, Lx):
         ymax = max(ymax, y)
         xmin = min(xmin, x)
         xmax = max(xmax, x)
+    return ymin, ymax, xmin, xmax
+
+
+@numba.njit(**NUMBA_OPTS)
+def _mask_flow(order, a, b, Lx):
+    """Heat-diffusion unit flow (n, 2) [dY, dX] of one mask, pixels ``order[a:b]`` in that order."""
+    n = b - a
+    ymin, ymax, xmin, xmax = pixel_box(order, a, b, Lx)
     ly = ymax - ymin + 3
     lx = xmax - xmin + 3
     # local coordinates (int32 like the reference) and their mean

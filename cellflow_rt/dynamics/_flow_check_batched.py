@@ -31,6 +31,7 @@ import numba
 import numpy as np
 
 from .._numba import NUMBA_OPTS
+from ._flow_check import pixel_box
 
 #: Above this many padded pixels the reference diffuses in float32.
 FLOAT32_ABOVE = 4e7
@@ -57,17 +58,7 @@ def centres_and_extents(order, starts, Lx):
         b = starts[k + 1]
         if b == a:
             continue
-        ymin = 2**62
-        ymax = -1
-        xmin = 2**62
-        xmax = -1
-        for j in range(a, b):
-            y = order[j] // Lx
-            x = order[j] % Lx
-            ymin = min(ymin, y)
-            ymax = max(ymax, y)
-            xmin = min(xmin, x)
-            xmax = max(xmax, x)
+        ymin, ymax, xmin, xmax = pixel_box(order, a, b, Lx)
         sum_y = 0
         sum_x = 0
         for j in range(a, b):
