@@ -9,6 +9,7 @@ from cellflow_rt.registry import RESTORE_TYPES
 
 from .exporter import INSTALL_HINT, ExportDependencyError, export_checkpoint, require_export_dependencies
 from .parity import ParityError
+from .quantize import DEFAULT_TILES, quantize_model
 
 
 @click.command("export")
@@ -50,7 +51,7 @@ def export_command(checkpoint, size_model, name, out_dir, fp16, description, cha
                    "ones the model will segment, not the ones you judge it on.")
 @click.option("--img_filter", default=None,
               help="With a folder: only images whose name ends with this before the extension (as run's).")
-@click.option("--tiles", "max_tiles", default=64, show_default=True, type=click.IntRange(min=1),
+@click.option("--tiles", "max_tiles", default=DEFAULT_TILES, show_default=True, type=click.IntRange(min=1),
               help="Most network tiles used to measure activation ranges.")
 @click.option("--diameter", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Diameter the images will be segmented at (default: the model's own default).")
@@ -66,8 +67,6 @@ def quantize_command(model, images, img_filter, max_tiles, diameter):
     except ImportError as exc:
         raise click.ClickException(f"quantize needs NNCF and OpenVINO: pip install 'cellflow-rt[export,openvino]' "
                                    f"({exc})") from None
-    from .quantize import quantize_model
-
     path = Path(images)
     try:
         paths = [Path(p) for p in find_images(path, img_filter=img_filter)] if path.is_dir() else [path]
